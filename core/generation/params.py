@@ -1,0 +1,167 @@
+"""Parameters and results of one generation job, shared by the UI, the API and the engine.
+
+Names and defaults follow the WebUI's txt2img fields (and its API's JSON names, which the
+REST layer maps onto these one to one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import InvalidParameterError
+
+# The WebUI refuses nothing but runs out of memory; Kiln names the limit instead.
+MAX_SIDE = 4096
+MAX_PIXELS = 4096 * 4096
+MAX_STEPS = 500
+MAX_BATCH_SIZE = 64
+MAX_BATCH_COUNT = 1000
+
+
+@dataclass
+class HiresParams:
+    """The WebUI's "Hires. fix" section (enable_hr and the hr_* API fields)."""
+
+    enabled: bool = False
+    upscaler: str = "Latent"
+    scale: float = 2.0
+    resize_x: int = 0  # "Resize width to"; 0 = use scale
+    resize_y: int = 0
+    steps: int = 0  # 0 = same as the first pass
+    denoising_strength: float = 0.7
+    sampler_name: str | None = None  # None = "Use same sampler"
+    scheduler: str | None = None  # None = "Use same scheduler"
+    prompt: str = ""  # "" = same prompt
+    negative_prompt: str = ""
+    cfg_scale: float | None = None
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """Second-pass size, as the WebUI computes it (resize_x/y win over scale)."""
+        if self.resize_x == 0 and self.resize_y == 0:
+            return int(width * self.scale) // 8 * 8, int(height * self.scale) // 8 * 8
+        if self.resize_y == 0:
+            w = self.resize_x
+            return w // 8 * 8, int(height * w / width) // 8 * 8
+        if self.resize_x == 0:
+            h = self.resize_y
+            return int(width * h / height) // 8 * 8, h // 8 * 8
+        return self.resize_x // 8 * 8, self.resize_y // 8 * 8
+
+
+@dataclass
+class GenerationParams:
+    """One txt2img request. ``seed == -1`` means random; ``subseed`` is the variation seed."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    batch_count: int = 1  # the API's n_iter
+    batch_size: int = 1
+    clip_skip: int | None = None  # None = the Settings value (CLIP_stop_at_last_layers)
+    eta: float | None = None
+    s_noise: float | None = None
+    hires: HiresParams = field(default_factory=HiresParams)
+    checkpoint: str | None = None  # override_settings sd_model_checkpoint; None = current
+    save_images: bool = True
+    styles: list[str] = field(default_factory=list)
+    # Set by validation, reported in the infotext like the WebUI's notes.
+    notes: list[str] = field(default_factory=list)
+
+    def replace(self, **changes: Any) -> GenerationParams:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_count * self.batch_size
+
+
+def validate(params: GenerationParams) -> GenerationParams:
+    """Check ranges, round sizes to multiples of 8 like the WebUI, and return a clean copy.
+
+    Raises InvalidParameterError naming the field; never lets a bad value reach torch.
+    """
+    p = params.replace(notes=list(params.notes), hires=dataclasses.replace(params.hires))
+    for name in ("prompt", "negative_prompt"):
+        value = getattr(p, name)
+        if not isinstance(value, str):
+            raise InvalidParameterError(name, f"must be text, got {type(value).__name__}")
+        # Surrogates from bad decoding can't be tokenized or saved; replace them visibly.
+        cleaned = value.encode("utf-8", "replace").decode("utf-8")
+        if cleaned != value:
+            p.notes.append(f"{name} contained invalid characters, replaced with '?'")
+        setattr(p, name, cleaned)
+    if not 1 <= p.steps <= MAX_STEPS:
+        raise InvalidParameterError("steps", f"must be between 1 and {MAX_STEPS}, got {p.steps}")
+    if not 1 <= p.batch_size <= MAX_BATCH_SIZE:
+        raise InvalidParameterError("batch_size", f"must be between 1 and {MAX_BATCH_SIZE}, got {p.batch_size}")
+    if not 1 <= p.batch_count <= MAX_BATCH_COUNT:
+        raise InvalidParameterError("n_iter", f"batch count must be between 1 and {MAX_BATCH_COUNT}, got {p.batch_count}")
+    if not 0.0 <= p.cfg_scale <= 100.0:
+        raise InvalidParameterError("cfg_scale", f"must be between 0 and 100, got {p.cfg_scale}")
+    if not 0.0 <= p.subseed_strength <= 1.0:
+        raise InvalidParameterError("subseed_strength", f"must be between 0 and 1, got {p.subseed_strength}")
+    if p.clip_skip is not None and not 1 <= p.clip_skip <= 12:
+        raise InvalidParameterError("clip_skip", f"must be between 1 and 12, got {p.clip_skip}")
+    for name in ("width", "height"):
+        value = getattr(p, name)
+        if value < 8:
+            raise InvalidParameterError(name, f"must be at least 8, got {value}")
+        if value > MAX_SIDE:
+            raise InvalidParameterError(name, f"{value} is over the limit of {MAX_SIDE} pixels",
+                                        hint="use Hires. fix or an upscaler for bigger images")
+        if value % 8:
+            rounded = value // 8 * 8
+            p.notes.append(f"{name} {value} rounded down to {rounded} (must be a multiple of 8)")
+            setattr(p, name, rounded)
+    if p.width * p.height > MAX_PIXELS:
+        raise InvalidParameterError("width", f"{p.width}x{p.height} is over the limit of {MAX_PIXELS} pixels")
+    h = p.hires
+    if h.enabled:
+        if not 0.0 <= h.denoising_strength <= 1.0:
+            raise InvalidParameterError("denoising_strength", f"must be between 0 and 1, got {h.denoising_strength}")
+        if not 0 <= h.steps <= MAX_STEPS:
+            raise InvalidParameterError("hr_second_pass_steps", f"must be between 0 and {MAX_STEPS}, got {h.steps}")
+        if h.scale <= 0 and h.resize_x == 0 and h.resize_y == 0:
+            raise InvalidParameterError("hr_scale", f"must be positive, got {h.scale}")
+        tw, th = h.target_size(p.width, p.height)
+        if max(tw, th) > MAX_SIDE or tw * th > MAX_PIXELS:
+            raise InvalidParameterError("hr_scale", f"hires size {tw}x{th} is over the limit of {MAX_SIDE} pixels a side")
+        if tw < 8 or th < 8:
+            raise InvalidParameterError("hr_scale", f"hires size {tw}x{th} is too small")
+    return p
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL.Image.Image
+    seed: int
+    subseed: int
+    infotext: str
+    path: str | None = None  # where it was saved, if saved
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    params: GenerationParams
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def infotexts(self) -> list[str]:
+        return [g.infotext for g in self.images]
