@@ -1,0 +1,94 @@
+"""Where Kiln keeps things: the AUTOMATIC1111 WebUI folder layout, each folder overridable.
+
+A WebUI user can point Kiln at an existing WebUI folder (``--data-dir``) or at single folders
+(``--ckpt-dir``, ``--lora-dir``...) and find their models where they left them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from core.cli import Flags
+
+# Relative to the data folder, as in the WebUI (modules/paths_internal.py, cmd_args.py).
+CHECKPOINT_SUBDIR = Path("models/Stable-diffusion")
+VAE_SUBDIR = Path("models/VAE")
+LORA_SUBDIR = Path("models/Lora")
+HYPERNETWORK_SUBDIR = Path("models/hypernetworks")
+ESRGAN_SUBDIR = Path("models/ESRGAN")
+EMBEDDINGS_SUBDIR = Path("embeddings")
+OUTPUTS_SUBDIR = Path("outputs")
+EXTENSIONS_SUBDIR = Path("extensions")
+CONFIG_NAME = "config.json"
+CACHE_NAME = "cache.json"
+
+
+def _absolute(path: Path) -> Path:
+    # Relative flag values mean "relative to where the user ran the command", as in a shell.
+    return Path(path).expanduser().absolute()
+
+
+@dataclass
+class KilnPaths:
+    data_dir: Path
+    ckpt_dir: Path
+    vae_dir: Path
+    lora_dir: Path
+    embeddings_dir: Path
+    hypernetwork_dir: Path
+    esrgan_dir: Path
+    outputs_dir: Path
+    config_path: Path
+    cache_path: Path
+    extensions_dir: Path
+    # The Shapes model ships in the repository's own checkpoints folder; the registry lists it
+    # even when --data-dir / --ckpt-dir point somewhere else.
+    builtin_checkpoint_dir: Path
+
+    @classmethod
+    def from_flags(cls, flags: Flags, repo_root: Path) -> KilnPaths:
+        repo_root = _absolute(repo_root)
+        data = _absolute(flags.data_dir) if flags.data_dir is not None else repo_root
+
+        def pick(override: Path | None, default: Path) -> Path:
+            return _absolute(override) if override is not None else data / default
+
+        return cls(
+            data_dir=data,
+            ckpt_dir=pick(flags.ckpt_dir, CHECKPOINT_SUBDIR),
+            vae_dir=pick(flags.vae_dir, VAE_SUBDIR),
+            lora_dir=pick(flags.lora_dir, LORA_SUBDIR),
+            embeddings_dir=pick(flags.embeddings_dir, EMBEDDINGS_SUBDIR),
+            hypernetwork_dir=pick(flags.hypernetwork_dir, HYPERNETWORK_SUBDIR),
+            esrgan_dir=pick(flags.esrgan_models_path, ESRGAN_SUBDIR),
+            outputs_dir=data / OUTPUTS_SUBDIR,
+            config_path=data / CONFIG_NAME,
+            cache_path=data / CACHE_NAME,
+            extensions_dir=data / EXTENSIONS_SUBDIR,
+            builtin_checkpoint_dir=repo_root / CHECKPOINT_SUBDIR,
+        )
+
+    def folders(self) -> list[Path]:
+        """Every folder Kiln reads or writes (not the two JSON files)."""
+        return [
+            getattr(self, f.name) for f in fields(self)
+            if f.name.endswith("_dir") and f.name != "builtin_checkpoint_dir"
+        ]
+
+    def ensure_dirs(self) -> None:
+        """Create the folders that are missing (a fresh --data-dir starts empty)."""
+        for folder in self.folders():
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Folders to scan for checkpoints: the user's first, then the built-in one if different."""
+        dirs = [self.ckpt_dir]
+        if self.builtin_checkpoint_dir.resolve() != self.ckpt_dir.resolve():
+            dirs.append(self.builtin_checkpoint_dir)
+        return dirs
+
+    def resolve_output(self, configured: str | Path) -> Path:
+        """An output-folder option ("outputs/txt2img-images") → absolute, relative to the data folder."""
+        path = Path(configured).expanduser()
+        return path if path.is_absolute() else self.data_dir / path

@@ -1,0 +1,295 @@
+"""Persisted user options (config.json), plus the device policy the flags ask for.
+
+config.json uses the AUTOMATIC1111 WebUI's option keys, so a WebUI config.json dropped into the
+data folder keeps the user's checkpoint, VAE, clip skip, RNG source and ENSD. Keys Kiln does not
+use are kept untouched on save: sharing a data folder with the WebUI never loses its settings.
+A corrupt config.json never blocks the start: it is copied aside as config.json.bak and Kiln
+starts from defaults with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core.cli import Flags
+from core.errors import KilnError
+from core.fileio import atomic_write_json, unique_path
+from core.paths import KilnPaths
+
+RANDN_SOURCES = ("GPU", "CPU", "NV")
+SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class Options:
+    """User options. Names, defaults and meanings are the WebUI's (modules/shared_options.py)."""
+
+    sd_model_checkpoint: str | None = None  # checkpoint title or file name; None = first found
+    sd_vae: str = "Automatic"  # "Automatic" (same-name VAE beside checkpoint) | "None" | VAE file name
+    CLIP_stop_at_last_layers: int = 1  # clip skip: 1 uses the last layer, 2 skips one
+    randn_source: str = "GPU"  # where initial noise is drawn: "GPU" | "CPU" | "NV"
+    eta_ancestral: float = 1.0  # eta for ancestral samplers
+    eta_noise_seed_delta: int = 0  # ENSD: added to the seed for ancestral noise
+    s_noise: float = 1.0  # noise multiplier for ancestral / SDE samplers
+    live_previews_enable: bool = True
+    show_progress_every_n_steps: int = 10  # live preview period in steps; -1 = only at the end
+    samples_save: bool = True  # always save generated images
+    samples_format: str = "png"
+    save_images_add_number: bool = True  # "00012-<seed>.png" numbering
+    outdir_txt2img_samples: str = "outputs/txt2img-images"
+    outdir_img2img_samples: str = "outputs/img2img-images"
+    outdir_txt2img_grids: str = "outputs/txt2img-grids"
+    outdir_img2img_grids: str = "outputs/img2img-grids"
+    # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.extra)
+        data.update({k: v for k, v in asdict(self).items() if k != "extra"})
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> tuple[Options, list[str]]:
+        """Build options from a config.json object; bad values fall back to defaults with a warning."""
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        values: dict[str, Any] = {}
+        warnings: list[str] = []
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                extra[key] = value
+                continue
+            default = known[key].default
+            try:
+                values[key] = _check_option(key, value, default)
+            except ValueError as exc:
+                warnings.append(f"config.json: option {key}: {exc}; using the default {default!r}")
+        return cls(**values, extra=extra), warnings
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "randn_source": RANDN_SOURCES,
+    "samples_format": SAMPLE_FORMATS,
+}
+_MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1}
+
+
+def _check_option(key: str, value: Any, default: Any) -> Any:
+    """``value`` if it fits the option's type and range, else ValueError saying why."""
+    if key == "sd_model_checkpoint":
+        if value is None or isinstance(value, str):
+            return value or None
+        raise ValueError(f"{value!r} is not a checkpoint name")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{value!r} is not true/false")
+    if isinstance(default, int):
+        # JSON true/false are ints to Python; a float like 2.0 from a hand edit is fine.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ValueError(f"{value!r} is not a whole number")
+        value = int(value)
+        if key in _MINIMUM and value < _MINIMUM[key]:
+            raise ValueError(f"{value} is below the minimum {_MINIMUM[key]}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{value!r} is not a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ValueError(f"{value!r} is not text")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ValueError(f"{value!r} is not one of {', '.join(_CHOICES[key])}")
+        return value
+    return value
+
+
+def load_options(config_path: Path) -> tuple[Options, list[str]]:
+    """Read config.json. Missing → defaults. Unreadable/corrupt → copy kept as .bak, defaults, warning."""
+    config_path = Path(config_path)
+    if not config_path.exists():
+        return Options(), []
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is {type(data).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        backup = _keep_bad_copy(config_path)
+        kept = f"kept a copy as {backup}" if backup else "could not copy it aside"
+        return Options(), [
+            f"{config_path}: unreadable settings ({exc}); {kept}; starting with default settings"
+        ]
+    return Options.from_json(data)
+
+
+def _keep_bad_copy(config_path: Path) -> Path | None:
+    backup = unique_path(config_path.parent, config_path.name, ".bak")
+    try:
+        shutil.copy2(config_path, backup)
+    except OSError:
+        return None
+    return backup
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """Device, dtypes, attention and offload mode for the model code (from the flags)."""
+
+    device: str  # "cuda:0", "mps", "cpu"
+    dtype: str  # torch dtype name for UNet / text encoders: "float16" | "float32"
+    vae_dtype: str
+    attention: str  # "sdpa" | "xformers"
+    offload: str  # "none" | "medvram" | "lowvram"
+    autocast: bool = False  # run the UNet under torch.autocast (--precision autocast on a GPU)
+    cpu_modules: frozenset[str] = frozenset()  # --use-cpu names ("sd", "interrogate"; "all")
+    warnings: tuple[str, ...] = ()
+
+    def device_for(self, module: str) -> str:
+        """Device for a module group ("sd", "interrogate"): the CPU when --use-cpu names it."""
+        if "all" in self.cpu_modules or module in self.cpu_modules:
+            return "cpu"
+        return self.device
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+    @property
+    def torch_vae_dtype(self):
+        import torch
+
+        return getattr(torch, self.vae_dtype)
+
+
+def derive_device_policy(
+    flags: Flags,
+    *,
+    cuda_device_count: int,
+    mps_available: bool = False,
+    xformers_available: bool = False,
+) -> DevicePolicy:
+    """The policy the flags ask for on a machine with the given capabilities (pure; testable anywhere)."""
+    warnings: list[str] = []
+    cuda_available = cuda_device_count > 0
+    cpu_modules = frozenset(flags.use_cpu)
+    # The device of the main model code; "interrogate" alone leaves it on the GPU.
+    on_cpu = "all" in cpu_modules or "sd" in cpu_modules
+    if not on_cpu and cuda_available:
+        index = flags.device_id if flags.device_id is not None else 0
+        if index >= cuda_device_count:
+            raise KilnError(
+                f"--device-id {index}: this machine has {cuda_device_count} CUDA device(s)",
+                hint=f"use --device-id 0 to {cuda_device_count - 1}, or leave it out",
+            )
+        device = f"cuda:{index}"
+    elif not on_cpu and mps_available:
+        device = "mps"
+    else:
+        device = "cpu"
+    if flags.device_id is not None and not device.startswith("cuda"):
+        warnings.append(f"--device-id {flags.device_id} ignored: running on {device}")
+
+    full = flags.no_half or flags.precision == "full"
+    if device == "cpu":
+        # fp16 matmuls on CPU are slow or unsupported: always 32-bit there.
+        dtype = vae_dtype = "float32"
+    else:
+        dtype = "float32" if full else "float16"
+        # The WebUI's macOS defaults run the VAE in fp32 (fp16 VAE gives NaNs/black images on MPS).
+        vae_fp32 = full or flags.no_half_vae or device == "mps"
+        vae_dtype = "float32" if vae_fp32 else "float16"
+    autocast = device.startswith("cuda") and dtype == "float16" and flags.precision == "autocast"
+
+    attention = "sdpa"
+    if flags.xformers:
+        if xformers_available and device.startswith("cuda"):
+            attention = "xformers"
+        elif not xformers_available:
+            warnings.append("--xformers: xformers is not installed (pip install -e .[xformers]); using PyTorch SDPA")
+        else:
+            warnings.append(f"--xformers: xformers needs a CUDA GPU, running on {device}; using PyTorch SDPA")
+
+    offload = "lowvram" if flags.lowvram else "medvram" if flags.medvram else "none"
+    if offload != "none" and not device.startswith("cuda"):
+        warnings.append(f"--{offload} ignored: it saves GPU memory, and Kiln runs on {device}")
+        offload = "none"
+
+    return DevicePolicy(
+        device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention, offload=offload,
+        autocast=autocast, cpu_modules=cpu_modules, warnings=tuple(warnings),
+    )
+
+
+class Settings:
+    """Flags + folder layout + persisted options: what the app is started with."""
+
+    def __init__(self, flags: Flags, paths: KilnPaths, options: Options | None = None,
+                 warnings: list[str] | None = None):
+        self.flags = flags
+        self.paths = paths
+        self.options = options if options is not None else Options()
+        # Start-up messages for the console and the UI (bad config.json values, ignored flags).
+        self.warnings: list[str] = list(flags.warnings) + list(warnings or [])
+        self._save_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, flags: Flags, paths: KilnPaths) -> Settings:
+        options, warnings = load_options(paths.config_path)
+        return cls(flags, paths, options, warnings)
+
+    @classmethod
+    def from_flags(cls, flags: Flags, repo_root: Path) -> Settings:
+        return cls.load(flags, KilnPaths.from_flags(flags, repo_root))
+
+    def save(self) -> Path:
+        """Write config.json atomically, keeping keys other programs put there."""
+        with self._save_lock:
+            on_disk: dict[str, Any] = {}
+            try:
+                loaded = json.loads(self.paths.config_path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    on_disk = loaded
+            except (OSError, ValueError):
+                pass  # missing or corrupt (already kept as .bak at load): nothing to preserve
+            data = {**on_disk, **self.options.to_json()}
+            return atomic_write_json(self.paths.config_path, data)
+
+    def update(self, **changes: Any) -> list[str]:
+        """Set options by WebUI key (UI / API /sdapi/v1/options). Returns the keys that were rejected."""
+        rejected: list[str] = []
+        defaults = {f.name: f.default for f in fields(Options) if f.default is not MISSING}
+        for key, value in changes.items():
+            if key not in defaults:
+                self.options.extra[key] = value
+                continue
+            try:
+                setattr(self.options, key, _check_option(key, value, defaults[key]))
+            except ValueError:
+                rejected.append(key)
+        return rejected
+
+    def startup_checkpoint(self) -> str | None:
+        """--ckpt wins over the saved choice, as in the WebUI."""
+        return self.flags.ckpt or self.options.sd_model_checkpoint
+
+    def device_policy(self) -> DevicePolicy:
+        # torch is imported here, not at module level: --help and the UI shell start faster.
+        import importlib.util
+
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        return derive_device_policy(
+            self.flags,
+            cuda_device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            mps_available=bool(mps and mps.is_available()),
+            xformers_available=importlib.util.find_spec("xformers") is not None,
+        )
