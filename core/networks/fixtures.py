@@ -1,0 +1,444 @@
+"""Tiny network files in every format Kiln reads, shaped for a given (tiny) model.
+
+``write_network_fixtures`` writes, under ``out_dir``, the folders the WebUI uses
+(``models/Lora``, ``embeddings``, ``models/hypernetworks``) with one small file per format:
+kohya LoRA (real ``ss_*`` metadata), LoCon, LoHa, LoKr, IA3, full diff, DoRA, a PEFT/diffusers
+LoRA, textual inversions (``.pt``, ``.safetensors``, ``.bin``, PNG, SDXL ``clip_l``/``clip_g``) and
+a hypernetwork. Values are seeded, so the files are the same on every run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.fileio import atomic_save_with, atomic_write_bytes
+
+KOHYA_UNET_PREFIX = "lora_unet_"
+
+
+# --- tiny models (until the shared model fixtures are used everywhere) ---------------------------
+
+def tiny_models(family: str = "sd1", seed: int = 0) -> tuple[nn.Module, list[nn.Module]]:
+    """A random tiny U-Net and text encoder(s) in the real SD1/SDXL module layout."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    te_kwargs = dict(intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000,
+                     bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    if family == "sdxl":
+        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=32, projection_dim=32, **te_kwargs))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=40, projection_dim=16, **te_kwargs))
+        unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2), cross_attention_dim=72, attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=16 + 6 * 8, norm_num_groups=8)
+        models = [te1, te2]
+    else:
+        te = CLIPTextModel(CLIPTextConfig(hidden_size=32, projection_dim=32, **te_kwargs))
+        unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+        models = [te]
+    for m in [unet, *models]:
+        m.eval().requires_grad_(False)
+    return unet, models
+
+
+# --- kohya names ------------------------------------------------------------------------------
+
+def kohya_unet_names(unet: nn.Module, family: str, unet_config: dict | None) -> dict[str, str]:
+    """diffusers module path → kohya ``lora_unet_*`` name (SGM/LDM names for SDXL, as kohya)."""
+    names = {}
+    inverse: dict[str, str] = {}
+    if family == "sdxl":
+        from core.models.layout import unet_key_map
+
+        config = unet_config if unet_config is not None else dict(unet.config)
+        inverse = {d[: -len(".weight")]: ldm[: -len(".weight")]
+                   for ldm, d in unet_key_map(config).items() if d.endswith(".weight")}
+    for name, _ in unet.named_modules():
+        if family == "sdxl":
+            if name in inverse:
+                names[name] = KOHYA_UNET_PREFIX + inverse[name].replace(".", "_")
+        else:
+            names[name] = KOHYA_UNET_PREFIX + name.replace(".", "_")
+    return names
+
+
+def kohya_te_prefixes(family: str, count: int) -> list[str]:
+    return ["lora_te1_", "lora_te2_"][:count] if family == "sdxl" else ["lora_te_"]
+
+
+def kohya_te_name(prefix: str, module_name: str) -> str:
+    """transformers 5.x module path → the 4.x-style kohya name (``..._text_model_encoder_...``)."""
+    if not module_name.startswith("text_model."):
+        module_name = "text_model." + module_name
+    return prefix + module_name.replace(".", "_")
+
+
+def lora_target_modules(unet: nn.Module, text_encoders: list[nn.Module]) -> list[tuple[int, str, nn.Module]]:
+    """kohya's default LoRA targets: (component index, path, module); 0 = U-Net, 1.. = text encoders.
+
+    U-Net: Linear and 1×1 Conv2d inside the transformer blocks; text: attention and MLP linears.
+    """
+    targets = []
+    for name, module in unet.named_modules():
+        if ".attentions." in name and (isinstance(module, nn.Linear) or (
+                isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))):
+            targets.append((0, name, module))
+    for i, te in enumerate(text_encoders, start=1):
+        for name, module in te.named_modules():
+            if isinstance(module, nn.Linear) and (".self_attn." in name or ".mlp." in name):
+                targets.append((i, name, module))
+    return targets
+
+
+def _io(module: nn.Module) -> tuple[int, int]:
+    w = module.weight
+    return w.shape[0], w.shape[1]
+
+
+# --- writers ----------------------------------------------------------------------------------
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    return atomic_save_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _save_torch(path: Path, obj) -> Path:
+    return atomic_save_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def kohya_metadata(output_name: str, family: str, dim: int, alpha: float, module: str = "networks.lora",
+                   network_args: dict | None = None) -> dict[str, str]:
+    """A realistic subset of the ``ss_*`` metadata kohya's train_network.py writes (all strings)."""
+    base_version = {"sdxl": "sdxl_base_v1-0", "sd2": "sd_v2"}.get(family, "sd_v1")
+    meta = {
+        "ss_session_id": "1234567890", "ss_training_started_at": "1700000000.0", "ss_output_name": output_name,
+        "ss_learning_rate": "0.0001", "ss_text_encoder_lr": "5e-05", "ss_unet_lr": "0.0001",
+        "ss_num_train_images": "40", "ss_num_reg_images": "0", "ss_num_batches_per_epoch": "20",
+        "ss_num_epochs": "2", "ss_batch_size_per_device": "2", "ss_total_batch_size": "2",
+        "ss_resolution": "(512, 512)", "ss_clip_skip": "2", "ss_max_token_length": "None",
+        "ss_optimizer": "torch.optim.adamw.AdamW", "ss_lr_scheduler": "cosine", "ss_lr_warmup_steps": "0",
+        "ss_network_module": module, "ss_network_dim": str(dim), "ss_network_alpha": str(alpha),
+        "ss_network_dropout": "None", "ss_mixed_precision": "fp16", "ss_full_fp16": "False",
+        "ss_v2": str(family == "sd2"), "ss_base_model_version": base_version, "ss_seed": "42",
+        "ss_sd_model_name": "kiln-tiny.safetensors", "ss_training_comment": "None",
+        "ss_steps": "40", "ss_epoch": "2", "ss_training_finished_at": "1700000100.0",
+        "ss_enable_bucket": "True", "ss_min_bucket_reso": "256", "ss_max_bucket_reso": "1024",
+        "ss_keep_tokens": "1", "ss_shuffle_caption": "True", "ss_flip_aug": "False", "ss_color_aug": "False",
+        "ss_cache_latents": "True", "ss_caption_dropout_rate": "0.0", "ss_noise_offset": "None",
+        "ss_dataset_dirs": json.dumps({"10_sls 1girl": {"n_repeats": 10, "img_count": 4}}),
+        "ss_reg_dataset_dirs": json.dumps({}),
+        "ss_tag_frequency": json.dumps({"10_sls 1girl": {"sls": 4, "1girl": 4, "solo": 3, "red hair": 2}}),
+        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [512, 512], "count": 40}},
+                                      "mean_img_ar_error": 0.0}),
+    }
+    if network_args:
+        meta["ss_network_args"] = json.dumps(network_args)
+    return meta
+
+
+def _addnet_hash_of(tensors: dict[str, torch.Tensor]) -> str:
+    """The hash kohya stores as ``sshs_model_hash``: sha256 of the serialized tensor bytes."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()})
+    header_len = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+
+
+class _Writer:
+    def __init__(self, family: str, unet: nn.Module, text_encoders: list[nn.Module], unet_config: dict | None,
+                 seed: int):
+        self.family = family
+        self.unet = unet
+        self.text_encoders = text_encoders
+        self.gen = torch.Generator().manual_seed(seed)
+        self.unet_names = kohya_unet_names(unet, family, unet_config)
+        self.te_prefixes = kohya_te_prefixes(family, len(text_encoders))
+
+    def randn(self, *shape: int, scale: float = 0.1) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.gen) * scale
+
+    def kohya_name(self, component: int, name: str) -> str:
+        if component == 0:
+            return self.unet_names[name]
+        return kohya_te_name(self.te_prefixes[component - 1], name)
+
+    def targets(self, limit_per_component: int | None = None) -> list[tuple[int, str, nn.Module]]:
+        chosen = lora_target_modules(self.unet, self.text_encoders)
+        if limit_per_component is None:
+            return chosen
+        counts: dict[int, int] = {}
+        out = []
+        for c, n, m in chosen:
+            if counts.get(c, 0) < limit_per_component:
+                out.append((c, n, m))
+                counts[c] = counts.get(c, 0) + 1
+        return out
+
+    def kohya_lora(self, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        sd = {}
+        for c, name, module in self.targets():
+            out_f, in_f = _io(module)
+            key = self.kohya_name(c, name)
+            if isinstance(module, nn.Conv2d):
+                sd[f"{key}.lora_down.weight"] = self.randn(rank, in_f, 1, 1)
+                sd[f"{key}.lora_up.weight"] = self.randn(out_f, rank, 1, 1)
+            else:
+                sd[f"{key}.lora_down.weight"] = self.randn(rank, in_f)
+                sd[f"{key}.lora_up.weight"] = self.randn(out_f, rank)
+            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+        return sd
+
+    def locon(self, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        sd = self.kohya_lora(rank, alpha)
+        for name, module in self.unet.named_modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and ".resnets." in name:
+                out_c, in_c = module.weight.shape[:2]
+                key = self.unet_names[name]
+                sd[f"{key}.lora_down.weight"] = self.randn(rank, in_c, 3, 3)
+                sd[f"{key}.lora_up.weight"] = self.randn(out_c, rank, 1, 1)
+                sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+        return sd
+
+    def loha(self, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        sd = {}
+        for c, name, module in self.targets(limit_per_component=4):
+            out_f, in_f = _io(module)
+            in_f = module.weight[0].numel()
+            key = self.kohya_name(c, name)
+            for i in (1, 2):
+                sd[f"{key}.hada_w{i}_a"] = self.randn(out_f, rank, scale=0.3)
+                sd[f"{key}.hada_w{i}_b"] = self.randn(rank, in_f, scale=0.3)
+            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+        return sd
+
+    def lokr(self, alpha: float) -> dict[str, torch.Tensor]:
+        """Alternates full factors (scale 1) and a factorized w2 (scale alpha/rank)."""
+        sd = {}
+        for i, (c, name, module) in enumerate(self.targets(limit_per_component=4)):
+            out_f, in_f = _io(module)
+            in_f = module.weight[0].numel()
+            key = self.kohya_name(c, name)
+            a = 2 if out_f % 2 == 0 else 1
+            b = 2 if in_f % 2 == 0 else 1
+            sd[f"{key}.lokr_w1"] = self.randn(a, b, scale=0.5)
+            if i % 2 == 0:
+                sd[f"{key}.lokr_w2"] = self.randn(out_f // a, in_f // b)
+            else:
+                sd[f"{key}.lokr_w2_a"] = self.randn(out_f // a, 2, scale=0.3)
+                sd[f"{key}.lokr_w2_b"] = self.randn(2, in_f // b, scale=0.3)
+            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+        return sd
+
+    def ia3(self) -> dict[str, torch.Tensor]:
+        sd = {}
+        for i, (c, name, module) in enumerate(self.targets(limit_per_component=4)):
+            out_f, in_f = _io(module)
+            key = self.kohya_name(c, name)
+            on_input = i % 2 == 1
+            sd[f"{key}.weight"] = self.randn(in_f if on_input else out_f)
+            sd[f"{key}.on_input"] = torch.tensor(on_input)
+        return sd
+
+    def full(self) -> dict[str, torch.Tensor]:
+        sd = {}
+        for c, name, module in self.targets(limit_per_component=3):
+            key = self.kohya_name(c, name)
+            sd[f"{key}.diff"] = self.randn(*module.weight.shape, scale=0.01)
+            if getattr(module, "bias", None) is not None:
+                sd[f"{key}.diff_b"] = self.randn(module.weight.shape[0], scale=0.01)
+        return sd
+
+    def dora(self, rank: int, alpha: float) -> dict[str, torch.Tensor]:
+        """LoRA plus ``dora_scale`` [1, in] (the WebUI/kohya layout): the magnitude per input column."""
+        sd = {}
+        for c, name, module in self.targets(limit_per_component=4):
+            out_f, in_f = _io(module)
+            key = self.kohya_name(c, name)
+            w = module.weight.detach().float().reshape(out_f, in_f)
+            sd[f"{key}.lora_down.weight"] = self.randn(rank, in_f).reshape(rank, in_f, *module.weight.shape[2:])
+            sd[f"{key}.lora_up.weight"] = self.randn(out_f, rank).reshape(out_f, rank, *([1] * (module.weight.dim() - 2)))
+            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+            sd[f"{key}.dora_scale"] = (w.norm(dim=0, keepdim=True) * 1.1).reshape(1, in_f, *([1] * (module.weight.dim() - 2)))
+        return sd
+
+    def peft(self, rank: int) -> dict[str, torch.Tensor]:
+        """diffusers ``save_lora_weights`` layout: ``unet.<path>.lora_A.weight`` / ``text_encoder.<4.x path>``."""
+        sd = {}
+        prefixes = ["unet.", "text_encoder.", "text_encoder_2."]
+        for c, name, module in self.targets(limit_per_component=6):
+            out_f, in_f = _io(module)
+            path = name if c == 0 else ("text_model." + name if not name.startswith("text_model.") else name)
+            key = prefixes[c] + path
+            if isinstance(module, nn.Conv2d):
+                sd[f"{key}.lora_A.weight"] = self.randn(rank, in_f, 1, 1)
+                sd[f"{key}.lora_B.weight"] = self.randn(out_f, rank, 1, 1)
+            else:
+                sd[f"{key}.lora_A.weight"] = self.randn(rank, in_f)
+                sd[f"{key}.lora_B.weight"] = self.randn(out_f, rank)
+        return sd
+
+
+def ti_vectors(text_encoders: list[nn.Module], n_vectors: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random TI vectors as widths of the given encoders: {"default"} or {"clip_l", "clip_g"}."""
+    gen = torch.Generator().manual_seed(seed)
+    widths = [te.config.hidden_size for te in text_encoders]
+    if len(widths) == 2:
+        return {"clip_l": torch.randn(n_vectors, widths[0], generator=gen) * 0.02,
+                "clip_g": torch.randn(n_vectors, widths[1], generator=gen) * 0.02}
+    return {"default": torch.randn(n_vectors, widths[0], generator=gen) * 0.02}
+
+
+def write_ti_pt(path: Path, name: str, vec: torch.Tensor, step: int = 100) -> Path:
+    """The WebUI's ``Embedding.save`` layout."""
+    return _save_torch(path, {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": name,
+                              "step": step, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "kiln-tiny"})
+
+
+def embedding_to_b64(data: dict) -> bytes:
+    """The WebUI's ``sd-ti-embedding`` text: base64 of JSON with ``{"TORCHTENSOR": [...]}`` tensors."""
+    def encode(obj):
+        if isinstance(obj, torch.Tensor):
+            return {"TORCHTENSOR": obj.detach().cpu().numpy().tolist()}
+        raise TypeError(type(obj).__name__)
+    return base64.b64encode(json.dumps(data, default=encode).encode())
+
+
+def write_ti_png(path: Path, name: str, vec: torch.Tensor, pixel_encoded: bool = False) -> Path:
+    """A TI embedding in a PNG: the ``sd-ti-embedding`` text chunk, or the pixel-encoded strips."""
+    from io import BytesIO
+
+    from PIL import Image, PngImagePlugin
+
+    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": name, "step": 10}
+    cover = Image.new("RGB", (32, 32), (200, 120, 40))
+    buf = BytesIO()
+    if pixel_encoded:
+        image_with_embedding(cover, data).save(buf, format="PNG")
+    else:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("sd-ti-embedding", embedding_to_b64(data).decode())
+        cover.save(buf, format="PNG", pnginfo=info)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def image_with_embedding(image, data: dict):
+    """The WebUI's pixel encoding: zlib(JSON) nibbles in strips left and right of the image."""
+    from PIL import Image
+
+    from core.networks.embeddings import xor_block
+
+    def encode(obj):
+        if isinstance(obj, torch.Tensor):
+            return {"TORCHTENSOR": obj.detach().cpu().numpy().tolist()}
+        raise TypeError(type(obj).__name__)
+
+    packed = np.frombuffer(zlib.compress(json.dumps(data, default=encode).encode(), level=9), np.uint8).copy()
+    h, d = image.size[1], 3
+    size = packed.shape[0] + (h - packed.shape[0] % h)
+    size = size + (h * d - size % (h * d))
+    low = xor_block(np.resize(packed & 0x0F, size).reshape((h, -1, d)))
+    high = xor_block(np.resize(packed >> 4, size).reshape((h, -1, d)))
+    # The WebUI draws a decorative dot pattern into the high nibbles; a constant 0x10 keeps
+    # every data pixel non-black, which is all the decoder needs to find the strips.
+    low = low | 0x10
+    high = high | 0x10
+    im_low, im_high = Image.fromarray(low, mode="RGB"), Image.fromarray(high, mode="RGB")
+    out = Image.new("RGB", (image.size[0] + im_low.size[0] + im_high.size[0] + 2, h), (0, 0, 0))
+    out.paste(im_low, (0, 0))
+    out.paste(image, (im_low.size[0] + 1, 0))
+    out.paste(im_high, (im_low.size[0] + 1 + image.size[0] + 1, 0))
+    return out
+
+
+def hypernetwork_state(context_dims: list[int], layer_structure=(1, 2, 1), activation: str = "relu",
+                       layer_norm: bool = False, use_dropout: bool = False, seed: int = 0,
+                       name: str = "kiln-hypernet") -> dict:
+    """A WebUI hypernetwork ``.pt`` dict: int keys = context widths → (K state dict, V state dict)."""
+    from core.networks.hypernetworks import build_mlp, dropout_structure_for
+
+    gen = torch.Generator().manual_seed(seed)
+    dropout = dropout_structure_for(list(layer_structure), use_dropout, last_layer_dropout=False)
+    state: dict = {}
+    for dim in context_dims:
+        pair = []
+        for _ in range(2):
+            mlp = build_mlp(dim, list(layer_structure), activation, layer_norm, activate_output=False,
+                            dropout_structure=dropout)
+            with torch.no_grad():
+                for p in mlp.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+            pair.append({f"linear.{k}": v for k, v in mlp.state_dict().items()})
+        state[dim] = tuple(pair)
+    state.update({"step": 100, "name": name, "layer_structure": list(layer_structure), "activation_func": activation,
+                  "is_layer_norm": layer_norm, "weight_initialization": "Normal", "use_dropout": use_dropout,
+                  "dropout_structure": dropout, "last_layer_dropout": False, "activate_output": False,
+                  "sd_checkpoint": "0123456789", "sd_checkpoint_name": "kiln-tiny", "optional_info": None})
+    return state
+
+
+def unet_context_dims(unet: nn.Module) -> list[int]:
+    """Widths of every attention context in the U-Net: the channels (self-attention) and the text width."""
+    dims = set()
+    for module in unet.modules():
+        if hasattr(module, "to_k") and hasattr(module, "to_q"):
+            dims.add(module.to_k.in_features)
+    return sorted(dims)
+
+
+def write_network_fixtures(out_dir: Path, family: str, unet: nn.Module, text_encoders: list[nn.Module],
+                           unet_config: dict | None = None, seed: int = 0) -> dict[str, Path]:
+    """Write one small file per format for this model; returns {format name: path}."""
+    out_dir = Path(out_dir)
+    lora_dir, emb_dir, hn_dir = out_dir / "models" / "Lora", out_dir / "embeddings", out_dir / "models" / "hypernetworks"
+    w = _Writer(family, unet, text_encoders, unet_config, seed)
+    files: dict[str, Path] = {}
+
+    kohya = w.kohya_lora(rank=4, alpha=2.0)
+    meta = kohya_metadata("kiln_style", family, 4, 2.0)
+    meta["sshs_model_hash"] = _addnet_hash_of(kohya)
+    files["kohya"] = _save_safetensors(lora_dir / "kiln_style_v1.safetensors", kohya, meta)
+    files["locon"] = _save_safetensors(lora_dir / "kiln_locon.safetensors", w.locon(4, 4.0),
+                                       kohya_metadata("kiln_locon", family, 4, 4.0, "lycoris.kohya",
+                                                      {"algo": "locon", "conv_dim": "4", "conv_alpha": "4"}))
+    files["loha"] = _save_safetensors(lora_dir / "kiln_loha.safetensors", w.loha(2, 1.0))
+    files["lokr"] = _save_safetensors(lora_dir / "kiln_lokr.safetensors", w.lokr(1.0))
+    files["ia3"] = _save_safetensors(lora_dir / "kiln_ia3.safetensors", w.ia3())
+    files["full"] = _save_safetensors(lora_dir / "kiln_full.safetensors", w.full())
+    files["dora"] = _save_safetensors(lora_dir / "kiln_dora.safetensors", w.dora(4, 4.0))
+    files["peft"] = _save_safetensors(lora_dir / "kiln_peft.safetensors", w.peft(4))
+
+    vecs = ti_vectors(text_encoders, 2, seed + 1)
+    if family == "sdxl":
+        files["ti_sdxl"] = _save_safetensors(emb_dir / "kiln_xl_token.safetensors", vecs)
+    else:
+        vec = vecs["default"]
+        files["ti_pt"] = write_ti_pt(emb_dir / "kiln_token.pt", "kiln_token", vec)
+        files["ti_safetensors"] = _save_safetensors(emb_dir / "kiln_token_st.safetensors", {"emb_params": vec})
+        files["ti_bin"] = _save_torch(emb_dir / "concepts" / "kiln_concept.bin", {"<kiln-concept>": vec[0]})
+        files["ti_png"] = write_ti_png(emb_dir / "kiln_png.png", "kiln_png", vec)
+        files["ti_png_pixels"] = write_ti_png(emb_dir / "kiln_pixels.png", "kiln_pixels", vec, pixel_encoded=True)
+
+    files["hypernetwork"] = _save_torch(hn_dir / "kiln_hypernet.pt",
+                                        hypernetwork_state(unet_context_dims(unet), seed=seed + 2))
+    return files
