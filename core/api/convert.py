@@ -1,0 +1,291 @@
+"""Translation between the WebUI's API shapes and Kiln's own objects (pure functions).
+
+Requests become ``GenerationParams``; results become the ``info`` JSON that
+``Processed.js()`` writes in the WebUI (same keys, so clients that read ``info`` keep working).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from core.api.models import Txt2ImgRequest
+from core.api.paste import fields_from_infotext
+from core.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.generation.params import GenerationParams, GenerationResult
+    from core.jobs import ProgressSnapshot
+
+# WebUI options a request may override for itself (override_settings), and the params field each sets.
+OVERRIDABLE_OPTIONS = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip"}
+SAME_CHECKPOINT = ("", "Use same checkpoint")
+# Keys ``create_infotext`` writes from the job's own fields; everything else in a parsed
+# infotext is an "extra generation parameter" (hires, Lora hashes, ...), as in Processed.js().
+FIXED_INFOTEXT_KEYS = {
+    "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed",
+    "Face restoration", "Size", "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash",
+    "VAE", "Variation seed", "Variation seed strength", "Seed resize from", "Conditional mask weight",
+    "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr", "Init image hash", "RNG", "Tiling",
+    "Version", "User",
+}
+_PAIR_KEY = re.compile(r"^(.*)-([12])$")
+_DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+
+
+def _unsupported(field: str, what: str) -> InvalidParameterError:
+    return InvalidParameterError(field, f"{what} is not supported by Kiln", hint="leave this field out")
+
+
+def request_fields(req: Txt2ImgRequest, parse_infotext: Callable[[str], dict[str, Any]] | None) -> dict[str, Any]:
+    """The request's fields after ``infotext`` filled those the client did not set (WebUI v1.10)."""
+    values = req.model_dump()
+    if req.infotext and parse_infotext is not None:
+        pasted = fields_from_infotext(parse_infotext(req.infotext))
+        clip_skip = pasted.pop("clip_skip", None)
+        for name, value in pasted.items():
+            if name not in req.model_fields_set:
+                values[name] = value
+        if clip_skip is not None:
+            overrides = dict(values.get("override_settings") or {})
+            overrides.setdefault("CLIP_stop_at_last_layers", clip_skip)
+            values["override_settings"] = overrides
+    return values
+
+
+def params_from_request(values: dict[str, Any], current_options: dict[str, Any]) -> GenerationParams:
+    """``GenerationParams`` for a txt2img request (fields as ``request_fields`` returns them).
+
+    Raises InvalidParameterError naming the field for features Kiln does not have, so a client
+    learns at once instead of getting images made without them.
+    """
+    from core.generation.params import GenerationParams, HiresParams
+
+    def get(name: str, default: Any) -> Any:
+        value = values.get(name)
+        return default if value is None else value
+
+    if values.get("restore_faces"):
+        raise _unsupported("restore_faces", "face restoration")
+    if values.get("tiling"):
+        raise _unsupported("tiling", "tiling")
+    if values.get("refiner_checkpoint") not in (None, "", "None"):
+        raise _unsupported("refiner_checkpoint", "a refiner checkpoint")
+    if values.get("hr_checkpoint_name") not in (None, *SAME_CHECKPOINT):
+        raise _unsupported("hr_checkpoint_name", "a separate hires checkpoint")
+    if values.get("script_name"):
+        raise InvalidParameterError("script_name", f"script {values['script_name']!r} not found")
+    for name in values.get("alwayson_scripts") or {}:
+        raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
+
+    overrides: dict[str, Any] = {}
+    for key, value in (values.get("override_settings") or {}).items():
+        if key in OVERRIDABLE_OPTIONS:
+            overrides[OVERRIDABLE_OPTIONS[key]] = value
+        elif current_options.get(key) != value:
+            # Options are shared by all jobs; changing one for a single request would race.
+            raise InvalidParameterError(
+                f"override_settings.{key}", "per-request overrides of this option are not supported",
+                hint="set it with POST /sdapi/v1/options")
+    clip_skip = overrides.get("clip_skip")
+    if clip_skip is not None:
+        try:
+            clip_skip = int(clip_skip)
+        except (TypeError, ValueError):
+            raise InvalidParameterError("override_settings.CLIP_stop_at_last_layers",
+                                        f"{clip_skip!r} is not a whole number") from None
+
+    sampler = values.get("sampler_name") or values.get("sampler_index") or "Euler"
+    hr_sampler = values.get("hr_sampler_name")
+    hr_scheduler = values.get("hr_scheduler")
+    hires = HiresParams(
+        enabled=bool(values.get("enable_hr")),
+        upscaler=get("hr_upscaler", "Latent"),
+        scale=float(get("hr_scale", 2.0)),
+        resize_x=int(get("hr_resize_x", 0)),
+        resize_y=int(get("hr_resize_y", 0)),
+        steps=int(get("hr_second_pass_steps", 0)),
+        denoising_strength=float(get("denoising_strength", 0.75)),
+        sampler_name=None if hr_sampler in (None, "", "Use same sampler") else hr_sampler,
+        scheduler=None if hr_scheduler in (None, "", "Use same scheduler") else hr_scheduler,
+        prompt=get("hr_prompt", ""),
+        negative_prompt=get("hr_negative_prompt", ""),
+    )
+    checkpoint = overrides.get("checkpoint")
+    return GenerationParams(
+        prompt=get("prompt", ""),
+        negative_prompt=get("negative_prompt", ""),
+        sampler_name=sampler,
+        scheduler=get("scheduler", "Automatic"),
+        steps=int(get("steps", 50)),
+        cfg_scale=float(get("cfg_scale", 7.0)),
+        width=int(get("width", 512)),
+        height=int(get("height", 512)),
+        seed=int(get("seed", -1)),
+        subseed=int(get("subseed", -1)),
+        subseed_strength=float(get("subseed_strength", 0.0)),
+        # The WebUI uses -1 (and 0) for "off"; Kiln's params use 0.
+        seed_resize_from_w=max(int(get("seed_resize_from_w", 0)), 0),
+        seed_resize_from_h=max(int(get("seed_resize_from_h", 0)), 0),
+        batch_count=int(get("n_iter", 1)),
+        batch_size=int(get("batch_size", 1)),
+        clip_skip=clip_skip,
+        eta=values.get("eta"),
+        s_noise=values.get("s_noise"),
+        hires=hires,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        save_images=bool(get("save_images", False)) and not values.get("do_not_save_samples"),
+        styles=list(values.get("styles") or []),
+    )
+
+
+def _number(text: Any) -> Any:
+    """"20" → 20, "0.7" → 0.7, anything else unchanged (extra params keep the WebUI's native types)."""
+    if not isinstance(text, str):
+        return text
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def extra_generation_params(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The non-fixed keys of a parsed infotext; "Key-1"/"Key-2" pairs joined back to "WxH"."""
+    extra: dict[str, Any] = {}
+    pairs: dict[str, dict[str, Any]] = {}
+    for key, value in parsed.items():
+        m = _PAIR_KEY.match(key)
+        if m:
+            pairs.setdefault(m.group(1), {})[m.group(2)] = value
+            continue
+        if key in FIXED_INFOTEXT_KEYS or key.startswith(("Hires sampler", "Hires schedule", "Hires checkpoint")):
+            continue
+        extra[key] = _number(value)
+    for key, pair in pairs.items():
+        if key in FIXED_INFOTEXT_KEYS or set(pair) != {"1", "2"}:
+            continue
+        if str(pair["1"]) in ("0", "") and str(pair["2"]) in ("0", ""):
+            continue  # the parser's default for "no hires resize"
+        extra[key] = f"{pair['1']}x{pair['2']}"
+    return extra
+
+
+def result_info(result: GenerationResult, started_at: float | None,
+                parse_infotext: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """The WebUI's ``Processed.js()`` object for a finished txt2img job."""
+    p = result.params
+    images = result.images
+    infotexts = [g.infotext for g in images]
+    parsed = parse_infotext(infotexts[0]) if infotexts else {}
+    seeds = [g.seed for g in images]
+    subseeds = [g.subseed for g in images]
+    clip_skip = parsed.get("Clip skip", p.clip_skip or 1)
+    timestamp = datetime.fromtimestamp(started_at) if started_at else datetime.now()
+    return {
+        "prompt": p.prompt,
+        "all_prompts": [p.prompt] * len(images),
+        "negative_prompt": p.negative_prompt,
+        "all_negative_prompts": [p.negative_prompt] * len(images),
+        "seed": seeds[0] if seeds else p.seed,
+        "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else p.subseed,
+        "all_subseeds": subseeds,
+        "subseed_strength": p.subseed_strength,
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": parsed.get("Sampler", p.sampler_name),
+        "scheduler": parsed.get("Schedule type", p.scheduler),
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
+        "batch_size": p.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": parsed.get("Model"),
+        "sd_model_hash": parsed.get("Model hash"),
+        "sd_vae_name": parsed.get("VAE"),
+        "sd_vae_hash": parsed.get("VAE hash"),
+        "seed_resize_from_w": p.seed_resize_from_w or -1,
+        "seed_resize_from_h": p.seed_resize_from_h or -1,
+        "denoising_strength": p.hires.denoising_strength if p.hires.enabled else None,
+        "extra_generation_params": extra_generation_params(parsed),
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": list(p.styles),
+        "job_timestamp": timestamp.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": int(_number(clip_skip)) if str(clip_skip).isdigit() else 1,
+        "is_using_inpainting_conditioning": False,
+        "version": parsed.get("Version"),
+        "warnings": list(result.warnings),
+        "interrupted": result.interrupted,
+    }
+
+
+def progress_body(snap: ProgressSnapshot, encode_image: Callable[[Any], str], skip_image: bool) -> dict[str, Any]:
+    """/sdapi/v1/progress for a queue snapshot; idle looks like the WebUI's idle (job_count 0)."""
+    active = snap.state in ("running", "queued")
+    started = datetime.fromtimestamp(snap.started_at) if snap.started_at else None
+    state = {
+        "skipped": False,
+        "interrupted": snap.state == "interrupted",
+        "stopping_generation": False,
+        "job": snap.description if active else "",
+        "job_count": snap.job_count if active else 0,
+        "job_timestamp": started.strftime("%Y%m%d%H%M%S") if started else "0",
+        "job_no": snap.job_no,
+        "sampling_step": snap.step,
+        "sampling_steps": snap.total_steps,
+        "queue_length": snap.queue_length,
+    }
+    if not active:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
+                "textinfo": snap.textinfo or None}
+    image = None
+    if snap.preview is not None and not skip_image:
+        image = encode_image(snap.preview)
+    return {
+        "progress": min(max(snap.fraction, 0.0), 1.0),
+        "eta_relative": float(snap.eta_seconds or 0.0),
+        "state": state,
+        "current_image": image,
+        "textinfo": snap.textinfo or None,
+    }
+
+
+def encode_png_base64(image: Image.Image, infotext: str | None = None) -> str:
+    """PNG bytes as base64 text, with the infotext in the ``parameters`` chunk when given."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_base64_image(text: str, field: str = "image") -> Image.Image:
+    """A base64 (optionally ``data:image/...;base64,``) image; InvalidParameterError if it isn't one."""
+    from PIL import Image, UnidentifiedImageError
+
+    payload = _DATA_URL.sub("", text.strip())
+    try:
+        data = base64.b64decode(payload, validate=False)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+        raise InvalidParameterError(field, f"not a base64-encoded image ({type(exc).__name__})") from None
+    return image
+
+
+def info_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, ensure_ascii=False, default=lambda _o: None)

@@ -1,0 +1,81 @@
+"""Parsed infotext (``parse_generation_parameters``) → txt2img fields, by their API names.
+
+Shared by the API's ``infotext`` request field and the UI's "Send to txt2img" button, so a
+PNG dropped into PNG Info and a PNG's text posted to /sdapi/v1/txt2img fill the same things.
+Keys and the meaning of "Use same ..." follow the WebUI's ``modules/infotext_utils.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+USE_SAME_SAMPLER = "Use same sampler"
+USE_SAME_SCHEDULER = "Use same scheduler"
+
+
+def _to_int(value: Any) -> int:
+    return int(float(str(value).strip()))
+
+
+def _to_float(value: Any) -> float:
+    return float(str(value).strip())
+
+
+def _to_str(value: Any) -> str:
+    return str(value)
+
+
+# infotext key → (API field, converter). Order is irrelevant; missing keys leave fields alone.
+INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "Prompt": ("prompt", _to_str),
+    "Negative prompt": ("negative_prompt", _to_str),
+    "Steps": ("steps", _to_int),
+    "Sampler": ("sampler_name", _to_str),
+    "Schedule type": ("scheduler", _to_str),
+    "CFG scale": ("cfg_scale", _to_float),
+    "Seed": ("seed", _to_int),
+    "Size-1": ("width", _to_int),
+    "Size-2": ("height", _to_int),
+    "Variation seed": ("subseed", _to_int),
+    "Variation seed strength": ("subseed_strength", _to_float),
+    "Seed resize from-1": ("seed_resize_from_w", _to_int),
+    "Seed resize from-2": ("seed_resize_from_h", _to_int),
+    "Denoising strength": ("denoising_strength", _to_float),
+    "Clip skip": ("clip_skip", _to_int),
+    "Hires upscale": ("hr_scale", _to_float),
+    "Hires upscaler": ("hr_upscaler", _to_str),
+    "Hires steps": ("hr_second_pass_steps", _to_int),
+    "Hires resize-1": ("hr_resize_x", _to_int),
+    "Hires resize-2": ("hr_resize_y", _to_int),
+    "Hires sampler": ("hr_sampler_name", _to_str),
+    "Hires schedule type": ("hr_scheduler", _to_str),
+    "Hires prompt": ("hr_prompt", _to_str),
+    "Hires negative prompt": ("hr_negative_prompt", _to_str),
+}
+
+# Keys whose presence means the image was made with Hires. fix on.
+_HIRES_MARKERS = ("Hires upscale", "Hires resize-1", "Hires upscaler", "Hires steps")
+
+
+def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
+    """API-named fields for the values ``parsed`` holds; unreadable values are left out.
+
+    ``enable_hr`` is set from the hires keys; "Use same sampler/scheduler" become ``None``.
+    ``clip_skip`` is not an API field of its own (the WebUI sends it through
+    ``override_settings.CLIP_stop_at_last_layers``); callers place it where they need it.
+    """
+    fields: dict[str, Any] = {}
+    for key, (name, convert) in INFOTEXT_FIELDS.items():
+        if key not in parsed or parsed[key] is None:
+            continue
+        try:
+            fields[name] = convert(parsed[key])
+        except (TypeError, ValueError):
+            continue
+    if fields.get("hr_sampler_name") == USE_SAME_SAMPLER:
+        fields["hr_sampler_name"] = None
+    if fields.get("hr_scheduler") == USE_SAME_SCHEDULER:
+        fields["hr_scheduler"] = None
+    fields["enable_hr"] = any(k in parsed for k in _HIRES_MARKERS if parsed.get(k) not in (None, "", 0, "0"))
+    return fields

@@ -1,0 +1,183 @@
+"""The WebUI-compatible routes (/sdapi/v1/...), on the same JobQueue as the UI.
+
+Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so a handler that
+waits for its job never blocks the server's event loop (progress polls keep answering).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Body, Query
+
+from core.api import convert
+from core.api.models import (
+    LatentUpscalerModeItem,
+    LoraItem,
+    PNGInfoRequest,
+    PNGInfoResponse,
+    ProgressResponse,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    SDVaeItem,
+    TextToImageResponse,
+    Txt2ImgRequest,
+    UpscalerItem,
+)
+from core.errors import InvalidParameterError, JobInterrupted
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.jobs import JobQueue
+
+# The WebUI's built-in upscalers that need no model file (shared.sd_upscalers; scale 4 is its default).
+PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
+
+
+def _parse_infotext(text: str) -> dict[str, Any]:
+    from core.generation.infotext import parse_generation_parameters
+
+    return parse_generation_parameters(text)
+
+
+def model_name_of(name: str) -> str:
+    """The WebUI's ``CheckpointInfo.model_name``: the relative name, folders joined by "_", no extension."""
+    return os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
+
+
+def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+    settings = engine.settings
+
+    @router.post("/txt2img", response_model=TextToImageResponse)
+    def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
+        from core.generation.params import validate
+
+        values = convert.request_fields(req, _parse_infotext)
+        params = validate(convert.params_from_request(values, settings.options.to_json()))
+        job = queue.submit(lambda ctx: engine.txt2img(params, ctx), description="txt2img", owner="api")
+        try:
+            result = job.wait()
+        except JobInterrupted:
+            # Interrupted while still queued: nothing was made, which is not an error.
+            return {"images": [], "parameters": req.model_dump(), "info": convert.info_json({"interrupted": True})}
+        images = []
+        if values.get("send_images", True):
+            images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
+        info = convert.result_info(result, job.progress.started_at, _parse_infotext)
+        return {"images": images, "parameters": req.model_dump(), "info": convert.info_json(info)}
+
+    @router.get("/progress", response_model=ProgressResponse)
+    def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
+        return convert.progress_body(queue.progress(), convert.encode_png_base64, skip_current_image)
+
+    @router.post("/interrupt")
+    def interrupt() -> dict[str, Any]:
+        queue.interrupt()
+        return {}
+
+    @router.post("/skip")
+    def skip() -> dict[str, Any]:
+        queue.skip()
+        return {}
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return settings.options.to_json()
+
+    @router.post("/options")
+    def set_options(body: dict[str, Any] = Body(...)) -> None:
+        changes = dict(body)
+        checkpoint = changes.pop("sd_model_checkpoint", None)
+        if checkpoint is not None and engine.registry.find_checkpoint(str(checkpoint)) is None:
+            engine.refresh_models()
+            if engine.registry.find_checkpoint(str(checkpoint)) is None:
+                raise InvalidParameterError("sd_model_checkpoint", f"model {checkpoint!r} not found",
+                                            hint=f"see GET /sdapi/v1/sd-models or put it into {settings.paths.ckpt_dir}")
+        rejected = settings.update(**changes)
+        if rejected:
+            raise InvalidParameterError(rejected[0], f"invalid value {changes[rejected[0]]!r}")
+        settings.save()
+        if checkpoint is not None:
+            # Through the queue: a running generation finishes on the model it started with.
+            def switch(_ctx):
+                engine.select_checkpoint(str(checkpoint))
+                engine.ensure_model()
+
+            queue.run(switch, description="load checkpoint", owner="api")
+        return None
+
+    @router.get("/samplers", response_model=list[SamplerItem])
+    def samplers() -> list[dict[str, Any]]:
+        from core.sampling.samplers import SAMPLERS
+
+        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
+
+    @router.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers() -> list[dict[str, Any]]:
+        from core.sampling.schedulers import SCHEDULERS
+
+        return [{"name": s.name, "label": s.label, "aliases": list(s.aliases) if s.aliases else None,
+                 "default_rho": s.default_rho, "need_inner_model": s.need_inner_model} for s in SCHEDULERS]
+
+    @router.get("/upscalers", response_model=list[UpscalerItem])
+    def upscalers() -> list[dict[str, Any]]:
+        items = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
+                 for n in PLAIN_UPSCALERS]
+        # Model files are listed, not loaded, so their scale is unknown until first use.
+        items += [{"name": e.name, "model_name": "ESRGAN", "model_path": str(e.path), "model_url": None,
+                   "scale": None} for e in engine.upscalers.entries()]
+        return items
+
+    @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
+    def latent_upscale_modes() -> list[dict[str, str]]:
+        from core.generation.upscale import LATENT_UPSCALE_MODES
+
+        return [{"name": m.name} for m in LATENT_UPSCALE_MODES]
+
+    @router.get("/sd-models", response_model=list[SDModelItem])
+    def sd_models() -> list[dict[str, Any]]:
+        registry = engine.registry
+        return [{"title": registry.title_with_hash(e), "model_name": model_name_of(e.name),
+                 "hash": e.shorthash, "sha256": e.sha256, "filename": str(e.path), "config": None}
+                for e in registry.checkpoints()]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict[str, Any]:
+        engine.refresh_models()
+        return {}
+
+    @router.post("/refresh-vae")
+    def refresh_vae() -> dict[str, Any]:
+        engine.refresh_models()
+        return {}
+
+    @router.get("/sd-vae", response_model=list[SDVaeItem])
+    def sd_vae() -> list[dict[str, str]]:
+        return [{"model_name": e.name, "filename": str(e.path)} for e in engine.registry.vaes()]
+
+    @router.get("/loras", response_model=list[LoraItem])
+    def loras() -> list[dict[str, Any]]:
+        return [{"name": model_name_of(e.name), "alias": model_name_of(e.name), "path": str(e.path),
+                 "metadata": dict(e.metadata or {})} for e in engine.registry.loras()]
+
+    @router.post("/refresh-loras")
+    def refresh_loras() -> dict[str, Any]:
+        engine.refresh_models()
+        return {}
+
+    @router.post("/png-info", response_model=PNGInfoResponse)
+    def png_info(req: PNGInfoRequest) -> dict[str, Any]:
+        from core.generation.infotext import read_png_infotext
+
+        if not req.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        image = convert.decode_base64_image(req.image)
+        info = read_png_infotext(image) or ""
+        items = {k: v for k, v in (image.info or {}).items()
+                 if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
+        return {"info": info, "items": items, "parameters": _parse_infotext(info) if info else {}}
+
+    return router

@@ -1,0 +1,171 @@
+"""The API's translation layer: WebUI request fields → GenerationParams, results → info JSON."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+
+import pytest
+from PIL import Image
+
+from core.api import convert
+from core.api.models import Txt2ImgRequest
+from core.api.paste import fields_from_infotext
+from core.errors import InvalidParameterError
+from core.generation.params import GeneratedImage, GenerationParams, GenerationResult, HiresParams
+from core.jobs import JobQueue, ProgressSnapshot
+
+
+def test_webui_defaults_carry_over():
+    values = Txt2ImgRequest().model_dump()
+    p = convert.params_from_request(values, {})
+    # The WebUI's API defaults: 50 steps, sampler_index "Euler", 512x512, cfg 7, no saving.
+    assert (p.steps, p.sampler_name, p.width, p.height, p.cfg_scale) == (50, "Euler", 512, 512, 7.0)
+    assert p.seed == -1 and p.subseed == -1 and p.seed_resize_from_w == 0 and p.seed_resize_from_h == 0
+    assert p.save_images is False and p.hires.enabled is False and p.hires.upscaler == "Latent"
+
+
+def test_fields_map_one_to_one():
+    req = Txt2ImgRequest(prompt="a cat", negative_prompt="blurry", sampler_name="Euler a", scheduler="Karras",
+                         steps=12, cfg_scale=5.5, width=320, height=256, seed=7, subseed=9, subseed_strength=0.3,
+                         seed_resize_from_w=64, seed_resize_from_h=96, n_iter=3, batch_size=2, enable_hr=True,
+                         hr_scale=1.5, hr_upscaler="Lanczos", hr_second_pass_steps=4, denoising_strength=0.4,
+                         hr_sampler_name="Use same sampler", hr_scheduler="Karras", save_images=True,
+                         override_settings={"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "m [abc]"})
+    p = convert.params_from_request(req.model_dump(), {})
+    assert (p.prompt, p.negative_prompt, p.sampler_name, p.scheduler) == ("a cat", "blurry", "Euler a", "Karras")
+    assert (p.steps, p.cfg_scale, p.width, p.height) == (12, 5.5, 320, 256)
+    assert (p.seed, p.subseed, p.subseed_strength) == (7, 9, 0.3)
+    assert (p.seed_resize_from_w, p.seed_resize_from_h, p.batch_count, p.batch_size) == (64, 96, 3, 2)
+    assert p.clip_skip == 2 and p.checkpoint == "m [abc]" and p.save_images is True
+    h = p.hires
+    assert (h.enabled, h.scale, h.upscaler, h.steps, h.denoising_strength) == (True, 1.5, "Lanczos", 4, 0.4)
+    assert h.sampler_name is None and h.scheduler == "Karras"
+
+
+def test_sampler_name_wins_over_sampler_index():
+    assert convert.params_from_request({"sampler_index": "DDIM"}, {}).sampler_name == "DDIM"
+    assert convert.params_from_request({"sampler_name": "Heun", "sampler_index": "DDIM"}, {}).sampler_name == "Heun"
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"restore_faces": True}, "restore_faces"),
+    ({"tiling": True}, "tiling"),
+    ({"script_name": "x/y/z plot"}, "script_name"),
+    ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
+    ({"hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
+    ({"override_settings": {"sd_vae": "other.vae.pt"}}, "override_settings.sd_vae"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": "two"}}, "override_settings.CLIP_stop_at_last_layers"),
+])
+def test_missing_features_are_refused_with_the_field_named(values, field):
+    with pytest.raises(InvalidParameterError) as info:
+        convert.params_from_request(values, {"sd_vae": "Automatic"})
+    assert info.value.field == field
+
+
+def test_override_equal_to_the_current_option_is_accepted():
+    p = convert.params_from_request({"override_settings": {"sd_vae": "Automatic"}}, {"sd_vae": "Automatic"})
+    assert p.checkpoint is None
+
+
+def test_infotext_fills_fields_the_client_left_out():
+    parsed = {"Prompt": "from text", "Steps": "9", "Sampler": "Heun", "Seed": "42", "Size-1": "320",
+              "Size-2": "192", "Clip skip": "2", "Hires upscale": "2", "Hires upscaler": "Latent"}
+    req = Txt2ImgRequest(infotext="ignored by the stand-in parser", steps=30)
+    values = convert.request_fields(req, lambda _text: parsed)
+    assert values["prompt"] == "from text" and values["steps"] == 30  # explicit field wins
+    assert (values["seed"], values["width"], values["height"]) == (42, 320, 192)
+    assert values["enable_hr"] is True and values["override_settings"]["CLIP_stop_at_last_layers"] == 2
+
+
+def test_paste_mapping_reads_webui_keys():
+    fields = fields_from_infotext({"Negative prompt": "ugly", "CFG scale": "6.5", "Variation seed": "11",
+                                   "Variation seed strength": "0.25", "Hires resize-1": 0, "Hires resize-2": 0,
+                                   "Hires sampler": "Use same sampler", "Steps": "not a number"})
+    assert fields["negative_prompt"] == "ugly" and fields["cfg_scale"] == 6.5
+    assert fields["subseed"] == 11 and fields["subseed_strength"] == 0.25
+    assert fields["hr_sampler_name"] is None and fields["enable_hr"] is False and "steps" not in fields
+
+
+def test_extra_generation_params_keeps_only_extras():
+    parsed = {"Prompt": "p", "Steps": "20", "Size-1": "64", "Size-2": "64", "Model hash": "0123456789",
+              "Hires upscale": "2", "Hires upscaler": "Latent", "Denoising strength": "0.7",
+              "Hires resize-1": 0, "Hires resize-2": 0, "Lora hashes": "a: 0123456789ab"}
+    extra = convert.extra_generation_params(parsed)
+    assert extra == {"Hires upscale": 2, "Hires upscaler": "Latent", "Denoising strength": 0.7,
+                     "Lora hashes": "a: 0123456789ab"}
+
+
+def test_result_info_has_the_webui_keys():
+    params = GenerationParams(prompt="p", negative_prompt="n", steps=3, width=64, height=64, batch_size=2,
+                              hires=HiresParams(enabled=True, denoising_strength=0.5))
+    images = [GeneratedImage(Image.new("RGB", (8, 8)), seed=5 + i, subseed=100 + i, infotext=f"text {i}")
+              for i in range(2)]
+    parsed = {"Sampler": "Euler", "Schedule type": "Karras", "Model": "tiny", "Model hash": "0123456789",
+              "Clip skip": "2", "Hires upscale": "2"}
+    info = convert.result_info(GenerationResult(images, params), 0.0, lambda _t: parsed)
+    for key in ("prompt", "all_prompts", "negative_prompt", "seed", "all_seeds", "subseed", "all_subseeds",
+                "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size",
+                "sd_model_name", "sd_model_hash", "seed_resize_from_w", "seed_resize_from_h",
+                "denoising_strength", "extra_generation_params", "index_of_first_image", "infotexts", "styles",
+                "job_timestamp", "clip_skip"):
+        assert key in info, key
+    assert info["all_seeds"] == [5, 6] and info["all_subseeds"] == [100, 101] and info["seed"] == 5
+    assert info["sd_model_name"] == "tiny" and info["sd_model_hash"] == "0123456789"
+    assert info["clip_skip"] == 2 and info["denoising_strength"] == 0.5
+    assert info["extra_generation_params"] == {"Hires upscale": 2}
+    assert info["seed_resize_from_w"] == -1 and info["infotexts"] == ["text 0", "text 1"]
+    assert len(info["job_timestamp"]) == 14
+
+
+def test_png_base64_round_trip_keeps_parameters():
+    text = "a prompt\nSteps: 20, Sampler: Euler, Seed: 1"
+    encoded = convert.encode_png_base64(Image.new("RGB", (4, 4), "red"), text)
+    image = convert.decode_base64_image("data:image/png;base64," + encoded)
+    assert image.info["parameters"] == text and image.size == (4, 4)
+    raw = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    assert raw.format == "PNG"
+
+
+def test_bad_base64_names_the_field():
+    with pytest.raises(InvalidParameterError) as info:
+        convert.decode_base64_image("this is not an image")
+    assert info.value.field == "image"
+
+
+def test_progress_idle_matches_webui_idle():
+    body = convert.progress_body(ProgressSnapshot(), lambda _i: "x", False)
+    assert body["progress"] == 0 and body["eta_relative"] == 0 and body["current_image"] is None
+    assert body["state"]["job_count"] == 0
+    assert set(body["state"]) >= {"skipped", "interrupted", "job", "job_count", "job_timestamp", "job_no",
+                                  "sampling_step", "sampling_steps"}
+
+
+def test_progress_while_running_reports_steps_and_preview():
+    queue = JobQueue()
+    started, release = threading.Event(), threading.Event()
+
+    def job(ctx):
+        ctx.set_total(10, job_count=2)
+        ctx.advance(4)
+        ctx.set_preview(Image.new("RGB", (8, 8), "blue"))
+        started.set()
+        release.wait(5)
+        return "ok"
+
+    try:
+        handle = queue.submit(job, description="txt2img")
+        assert started.wait(5)
+        body = convert.progress_body(queue.progress(), convert.encode_png_base64, False)
+        assert body["progress"] == pytest.approx(0.4)
+        assert body["state"]["sampling_step"] == 4 and body["state"]["sampling_steps"] == 10
+        assert body["state"]["job_count"] == 2 and body["state"]["job"] == "txt2img"
+        assert Image.open(io.BytesIO(base64.b64decode(body["current_image"]))).size == (8, 8)
+        skipped = convert.progress_body(queue.progress(), convert.encode_png_base64, True)
+        assert skipped["current_image"] is None
+        release.set()
+        assert handle.wait(5) == "ok"
+    finally:
+        release.set()
+        queue.shutdown()
