@@ -44,6 +44,8 @@ class Engine:
         self._vae_choice: str | None = None
         self._tokenizer = None
         self._extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
+        self.vae_path: Path | None = None  # the external VAE file in use, None = the checkpoint's own
+        self._upscalers = None
 
     # ------------------------------------------------------------------ queries --
     def refresh_models(self) -> None:
@@ -171,6 +173,7 @@ class Engine:
             path = vae.path
         apply_vae(self._model, path)
         self._vae_choice = choice
+        self.vae_path = Path(path) if path else None
 
     def txt2img(self, params: GenerationParams, ctx: JobContext) -> GenerationResult:
         """worker: one txt2img job, from parameters to saved PNGs."""
@@ -182,6 +185,16 @@ class Engine:
     @property
     def extras(self):
         return self._extras
+
+    @property
+    def upscalers(self):
+        """Model upscalers (ESRGAN folder), listed without loading any of them."""
+        if self._upscalers is None:
+            from core.generation.upscalers_model import ModelUpscalers
+
+            device = self.settings.device_policy().device
+            self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
+        return self._upscalers
 
 
 def native_size_from_header(path: str | Path) -> int:

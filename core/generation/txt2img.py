@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from core.errors import InvalidParameterError, JobInterrupted, JobSkipped
+from core.generation import model_ops
 from core.generation.cond_schedule import ConditioningCache, PromptSchedule, build_schedule, expand_batch
 from core.generation.infotext import create_infotext
 from core.generation.params import GeneratedImage, GenerationParams, GenerationResult, validate
@@ -117,8 +119,8 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
 
     steps_per_batch = p.steps + (hr_steps or 0)
     ctx.set_total(steps_per_batch * p.batch_count, job_count=p.total_images)
-    previewer = LatentPreviewer(model.vae, spec.vae_scaling_factor, spec.latent_channels)
-    factor = spec.vae_downscale
+    previewer = LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model))
+    factor = model_ops.vae_downscale(model)
     base_infotext = _infotext_params(engine, model, p, sampler.name, scheduler, clip_skip, opts, hires, second,
                                      extra_params, cache)
     folder = output_folder(engine.paths.outputs_dir, "txt2img")
@@ -128,7 +130,7 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
     for n in range(p.batch_count):
         seeds = [seed + n * p.batch_size + i for i in range(p.batch_size)]
         subseeds = [subseed + n * p.batch_size + i for i in range(p.batch_size)]
-        rng = ImageRNG((spec.latent_channels, p.height // factor, p.width // factor), seeds,
+        rng = ImageRNG((model_ops.latent_channels(model), p.height // factor, p.width // factor), seeds,
                        subseeds=subseeds, subseed_strength=p.subseed_strength,
                        seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w,
                        source=_rng_source(opts), device=model.device)
@@ -136,8 +138,8 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
             ctx.set_text(f"Batch {n + 1} of {p.batch_count}")
             latents = _sample(model, first, noise_schedule, rng, rng.first(), None, p, ctx, previewer, (p.width, p.height))
             if second is not None:
-                latents = _hires_pass(model, second, noise_schedule, rng, latents, p, ctx, previewer)
-            decoded = model.decode(latents)
+                latents = _hires_pass(engine, model, second, noise_schedule, rng, latents, p, ctx, previewer)
+            decoded = model_ops.decode(model, latents)
         except JobSkipped:
             ctx.advance(0)
             continue
@@ -186,8 +188,7 @@ def _sample(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
         sigmas = sigmas_for(sp.scheduler_name, total, schedule, sampler)[total - t_enc - 1:]
         x = init_latent + noise * sigmas[0]
 
-    time_ids = model.time_ids(size) if model.spec.family == "sdxl" else None
-    denoiser = DiscreteDenoiser(model.unet_fn(time_ids), schedule)
+    denoiser = DiscreteDenoiser(model_ops.unet_fn(model, size), schedule)
 
     def conditioning_at(step: int) -> StepConditioning:
         conds = [(expand_batch(c, batch), w) for c, w in sp.cond.at(step)]
@@ -210,17 +211,17 @@ def _sample(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
                                 noise_sampler=rng.noise_sampler(x), **kwargs)
 
 
-def _hires_pass(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG, latents: torch.Tensor,
+def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG, latents: torch.Tensor,
                 p: GenerationParams, ctx: JobContext, previewer: LatentPreviewer) -> torch.Tensor:
     hires = p.hires
     width, height = hires.target_size(p.width, p.height)
-    factor = model.spec.vae_downscale
+    factor = model_ops.vae_downscale(model)
     if is_latent_upscaler(hires.upscaler):
         init = upscale_latent(latents, hires.upscaler, width, height, factor)
     else:
-        images = _to_pil(model.decode(latents))
-        upscaled = [_upscale_image(model, img, hires.upscaler, width, height) for img in images]
-        init = model.encode(_from_pil(upscaled, model.device))
+        images = _to_pil(model_ops.decode(model, latents))
+        upscaled = [_upscale_image(engine, img, hires.upscaler, width, height) for img in images]
+        init = model_ops.encode(model, _from_pil(upscaled, model.device))
     noise = rng.next_for_shape(init.shape) if hasattr(rng, "next_for_shape") else _hires_noise(rng, init)
     ctx.set_text(f"Hires fix: {width}x{height}")
     return _sample(model, sp, schedule, rng, noise, init.to(noise.dtype), p, ctx, previewer, (width, height),
@@ -234,15 +235,15 @@ def _hires_noise(rng: ImageRNG, init: torch.Tensor) -> torch.Tensor:
     return noise
 
 
-def _upscale_image(model: LoadedModel, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
+def _upscale_image(engine: Engine, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
     from core.generation.upscale import IMAGE_RESAMPLERS
 
     if name in IMAGE_RESAMPLERS:
         return resize_image(image, name, width, height)
-    upscalers = getattr(model, "upscalers", None)
-    if upscalers is None:
-        raise InvalidParameterError("hr_upscaler", f"unknown upscaler {name!r}")
-    return upscalers.upscale(image, name, width, height)
+    if name not in engine.upscalers.names():
+        raise InvalidParameterError("hr_upscaler", f"unknown upscaler {name!r}",
+                                    hint="see GET /sdapi/v1/upscalers for the names")
+    return engine.upscalers.upscale(image, name, width, height)
 
 
 def _to_pil(decoded: torch.Tensor) -> list[Image.Image]:
@@ -267,9 +268,9 @@ def _infotext_params(engine: Engine, model: LoadedModel, p: GenerationParams, sa
         "Seed": None,
         "Size": f"{p.width}x{p.height}",
         "Model hash": engine.registry.short_hash(entry) if entry else None,
-        "Model": model.name,
+        "Model": Path(entry.name).stem if entry else None,
     }
-    vae = getattr(model, "vae_file", None)
+    vae = engine.vae_path
     if vae is not None:
         params["VAE hash"] = engine.hash_cache.sha256(vae, kind="vae")[:10]
         params["VAE"] = vae.name
