@@ -1,0 +1,175 @@
+"""Extra networks for one loaded model: prompt tags → LoRAs merged, hypernetworks hooked,
+embeddings looked up. The glue between the prompt's `<lora:...>` tags and core.networks.
+
+Bad tags never stop a generation: each becomes a warning shown in the UI, and the infotext
+only names what was really applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import ModelFileError
+from core.networks import hypernetworks as hn
+from core.networks.embeddings import EmbeddingDatabase, expected_dims_for
+from core.networks.lora import NetworkManager, NetworkRequest, find_networks, read_safetensors_metadata
+
+
+@dataclass
+class Activation:
+    infotext: dict[str, object] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def lora_multipliers(positional: list[str], named: dict[str, str]) -> tuple[float, float, int | None]:
+    """The WebUI's reading of `<lora:name:te:unet:dyn>` and `te=`/`unet=`/`dyn=` (ValueError if not numbers)."""
+    te = float(positional[1]) if len(positional) > 1 else 1.0
+    te = float(named.get("te", te))
+    unet = float(positional[2]) if len(positional) > 2 else te
+    unet = float(named.get("unet", unet))
+    dyn = int(positional[3]) if len(positional) > 3 else None
+    dyn = int(named["dyn"]) if "dyn" in named else dyn
+    return te, unet, dyn
+
+
+class ExtraNetworks:
+    def __init__(self, model: Any, paths: Any, hash_cache: Any = None):
+        self.model = model
+        self.paths = paths
+        self.family = model.spec.family
+        self.networks = NetworkManager(model.unet, model.text_encoders, self.family, model.spec.unet_config)
+        self.embeddings = EmbeddingDatabase(Path(paths.embeddings_dir), model.tokenizers)
+        self._expected_dims = expected_dims_for(model.text_encoders)
+        self._aliases: dict[tuple[Path, float], str] = {}
+        self._hypernets: dict[Path, tuple[float, hn.Hypernetwork]] = {}
+        self.refresh_embeddings()
+
+    # -- folders ----------------------------------------------------------------------
+    def refresh_embeddings(self, force: bool = False) -> bool:
+        return self.embeddings.load_for_model(self.family, self._expected_dims, force=force)
+
+    def lora_index(self) -> dict[str, Path]:
+        """Names a prompt may use: file stems, plus `ss_output_name` aliases like the WebUI."""
+        files = find_networks(self.paths.lora_dir)
+        index = dict(files)
+        for path in files.values():
+            alias = self._alias(path)
+            if alias:
+                index.setdefault(alias, path)
+        return index
+
+    def _alias(self, path: Path) -> str | None:
+        if path.suffix.lower() != ".safetensors":
+            return None
+        try:
+            key = (path, path.stat().st_mtime)
+        except OSError:
+            return None
+        if key not in self._aliases:
+            try:
+                value = read_safetensors_metadata(path).get("ss_output_name")
+            except ModelFileError:
+                value = None
+            self._aliases[key] = value if isinstance(value, str) else ""
+        return self._aliases[key] or None
+
+    # -- activation -------------------------------------------------------------------
+    def activate(self, tags: dict[str, list[Any]]) -> Activation:
+        """Apply exactly the networks named in this job's prompt (restoring the previous set)."""
+        out = Activation()
+        self.refresh_embeddings()
+        self._activate_loras(tags.get("lora", []), out)
+        self._activate_hypernets(tags.get("hypernet", []), out)
+        for kind in tags:
+            if kind not in ("lora", "hypernet"):
+                out.warnings.append(f"unknown extra network type <{kind}:...>; tag ignored")
+        return out
+
+    def _activate_loras(self, items: list[Any], out: Activation) -> None:
+        requests: list[NetworkRequest] = []
+        mentioned: list[str] = []
+        index = self.lora_index() if items else {}
+        for params in items:
+            if not params.positional:
+                out.warnings.append("a <lora:...> tag without a name was ignored")
+                continue
+            name = params.positional[0]
+            try:
+                te, unet, dyn = lora_multipliers(params.positional, params.named)
+            except ValueError:
+                out.warnings.append(f"LoRA {name}: weight {':'.join(params.positional[1:])!r} is not a number; "
+                                    "tag ignored")
+                continue
+            path = index.get(name)
+            if path is None:
+                out.warnings.append(f"LoRA {name!r} not found in {self.paths.lora_dir}; tag ignored")
+                continue
+            try:
+                net = self.networks.load(path)
+            except ModelFileError as e:
+                out.warnings.append(f"LoRA {name}: {e.message}")
+                continue
+            requests.append(NetworkRequest(net, te, unet, dyn))
+            mentioned.append(name)
+        report = self.networks.apply(requests)
+        out.warnings.extend(report.warnings)
+        bundled = {}
+        for request in requests:
+            bundled.update(_bundled_for(request.network))
+        # Always called, also with none: it removes the previous job's bundled embeddings.
+        for skipped in self.embeddings.set_bundled(bundled, self._expected_dims):
+            out.warnings.append(f"embedding {skipped.name} in {skipped.filename} skipped: {skipped.reason}")
+        applied = [(m, r) for m, r, rep in zip(mentioned, requests, report.networks) if rep.modules_changed]
+        if applied:
+            out.infotext["Lora hashes"] = ", ".join(
+                f"{m.replace(':', '').replace(',', '')}: {r.network.shorthash}" for m, r in applied)
+
+    def _activate_hypernets(self, items: list[Any], out: Activation) -> None:
+        chosen: list[tuple[hn.Hypernetwork, float]] = []
+        index = hn.find_hypernetworks(self.paths.hypernetwork_dir) if items else {}
+        for params in items:
+            if not params.positional:
+                continue
+            name = params.positional[0]
+            try:
+                multiplier = float(params.positional[1]) if len(params.positional) > 1 else 1.0
+            except ValueError:
+                out.warnings.append(f"hypernetwork {name}: strength {params.positional[1]!r} is not a number; tag ignored")
+                continue
+            path = index.get(name)
+            if path is None:
+                out.warnings.append(f"hypernetwork {name!r} not found in {self.paths.hypernetwork_dir}; tag ignored")
+                continue
+            try:
+                chosen.append((self._hypernet(path), multiplier))
+            except ModelFileError as e:
+                out.warnings.append(f"hypernetwork {name}: {e.message}")
+        if chosen:
+            hn.install(self.model.unet, chosen)
+            first, multiplier = chosen[0]
+            out.infotext["Hypernet"] = first.name
+            out.infotext["Hypernet hash"] = first.shorthash
+            out.infotext["Hypernet strength"] = multiplier
+        else:
+            hn.uninstall(self.model.unet)
+
+    def _hypernet(self, path: Path) -> hn.Hypernetwork:
+        mtime = path.stat().st_mtime
+        cached = self._hypernets.get(path)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, hn.load_hypernetwork(path))
+            self._hypernets[path] = cached
+        return cached[1]
+
+    def restore(self) -> None:
+        """Base weights back, hooks off (before unloading or switching models)."""
+        self.networks.restore()
+        hn.uninstall(self.model.unet)
+
+
+def _bundled_for(network) -> dict:
+    from core.networks.embeddings import bundled_embeddings
+
+    return bundled_embeddings(network.name, network.bundle_embeddings) if network.bundle_embeddings else {}
