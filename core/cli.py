@@ -19,11 +19,13 @@ DEFAULT_PORT = 7860
 PRECISIONS = ("full", "half", "autocast")
 
 # Modules ``--use-cpu`` can move to the CPU. Kiln's model code ("sd": checkpoint, VAE, text
-# encoders, training) and the dataset taggers/captioners (the WebUI calls them "interrogate").
-CPU_MODULES = ("sd", "interrogate")
+# encoders, training), the dataset taggers/captioners (the WebUI calls them "interrogate") and
+# the ESRGAN-family upscalers (Kiln reads ESRGAN and Real-ESRGAN files with one upscaler).
+CPU_MODULES = ("sd", "interrogate", "esrgan")
+CPU_MODULE_ALIASES = {"realesrgan": "esrgan"}
 # WebUI module names that have no counterpart in Kiln: accepted (so WebUI command lines keep
 # working) with a warning, instead of failing the start.
-WEBUI_ONLY_CPU_MODULES = ("gfpgan", "codeformer", "esrgan", "realesrgan", "bsrgan", "scunet", "swinir")
+WEBUI_ONLY_CPU_MODULES = ("gfpgan", "codeformer", "bsrgan", "scunet", "swinir")
 
 
 class FlagError(ValueError):
@@ -222,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CUDA device index to use (default: the first)")
     perf.add_argument("--use-cpu", nargs="+", type=str.lower, default=[], metavar="MODULE",
                       help=f"run these modules on the CPU: {', '.join(('all',) + CPU_MODULES)} "
-                      "(sd = checkpoint/VAE/text encoders, interrogate = taggers and captioners)")
+                      "(sd = checkpoint/VAE/text encoders, interrogate = taggers and captioners, "
+                      "esrgan = ESRGAN/Real-ESRGAN upscalers)")
     return p
 
 
@@ -293,6 +296,7 @@ def _check_cpu_modules(names: list[str]) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     valid = ("all",) + CPU_MODULES
     for name in names:
+        name = CPU_MODULE_ALIASES.get(name, name)
         if name in valid:
             if name not in modules:
                 modules.append(name)

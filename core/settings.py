@@ -141,20 +141,21 @@ def _keep_bad_copy(config_path: Path) -> Path | None:
 class DevicePolicy:
     """Device, dtypes, attention and offload mode for the model code (from the flags)."""
 
-    device: str  # "cuda:0", "mps", "cpu"
+    device: str  # main model code: "cuda:0", "mps", "cpu"
     dtype: str  # torch dtype name for UNet / text encoders: "float16" | "float32"
     vae_dtype: str
     attention: str  # "sdpa" | "xformers"
     offload: str  # "none" | "medvram" | "lowvram"
     autocast: bool = False  # run the UNet under torch.autocast (--precision autocast on a GPU)
-    cpu_modules: frozenset[str] = frozenset()  # --use-cpu names ("sd", "interrogate"; "all")
+    cpu_modules: frozenset[str] = frozenset()  # --use-cpu names ("sd", "interrogate", "esrgan"; "all")
+    accelerator: str = "cpu"  # the best device here; modules not named by --use-cpu run on it
     warnings: tuple[str, ...] = ()
 
     def device_for(self, module: str) -> str:
-        """Device for a module group ("sd", "interrogate"): the CPU when --use-cpu names it."""
+        """Device for a module group ("sd", "interrogate", "esrgan"): the CPU when --use-cpu names it."""
         if "all" in self.cpu_modules or module in self.cpu_modules:
             return "cpu"
-        return self.device
+        return self.accelerator
 
     @property
     def torch_dtype(self):
@@ -180,22 +181,23 @@ def derive_device_policy(
     warnings: list[str] = []
     cuda_available = cuda_device_count > 0
     cpu_modules = frozenset(flags.use_cpu)
-    # The device of the main model code; "interrogate" alone leaves it on the GPU.
-    on_cpu = "all" in cpu_modules or "sd" in cpu_modules
-    if not on_cpu and cuda_available:
+    # The best device on this machine; modules not named by --use-cpu run there.
+    if cuda_available:
         index = flags.device_id if flags.device_id is not None else 0
         if index >= cuda_device_count:
             raise KilnError(
                 f"--device-id {index}: this machine has {cuda_device_count} CUDA device(s)",
                 hint=f"use --device-id 0 to {cuda_device_count - 1}, or leave it out",
             )
-        device = f"cuda:{index}"
-    elif not on_cpu and mps_available:
-        device = "mps"
+        accelerator = f"cuda:{index}"
+    elif mps_available:
+        accelerator = "mps"
     else:
-        device = "cpu"
-    if flags.device_id is not None and not device.startswith("cuda"):
-        warnings.append(f"--device-id {flags.device_id} ignored: running on {device}")
+        accelerator = "cpu"
+    if flags.device_id is not None and not accelerator.startswith("cuda"):
+        warnings.append(f"--device-id {flags.device_id} ignored: there is no CUDA device")
+    # The device of the main model code (checkpoint, VAE, text encoders, training).
+    device = "cpu" if ("all" in cpu_modules or "sd" in cpu_modules) else accelerator
 
     full = flags.no_half or flags.precision == "full"
     if device == "cpu":
@@ -224,7 +226,7 @@ def derive_device_policy(
 
     return DevicePolicy(
         device=device, dtype=dtype, vae_dtype=vae_dtype, attention=attention, offload=offload,
-        autocast=autocast, cpu_modules=cpu_modules, warnings=tuple(warnings),
+        autocast=autocast, cpu_modules=cpu_modules, accelerator=accelerator, warnings=tuple(warnings),
     )
 
 

@@ -75,6 +75,10 @@ def test_webui_only_cpu_module_is_accepted_with_warning():
     assert f.warnings == ["--use-cpu gfpgan: Kiln has no gfpgan module; ignored"]
 
 
+def test_realesrgan_is_the_esrgan_module():
+    assert parse_flags(["--use-cpu", "realesrgan", "esrgan"]).use_cpu == ["esrgan"]
+
+
 def test_unknown_cpu_module_suggests_the_nearest(capsys):
     err = error_of(["--use-cpu", "interogate"], capsys)
     assert "unknown module 'interogate'" in err and "did you mean interrogate?" in err

@@ -232,6 +232,8 @@ def test_device_id_and_its_bounds():
         policy(["--device-id", "2"], cuda=2)
     p = policy(["--device-id", "1"], cuda=0)
     assert p.device == "cpu" and "--device-id 1 ignored" in p.warnings[0]
+    with pytest.raises(KilnError):  # checked even when the model itself runs on the CPU
+        policy(["--device-id", "3", "--use-cpu", "sd"], cuda=1)
 
 
 def test_use_cpu_moves_modules():
@@ -241,7 +243,10 @@ def test_use_cpu_moves_modules():
     p = policy(["--use-cpu", "interrogate"])
     assert p.device == "cuda:0" and p.device_for("sd") == "cuda:0" and p.device_for("interrogate") == "cpu"
     p = policy(["--use-cpu", "sd"])
-    assert p.device == "cpu" and p.device_for("interrogate") == "cpu"
+    assert p.device == "cpu" and p.dtype == "float32" and p.device_for("sd") == "cpu"
+    assert p.device_for("interrogate") == "cuda:0"  # only the named module moves
+    p = policy(["--use-cpu", "esrgan"])
+    assert p.device == "cuda:0" and p.device_for("esrgan") == "cpu" and p.device_for("sd") == "cuda:0"
 
 
 def test_xformers_only_when_usable():
