@@ -312,3 +312,20 @@ def test_readme_lists_every_flag():
     flags = {opt for a in build_parser()._actions for opt in a.option_strings if opt.startswith("--")}
     missing = sorted(f for f in flags - {"--help"} if f"`{f}" not in readme and f"{f}`" not in readme)
     assert missing == []
+
+
+def test_launch_bat_is_consistent_with_launch_sh():
+    """launch.bat cannot run here; check what can be checked without Windows."""
+    raw = (REPO / "launch.bat").read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n")  # CRLF everywhere: cmd mis-parses labels with bare LF
+    text = raw.decode("ascii")
+    labels = {m.lower() for m in re.findall(r"^:(\w+)", text, re.M)}
+    targets = {m.lower() for m in re.findall(r"\b(?:goto|call) :?(\w+)", text, re.I)}
+    assert targets <= labels, f"jumps to missing labels: {targets - labels}"
+    sh = LAUNCH.read_text()
+    for name in ["CPU_TORCH_VERSION", "CUDA_TORCH_INDEX", "CPU_TORCH_INDEX"]:
+        sh_value = re.search(rf'^{name}="([^"]+)"', sh, re.M).group(1)
+        assert f'set "{name}={sh_value}"' in text, name
+    for word in ["TORCH_COMMAND", "SKIP_INSTALL", "KILN_EXTRAS", "PYTHON", "--install-only",
+                 ".kiln-install-stamp", "pip install -e", "nvidia-smi", "app.py"]:
+        assert word in text, word
