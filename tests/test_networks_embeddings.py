@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.models.fixtures import tiny_model
 from core.networks.embeddings import (
     EmbeddingDatabase,
     bundled_embeddings,
@@ -16,9 +17,13 @@ from core.networks.embeddings import (
     expected_dims_for,
     load_embedding,
 )
-from core.networks.fixtures import tiny_models, write_network_fixtures, write_ti_png, write_ti_pt
+from core.networks.fixtures import write_network_fixtures, write_ti_png, write_ti_pt
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "core" / "models" / "clip_tokenizer"
+
+
+def models_of(model):
+    return model.unet, model.text_encoders
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def sd1_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("sd1")
-    unet, tes = tiny_models("sd1", seed=0)
+    unet, tes = models_of(tiny_model("sd1", seed=0))
     return out, write_network_fixtures(out, "sd1", unet, tes), tes
 
 
@@ -59,12 +64,12 @@ def test_each_format_loads_with_right_shape(sd1_files):
 
 
 def test_sdxl_embedding(tmp_path):
-    unet, tes = tiny_models("sdxl", seed=0)
+    unet, tes = models_of(tiny_model("sdxl", seed=0))
     files = write_network_fixtures(tmp_path, "sdxl", unet, tes)
     emb = load_embedding(files["ti_sdxl"])
-    assert emb.is_sdxl and emb.vectors == 2 and emb.shape == 32 + 40
-    assert emb.vec["clip_l"].shape == (2, 32) and emb.vec["clip_g"].shape == (2, 40)
-    assert expected_dims_for(tes) == {"clip_l": 32, "clip_g": 40}
+    assert emb.is_sdxl and emb.vectors == 2 and emb.shape == 32 + 32
+    assert emb.vec["clip_l"].shape == (2, 32) and emb.vec["clip_g"].shape == (2, 32)
+    assert expected_dims_for(tes) == {"clip_l": 32, "clip_g": 32}
 
 
 def test_database_loads_skips_and_ignores(sd1_files, tokenizer, tmp_path):

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from core.errors import ModelFileError
+from core.models.fixtures import tiny_model
 from core.networks import hypernetworks as hn
-from core.networks.fixtures import hypernetwork_state, tiny_models, unet_context_dims
+from core.networks.fixtures import hypernetwork_state, unet_context_dims
 
 
 def save(path, state):
@@ -18,9 +19,13 @@ def save(path, state):
     return path
 
 
+def models_of(model):
+    return model.unet, model.text_encoders
+
+
 @pytest.fixture(scope="module")
 def sd1():
-    return tiny_models("sd1", seed=0)
+    return models_of(tiny_model("sd1", seed=0))
 
 
 def test_load_matches_the_stored_mlp(tmp_path):

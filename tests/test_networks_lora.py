@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import struct
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from core.errors import ModelFileError
-from core.networks.fixtures import kohya_metadata, tiny_models, write_network_fixtures
+from core.models.fixtures import tiny_model
+from core.networks.fixtures import kohya_metadata, write_network_fixtures
 from core.networks.lora import NetworkManager, NetworkRequest, addnet_hash_safetensors, load_network
 
 TE_Q = "encoder.layers.0.self_attn.q_proj"
@@ -19,9 +21,13 @@ UNET_PROJ_IN = "down_blocks.0.attentions.0.proj_in"  # a 1×1 conv in SD1
 UNET_CONV1 = "down_blocks.0.resnets.0.conv1"  # 3×3
 
 
+def models_of(model):
+    return model.unet, model.text_encoders
+
+
 @pytest.fixture(scope="module")
 def sd1():
-    unet, tes = tiny_models("sd1", seed=0)
+    unet, tes = models_of(tiny_model("sd1", seed=0))
     return unet, tes
 
 
@@ -90,8 +96,8 @@ def test_kohya_lora_changes_exactly_the_expected_weights(sd1, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_apply_restore_is_bitwise_for_every_fixture_format(tmp_path, dtype):
-    unet, tes = tiny_models("sd1", seed=3)
+def test_apply_restore_is_bitwise_for_every_fixture_format(sd1, tmp_path, dtype):
+    unet, tes = copy.deepcopy(sd1)
     files = write_network_fixtures(tmp_path, "sd1", unet, tes)
     unet.to(dtype)
     for te in tes:
@@ -408,3 +414,50 @@ def test_weights_are_updated_in_place(sd1, tmp_path):
     assert unet.get_submodule(UNET_Q).weight is param
     manager.restore()
     assert unet.get_submodule(UNET_Q).weight is param
+
+
+def test_sdxl_kohya_lora_with_sgm_names(tmp_path):
+    model = tiny_model("sdxl", seed=0)
+    unet, tes = model.unet, model.text_encoders
+    files = write_network_fixtures(tmp_path, "sdxl", unet, tes, model.spec.unet_config)
+    net = load_network(files["kohya"])
+    assert net.sd_version == "SDXL"
+    key = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+    assert f"{key}.lora_up.weight" in net.tensors  # kohya's SGM naming, not diffusers'
+    target = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    # CLIPTextModelWithProjection keeps the text_model level in transformers 5.x; CLIPTextModel does not
+    te2_key, te2_target = "lora_te2_text_model_encoder_layers_0_mlp_fc2", "text_model.encoder.layers.0.mlp.fc2"
+    before = snapshot(unet, *tes)
+    w_u, w_te2 = weight(unet, target), weight(tes[1], te2_target)
+    manager = NetworkManager(unet, tes, "sdxl", model.spec.unet_config)
+    report = manager.apply([(manager.load(f), 0.5, 1.5, None) for n, f in files.items()
+                            if n in ("kohya", "locon", "loha", "lokr", "ia3", "full", "dora", "peft")])
+    for nr in report.networks:
+        assert nr.unmapped == 0 and not nr.failed_modules and not nr.warnings, nr
+    # only the kohya file touches these two layers
+    manager.apply([(net, 0.5, 1.5, None)])
+    expected_u = net.tensors[f"{key}.lora_up.weight"] @ net.tensors[f"{key}.lora_down.weight"] * (2.0 / 4) * 1.5
+    torch.testing.assert_close(weight(unet, target) - w_u, expected_u, rtol=1e-4, atol=1e-5)
+    expected_te2 = (net.tensors[f"{te2_key}.lora_up.weight"] @ net.tensors[f"{te2_key}.lora_down.weight"]
+                    * (2.0 / 4) * 0.5)
+    torch.testing.assert_close(weight(tes[1], te2_target) - w_te2, expected_te2, rtol=1e-4, atol=1e-5)
+    manager.restore()
+    assert_same(before, unet, *tes)
+
+
+def test_sd1_lora_with_compvis_names_needs_the_key_map(sd1, tmp_path):
+    unet, tes = sd1
+    g = torch.Generator().manual_seed(11)
+    up, down = torch.randn(32, 2, generator=g), torch.randn(2, 32, generator=g)
+    base = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    path = write(tmp_path / "compvis.safetensors", {f"{base}.lora_up.weight": up, f"{base}.lora_down.weight": down})
+    plain = NetworkManager(unet, tes, "sd1")
+    assert plain.apply([(plain.load(path), 1.0, 1.0, None)]).networks[0].mapped == 0
+    plain.restore()
+    before = weight(unet, UNET_Q)
+    from core.models.fixtures import tiny_unet_config
+
+    manager = NetworkManager(unet, tes, "sd1", tiny_unet_config("sd1"))
+    assert manager.apply([(manager.load(path), 1.0, 1.0, None)]).networks[0].mapped == 2
+    torch.testing.assert_close(weight(unet, UNET_Q) - before, up @ down, rtol=1e-5, atol=1e-5)
+    manager.restore()

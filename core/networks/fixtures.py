@@ -23,40 +23,6 @@ from core.fileio import atomic_save_with, atomic_write_bytes
 KOHYA_UNET_PREFIX = "lora_unet_"
 
 
-# --- tiny models (until the shared model fixtures are used everywhere) ---------------------------
-
-def tiny_models(family: str = "sd1", seed: int = 0) -> tuple[nn.Module, list[nn.Module]]:
-    """A random tiny U-Net and text encoder(s) in the real SD1/SDXL module layout."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    te_kwargs = dict(intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000,
-                     bos_token_id=0, eos_token_id=2, pad_token_id=1)
-    if family == "sdxl":
-        te1 = CLIPTextModel(CLIPTextConfig(hidden_size=32, projection_dim=32, **te_kwargs))
-        te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=40, projection_dim=16, **te_kwargs))
-        unet = UNet2DConditionModel(
-            sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2), cross_attention_dim=72, attention_head_dim=(2, 4),
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=16 + 6 * 8, norm_num_groups=8)
-        models = [te1, te2]
-    else:
-        te = CLIPTextModel(CLIPTextConfig(hidden_size=32, projection_dim=32, **te_kwargs))
-        unet = UNet2DConditionModel(
-            sample_size=8, block_out_channels=(32, 64), layers_per_block=2,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-        models = [te]
-    for m in [unet, *models]:
-        m.eval().requires_grad_(False)
-    return unet, models
-
-
 # --- kohya names ------------------------------------------------------------------------------
 
 def kohya_unet_names(unet: nn.Module, family: str, unet_config: dict | None) -> dict[str, str]:
