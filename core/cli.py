@@ -28,6 +28,29 @@ CPU_MODULE_ALIASES = {"realesrgan": "esrgan"}
 WEBUI_ONLY_CPU_MODULES = ("gfpgan", "codeformer", "bsrgan", "scunet", "swinir")
 
 
+# AUTOMATIC1111 WebUI flags Kiln does not have. Named only to tell a user who copied their
+# COMMANDLINE_ARGS why the start stopped (rather than suggesting an unrelated Kiln flag).
+WEBUI_FLAGS_NOT_IN_KILN = frozenset("""
+--update-all-extensions --skip-python-version-check --skip-torch-cuda-test --reinstall-xformers
+--reinstall-torch --update-check --tests --no-tests --skip-install --config --gfpgan-dir
+--gfpgan-model --no-progressbar-hiding --max-batch-count --textual-inversion-templates-dir
+--localizations-dir --allow-code --lowram --always-batch-cond-uncond --unload-gfpgan
+--upcast-sampling --share --ngrok --ngrok-region --enable-insecure-extension-access
+--codeformer-models-path --gfpgan-models-path --bsrgan-models-path --realesrgan-models-path
+--clip-models-path --force-enable-xformers --xformers-flash-attention --deepdanbooru
+--opt-split-attention --opt-sub-quad-attention --sub-quad-q-chunk-size --sub-quad-kv-chunk-size
+--sub-quad-chunk-threshold --opt-split-attention-invokeai --opt-split-attention-v1
+--opt-sdp-no-mem-attention --disable-opt-split-attention --disable-nan-check
+--show-negative-prompt --ui-config-file --hide-ui-dir-config --freeze-settings
+--ui-settings-file --gradio-debug --gradio-img2img-tool --gradio-inpaint-tool --opt-channelslast
+--styles-file --autolaunch --theme --use-textbox-seed --disable-console-progressbars
+--enable-console-prompts --vae-path --disable-safe-unpickle --api-auth --api-log
+--ui-debug-mode --administrator --cors-allow-origins --cors-allow-origins-regex --tls-keyfile
+--tls-certfile --disable-tls-verify --gradio-queue --no-gradio-queue --skip-version-check
+--no-hashing --no-download-sd-model --subpath --add-stop-route
+""".split())
+
+
 class FlagError(ValueError):
     """A malformed flag value; the parser turns it into a usage error (exit code 2)."""
 
@@ -153,11 +176,13 @@ class _KilnArgumentParser(argparse.ArgumentParser):
     def unknown_argument_message(self, arg: str) -> str:
         name = arg.split("=", 1)[0]
         if not name.startswith("-"):
-            return f"unexpected argument {arg!r} (flags start with --; see --help)"
+            return f"unexpected argument {arg!r} (flags start with --)"
+        if name in WEBUI_FLAGS_NOT_IN_KILN:
+            return f"unknown flag {name}: a WebUI flag that Kiln does not have; remove it"
         close = difflib.get_close_matches(name, self.known_flags(), n=1, cutoff=0.6)
         if close:
             return f"unknown flag {name}; did you mean {close[0]}?"
-        return f"unknown flag {name}; run with --help to list the flags"
+        return f"unknown flag {name}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -93,6 +93,19 @@ def test_unknown_flag_names_the_nearest(capsys):
     assert "unknown flag --lisen; did you mean --listen?" in err  # the value is not part of the name
 
 
+def test_webui_flag_kiln_lacks_says_so(capsys):
+    err = error_of(["--xformers", "--autolaunch"], capsys)
+    assert "unknown flag --autolaunch: a WebUI flag that Kiln does not have; remove it" in err
+
+
+def test_webui_only_flag_list_does_not_shadow_kiln_flags():
+    from core.cli import WEBUI_FLAGS_NOT_IN_KILN
+
+    parser = build_parser()
+    kiln = {opt for a in parser._actions for opt in a.option_strings}
+    assert not kiln & WEBUI_FLAGS_NOT_IN_KILN
+
+
 def test_abbreviations_are_not_guessed(capsys):
     err = error_of(["--lis"], capsys)
     assert "unknown flag --lis" in err
