@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 
 import pytest
@@ -169,3 +170,101 @@ def test_progress_while_running_reports_steps_and_preview():
     finally:
         release.set()
         queue.shutdown()
+
+
+# ----------------------------------------------------------------- routes, real Engine --
+@pytest.fixture()
+def empty_api(tmp_path):
+    """The API over an empty data folder (no checkpoint), as a TestClient."""
+    from fastapi.testclient import TestClient
+
+    from core.api.server import create_api_app
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.settings import Settings
+
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path), "--api"]), tmp_path)
+    settings.paths.ensure_dirs()
+    engine = Engine(settings)
+    queue = JobQueue()
+    try:
+        with TestClient(create_api_app(engine, queue), raise_server_exceptions=False) as client:
+            yield client, engine
+    finally:
+        queue.shutdown()
+
+
+def test_listing_routes_have_webui_shapes(empty_api):
+    client, _engine = empty_api
+    samplers = client.get("/sdapi/v1/samplers").json()
+    names = [s["name"] for s in samplers]
+    assert "DPM++ 2M" in names and "Euler a" in names
+    assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
+    schedulers = client.get("/sdapi/v1/schedulers").json()
+    assert {"name": "karras", "label": "Karras"}.items() <= next(s for s in schedulers if s["name"] == "karras").items()
+    assert set(schedulers[0]) == {"name", "label", "aliases", "default_rho", "need_inner_model"}
+    upscalers = client.get("/sdapi/v1/upscalers").json()
+    assert [u["name"] for u in upscalers[:3]] == ["None", "Lanczos", "Nearest"]
+    assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
+    modes = [m["name"] for m in client.get("/sdapi/v1/latent-upscale-modes").json()]
+    assert modes[0] == "Latent" and "Latent (nearest-exact)" in modes
+    assert client.get("/sdapi/v1/sd-models").json() == []
+    assert client.get("/sdapi/v1/sd-vae").json() == []
+    assert client.get("/sdapi/v1/loras").json() == []
+    assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+
+
+def test_progress_interrupt_skip_when_idle(empty_api):
+    client, _engine = empty_api
+    body = client.get("/sdapi/v1/progress").json()
+    assert body["progress"] == 0 and body["state"]["job_count"] == 0 and body["current_image"] is None
+    assert client.post("/sdapi/v1/interrupt").json() == {}
+    assert client.post("/sdapi/v1/skip").json() == {}
+
+
+def test_options_round_trip_and_persist(empty_api, tmp_path):
+    client, engine = empty_api
+    options = client.get("/sdapi/v1/options").json()
+    assert options["CLIP_stop_at_last_layers"] == 1 and options["sd_vae"] == "Automatic"
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "randn_source": "CPU",
+                                                   "some_extension_key": [1, 2]}).status_code == 200
+    assert engine.settings.options.CLIP_stop_at_last_layers == 2
+    saved = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert saved["randn_source"] == "CPU" and saved["some_extension_key"] == [1, 2]
+    bad = client.post("/sdapi/v1/options", json={"randn_source": "TPU"})
+    assert bad.status_code == 422 and bad.json()["field"] == "randn_source"
+    missing = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nowhere.safetensors"})
+    assert missing.status_code == 422 and "nowhere.safetensors" in missing.json()["detail"]
+
+
+def test_bad_txt2img_requests_get_422_naming_the_field(empty_api):
+    client, _engine = empty_api
+    typed = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": "many"})
+    assert typed.status_code == 422 and typed.json()["detail"][0]["loc"][-1] == "steps"
+    ranged = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 0})
+    assert ranged.status_code == 422 and ranged.json()["field"] == "steps"
+    huge = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 100000})
+    assert huge.status_code == 422 and huge.json()["field"] == "width"
+    faces = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "restore_faces": True})
+    assert faces.status_code == 422 and faces.json()["field"] == "restore_faces"
+
+
+def test_failed_job_is_a_json_error_and_the_server_stays_up(empty_api):
+    client, engine = empty_api
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
+    assert response.status_code == 500
+    assert str(engine.paths.ckpt_dir) in response.json()["detail"]  # says where to put a checkpoint
+    assert client.get("/sdapi/v1/progress").status_code == 200
+
+
+def test_png_info_reads_parameters(empty_api):
+    client, _engine = empty_api
+    text = "a red circle\nNegative prompt: blur\nSteps: 9, Sampler: Euler a, CFG scale: 6, Seed: 3, Size: 64x48"
+    body = client.post("/sdapi/v1/png-info",
+                       json={"image": convert.encode_png_base64(Image.new("RGB", (64, 48)), text)}).json()
+    assert body["info"] == text
+    assert body["parameters"]["Prompt"] == "a red circle" and body["parameters"]["Negative prompt"] == "blur"
+    assert str(body["parameters"]["Steps"]) == "9" and str(body["parameters"]["Size-1"]) == "64"
+    assert client.post("/sdapi/v1/png-info", json={"image": ""}).json()["info"] == ""
+    bad = client.post("/sdapi/v1/png-info", json={"image": "bm90IGFuIGltYWdl"})
+    assert bad.status_code == 422 and bad.json()["field"] == "image"

@@ -1,0 +1,108 @@
+"""The Gradio UI: ``build(engine, queue)`` makes the page; ``page_options()`` its theme, CSS and i18n.
+
+Tabs are thin: widgets and wiring over core functions; everything runs on the shared JobQueue.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from ui.common import (
+    CSS,
+    build_checkpoint_row,
+    checkpoint_value,
+    error_html,
+    job_error_message,
+    notice_html,
+    progress_html,
+    refreshed_checkpoint_choices,
+    watch_job,
+)
+from ui.i18n import make_i18n, t
+from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
+from ui.settings import build_settings_tab, vae_choices, wire_settings
+from ui.txt2img import build_txt2img_tab, wire_txt2img
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.jobs import JobQueue
+
+TITLE = "Kiln"
+
+
+def page_options() -> dict[str, Any]:
+    """Keyword arguments for ``gr.mount_gradio_app`` / ``launch``: look and translations.
+
+    System fonts only: the default theme pulls fonts from Google, and Kiln makes no outside
+    requests (the page must also work on machines without internet).
+    """
+    theme = gr.themes.Default(
+        primary_hue="orange",
+        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
+    )
+    return {"theme": theme, "css": CSS, "i18n": make_i18n()}
+
+
+def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        top = build_checkpoint_row(engine)
+        with gr.Tabs(elem_id="kiln-tabs") as tabs:
+            with gr.Tab(t("txt2img"), id="txt2img", elem_id="tab-txt2img"):
+                txt2img = build_txt2img_tab(engine)
+            with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
+                pnginfo = build_pnginfo_tab()
+            with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
+                settings = build_settings_tab(engine)
+        clip_skip = settings.fields["CLIP_stop_at_last_layers"]
+        wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip)
+        wire_pnginfo(pnginfo, txt2img, tabs, engine, clip_skip=clip_skip)
+        wire_settings(settings, engine, top)
+        _wire_checkpoint_row(top, engine, queue, txt2img, settings)
+
+        def localize(request: gr.Request):
+            # Text built on the server follows the browser's language from the first paint.
+            return notice_html(engine, request), table_update({}, request)
+
+        demo.load(localize, outputs=[top.notice, pnginfo.table], show_progress="hidden")
+    return demo
+
+
+def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings) -> None:
+    from core.errors import KilnError
+
+    width, height = txt2img.fields["width"], txt2img.fields["height"]
+    settings_ckpt = settings.fields["sd_model_checkpoint"]
+
+    def refresh(request: gr.Request):
+        update, notice = refreshed_checkpoint_choices(engine, request)
+        return update, update, notice, gr.update(choices=vae_choices(engine))
+
+    top.refresh.click(refresh, outputs=[top.dropdown, settings_ckpt, top.notice, settings.fields["sd_vae"]],
+                      show_progress="hidden")
+
+    def select(title: str | None, request: gr.Request):
+        """Make the choice persistent, then load it on the queue like the WebUI does."""
+        if not title:
+            return
+        try:
+            engine.select_checkpoint(title)
+        except KilnError as exc:
+            gr.Warning(exc.message)
+            yield {txt2img.error: error_html(exc.message, request)}
+            return
+        job = queue.submit(lambda _ctx: engine.ensure_model(), description="load checkpoint", owner="ui")
+        for status in watch_job(queue, job):
+            yield {txt2img.progress: progress_html(status, request)}
+        message = job_error_message(job)
+        if message:
+            gr.Warning(message)
+        size = engine.native_size()
+        yield {txt2img.error: error_html(message, request), txt2img.progress: "", width: size, height: size,
+               settings_ckpt: checkpoint_value(engine)}
+
+    top.dropdown.input(select, inputs=top.dropdown,
+                       outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt],
+                       show_progress="minimal")

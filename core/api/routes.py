@@ -7,6 +7,7 @@ waits for its job never blocks the server's event loop (progress polls keep answ
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Query
@@ -26,7 +27,7 @@ from core.api.models import (
     Txt2ImgRequest,
     UpscalerItem,
 )
-from core.errors import InvalidParameterError, JobInterrupted
+from core.errors import InvalidParameterError, JobInterrupted, KilnError
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -45,6 +46,18 @@ def _parse_infotext(text: str) -> dict[str, Any]:
 def model_name_of(name: str) -> str:
     """The WebUI's ``CheckpointInfo.model_name``: the relative name, folders joined by "_", no extension."""
     return os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
+
+
+def lora_metadata(path: Path) -> dict[str, Any]:
+    """The ``__metadata__`` of a .safetensors LoRA (ss_* keys), as the WebUI's /sdapi/v1/loras shows it."""
+    if path.suffix.lower() != ".safetensors":
+        return {}
+    from core.models.state_dict_io import read_safetensors_metadata
+
+    try:
+        return dict(read_safetensors_metadata(path))
+    except KilnError:
+        return {}
 
 
 def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
@@ -139,10 +152,10 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.get("/sd-models", response_model=list[SDModelItem])
     def sd_models() -> list[dict[str, Any]]:
-        registry = engine.registry
-        return [{"title": registry.title_with_hash(e), "model_name": model_name_of(e.name),
-                 "hash": e.shorthash, "sha256": e.sha256, "filename": str(e.path), "config": None}
-                for e in registry.checkpoints()]
+        # Titles carry the hash once it is known (cache.json), as in the WebUI: listing never
+        # hashes gigabytes; find_checkpoint accepts the title with or without it.
+        return [{"title": e.title, "model_name": model_name_of(e.name), "hash": e.shorthash, "sha256": e.sha256,
+                 "filename": str(e.path), "config": None} for e in engine.registry.checkpoints()]
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> dict[str, Any]:
@@ -160,8 +173,12 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.get("/loras", response_model=list[LoraItem])
     def loras() -> list[dict[str, Any]]:
-        return [{"name": model_name_of(e.name), "alias": model_name_of(e.name), "path": str(e.path),
-                 "metadata": dict(e.metadata or {})} for e in engine.registry.loras()]
+        items = []
+        for e in engine.registry.loras():
+            metadata = lora_metadata(e.path)
+            items.append({"name": e.name, "alias": str(metadata.get("ss_output_name") or e.name),
+                          "path": str(e.path), "metadata": metadata})
+        return items
 
     @router.post("/refresh-loras")
     def refresh_loras() -> dict[str, Any]:

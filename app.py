@@ -1,0 +1,127 @@
+"""Kiln's entry point: flags → Settings → Engine + JobQueue → UI + REST API → one web server.
+
+    python app.py [--listen] [--port 7860] [--api] [--nowebui] [--data-dir DIR] ...
+
+The UI (Gradio, mounted at "/") and the WebUI-compatible API (/sdapi/v1/..., docs at /docs,
+with --api or --nowebui) share one port, one Engine and one JobQueue, as in the WebUI.
+Nothing here imports torch: the page serves first, models load with the first job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.settings import Options, Settings
+
+REPO_ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("kiln")
+
+# Set before gradio / huggingface_hub are imported: they read these at import time. Kiln never
+# downloads models or sends telemetry; every file it uses is local.
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "DO_NOT_TRACK": "1",
+    "GRADIO_SSR_MODE": "False",
+}
+
+
+def offline_environment(environ: Any = os.environ) -> None:
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        environ[key] = value
+
+
+def preview_period(options: Options) -> int:
+    """Steps between live previews for the JobQueue (0 = none); read at the start of each job."""
+    if not options.live_previews_enable:
+        return 0
+    return max(int(options.show_progress_every_n_steps), 0)
+
+
+def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
+    """The FastAPI app (UI and/or API per the flags), the Engine and the JobQueue behind it."""
+    offline_environment()
+    from fastapi import FastAPI
+
+    from core.engine import Engine
+    from core.jobs import JobQueue
+
+    flags = settings.flags
+    engine = Engine(settings)
+    queue = JobQueue(preview_every=lambda: preview_period(settings.options))
+    api = flags.api_enabled
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        queue.shutdown()  # stop the worker (interrupting a running job) when the server stops
+
+    app = FastAPI(title="Kiln", docs_url="/docs" if api else None, redoc_url=None,
+                  openapi_url="/openapi.json" if api else None, lifespan=lifespan)
+    if api:
+        from core.api.server import install_api
+
+        install_api(app, engine, queue)
+    if not flags.nowebui:
+        import gradio as gr
+
+        import ui
+
+        demo = ui.build(engine, queue)
+        app = gr.mount_gradio_app(
+            app, demo, path="/", auth=list(flags.auth) or None, ssr_mode=False, footer_links=["settings"],
+            show_error=True, **ui.page_options(),
+        )
+    return app, engine, queue
+
+
+def display_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    offline_environment()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from core.cli import parse_flags
+    from core.errors import KilnError
+    from core.settings import Settings
+
+    flags = parse_flags(argv)
+    try:
+        settings = Settings.from_flags(flags, REPO_ROOT)
+        settings.paths.ensure_dirs()
+        for warning in settings.warnings:
+            log.warning(warning)
+        app, engine, _queue = create_app(settings)
+    except KilnError as exc:
+        print(f"Kiln cannot start: {exc.message}", file=sys.stderr)
+        return 1
+    if not engine.registry.checkpoints():
+        log.warning(engine.no_checkpoint_message())
+    import uvicorn
+
+    url = display_url(flags.host, flags.port)
+    what = "API" if flags.nowebui else "UI"
+    print(f"Kiln {what} on {url}" + (f"  (API docs: {url}/docs)" if flags.api_enabled else ""), flush=True)
+    uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""app.py: one FastAPI app with the UI at "/" and the API beside it, per the WebUI's flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import app as kiln_app
+from core.cli import parse_flags
+from core.settings import Options, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(tmp_path: Path, *flags: str) -> Settings:
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path), *flags]), tmp_path)
+    settings.paths.ensure_dirs()
+    return settings
+
+
+@pytest.fixture()
+def make_client(tmp_path):
+    queues = []
+
+    def make(*flags: str) -> TestClient:
+        app, _engine, queue = kiln_app.create_app(_settings(tmp_path, *flags))
+        queues.append(queue)
+        return TestClient(app)
+
+    yield make
+    for queue in queues:
+        queue.shutdown()
+
+
+def test_ui_and_api_share_one_port(make_client):
+    client = make_client("--api")
+    page = client.get("/")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert client.get("/sdapi/v1/samplers").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert "/sdapi/v1/txt2img" in client.get("/openapi.json").json()["paths"]
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+def test_without_api_flag_only_the_ui_is_served(make_client):
+    client = make_client()
+    assert client.get("/").status_code == 200
+    assert client.get("/sdapi/v1/samplers").status_code in (404, 405)
+
+
+def test_nowebui_serves_the_api_alone(make_client):
+    client = make_client("--nowebui")
+    assert client.get("/sdapi/v1/options").status_code == 200
+    assert client.get("/").status_code == 404
+
+
+def test_gradio_auth_protects_the_ui_not_the_api(make_client):
+    client = make_client("--api", "--gradio-auth", "alice:secret")
+    assert client.get("/config").status_code == 401
+    assert client.post("/login", data={"username": "alice", "password": "wrong"}).status_code == 400
+    assert client.post("/login", data={"username": "alice", "password": "secret"}).status_code == 200
+    assert client.get("/config").status_code == 200
+    assert TestClient(client.app).get("/sdapi/v1/options").status_code == 200
+
+
+def test_preview_period_follows_the_options():
+    assert kiln_app.preview_period(Options(show_progress_every_n_steps=5)) == 5
+    assert kiln_app.preview_period(Options(show_progress_every_n_steps=-1)) == 0
+    assert kiln_app.preview_period(Options(live_previews_enable=False, show_progress_every_n_steps=5)) == 0
+
+
+def test_display_url():
+    assert kiln_app.display_url("0.0.0.0", 7860) == "http://127.0.0.1:7860"
+    assert kiln_app.display_url("192.168.1.5", 80) == "http://192.168.1.5:80"
+    assert kiln_app.display_url("::1", 7860) == "http://[::1]:7860"
+
+
+@pytest.mark.slow
+def test_building_the_app_loads_no_model_library(tmp_path):
+    """The page must serve before diffusers/transformers load (they come with the first job)."""
+    code = (
+        "import sys, app\n"
+        "from core.cli import parse_flags\n"
+        "from core.settings import Settings\n"
+        f"s = Settings.from_flags(parse_flags(['--data-dir', {str(tmp_path)!r}, '--api']), __import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "s.paths.ensure_dirs()\n"
+        "fastapi_app, engine, queue = app.create_app(s)\n"
+        "print(sorted(m for m in ('diffusers', 'transformers', 'accelerate', 'peft') if m in sys.modules))\n"
+        "queue.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,87 @@
+"""The UI builds over a real Engine without any checkpoint, and its pure handlers work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from core.cli import parse_flags
+from core.engine import Engine
+from core.jobs import JobQueue
+from core.settings import Settings
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Engine:
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    return Engine(settings)
+
+
+def _by_elem_id(demo: gr.Blocks) -> dict[str, object]:
+    return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def test_ui_builds_without_a_checkpoint(engine):
+    import ui
+
+    queue = JobQueue()
+    try:
+        demo = ui.build(engine, queue)
+    finally:
+        queue.shutdown()
+    assert isinstance(demo, gr.Blocks)
+    blocks = _by_elem_id(demo)
+    for elem_id in ("kiln-checkpoint", "kiln-refresh-checkpoints", "txt2img-prompt", "txt2img-negative-prompt",
+                    "txt2img-generate", "txt2img-interrupt", "txt2img-skip", "txt2img-sampler", "txt2img-scheduler",
+                    "txt2img-steps", "txt2img-width", "txt2img-height", "txt2img-seed", "txt2img-random-seed",
+                    "txt2img-reuse-seed", "txt2img-hires", "txt2img-gallery", "txt2img-preview", "txt2img-progress",
+                    "pnginfo-image", "pnginfo-send-to-txt2img", "settings-apply", "settings-sd-vae",
+                    "settings-clip-skip", "settings-randn-source"):
+        assert elem_id in blocks, elem_id
+    gallery = blocks["txt2img-gallery"]
+    assert gallery.format == "png"  # WebP would drop the PNG "parameters" text
+    assert blocks["txt2img-sampler"].value == "DPM++ 2M" and blocks["txt2img-scheduler"].value == "Automatic"
+    assert blocks["txt2img-steps"].value == 20 and blocks["txt2img-width"].value == 512
+    assert blocks["kiln-checkpoint"].choices == []
+    notice = blocks["kiln-no-checkpoint"].value
+    assert str(engine.paths.ckpt_dir) in notice
+
+
+def test_apply_settings_saves_changes_atomically(engine):
+    from ui.settings import apply_settings
+
+    changed, rejected = apply_settings(engine, {"sd_vae": "None", "CLIP_stop_at_last_layers": 2.0,
+                                                "randn_source": "GPU", "samples_save": True,
+                                                "sd_model_checkpoint": None})
+    assert changed == ["sd_vae", "CLIP_stop_at_last_layers"] and rejected == []
+    saved = json.loads(engine.paths.config_path.read_text(encoding="utf-8"))
+    assert saved["sd_vae"] == "None" and saved["CLIP_stop_at_last_layers"] == 2
+    assert isinstance(saved["CLIP_stop_at_last_layers"], int)
+    assert apply_settings(engine, {"sd_vae": "None"}) == ([], [])
+    _changed, rejected = apply_settings(engine, {"randn_source": "TPU"})
+    assert rejected == ["randn_source"]
+
+
+def test_send_to_txt2img_values_fit_the_dropdowns():
+    from ui.pnginfo import txt2img_values
+
+    parsed = {"Prompt": "a cat", "Negative prompt": "dog", "Steps": "13", "Sampler": "DPM++ 2M Karras",
+              "Schedule type": "Automatic", "CFG scale": "4.5", "Seed": "99", "Size-1": "320", "Size-2": "256",
+              "Clip skip": "2", "Variation seed": "5", "Variation seed strength": "0.1", "Hires upscale": "1.5",
+              "Hires upscaler": "R-ESRGAN 4x+", "Hires steps": "6", "Denoising strength": "0.45",
+              "Hires sampler": "Use same sampler", "Hires resize-1": 0, "Hires resize-2": 0}
+    choices = {"sampler_name": ["DPM++ 2M", "Euler a"], "scheduler": ["Automatic", "Karras"],
+               "hr_upscaler": ["Latent", "None", "Lanczos"], "hr_sampler_name": ["Use same sampler", "DPM++ 2M"],
+               "hr_scheduler": ["Use same scheduler", "Karras"]}
+    values = txt2img_values(parsed, choices, {})
+    assert values["sampler_name"] == "DPM++ 2M" and values["scheduler"] == "Karras"
+    assert (values["steps"], values["cfg_scale"], values["seed"]) == (13, 4.5, 99)
+    assert (values["width"], values["height"], values["clip_skip"]) == (320, 256, 2)
+    assert (values["subseed"], values["subseed_strength"]) == (5, 0.1)
+    assert values["enable_hr"] is True and values["hr_scale"] == 1.5 and values["hr_second_pass_steps"] == 6
+    assert values["denoising_strength"] == 0.45 and values["hr_sampler_name"] == "Use same sampler"
+    assert "hr_upscaler" not in values  # a model upscaler this install lacks stays as it was

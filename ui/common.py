@@ -1,0 +1,168 @@
+"""Widgets and helpers every tab uses: the checkpoint row, job watching, progress and error boxes."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from ui.i18n import t, translate
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.jobs import Job, JobQueue, ProgressSnapshot
+
+POLL_SECONDS = 0.3
+NO_CHECKPOINT = ("No checkpoint found. Put a .safetensors checkpoint into {folder} "
+                 "and press 🔄 next to the checkpoint list.")
+
+
+# ------------------------------------------------------------------ job watching --
+@dataclass
+class JobStatus:
+    """One look at a submitted job: its queue position (0 = running, -1 = finished) and progress."""
+
+    job: Job
+    position: int
+    snapshot: ProgressSnapshot | None
+
+
+def watch_job(queue: JobQueue, job: Job, interval: float = POLL_SECONDS) -> Iterator[JobStatus]:
+    """Yield the job's status every ``interval`` seconds until it ends, then once more (finished).
+
+    Waits on the job's own event, so the last status comes as soon as the job is done.
+    """
+    while not job.done:
+        position = queue.position(job)
+        snap = queue.progress()
+        yield JobStatus(job, position, snap if snap.job_id == job.id else None)
+        job.done_event.wait(interval)
+    yield JobStatus(job, -1, job.progress)
+
+
+def job_error_message(job: Job) -> str | None:
+    """What went wrong, in words a user can act on; None when the job did not fail."""
+    from core.errors import JobInterrupted
+
+    if job.error is None or isinstance(job.error, JobInterrupted):
+        return None
+    return job.error_message or str(job.error) or type(job.error).__name__
+
+
+# --------------------------------------------------------------------- rendering --
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = max(int(round(seconds)), 0)
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes:02}:{secs:02}"
+
+
+def progress_html(status: JobStatus | None, request: Any = None) -> str:
+    """A bar with "Step 5/20 · ETA 00:03" (or the queue position) for the progress box."""
+    if status is None:
+        return ""
+    if status.position > 0:
+        label = f"{translate('Queued', request)} · {translate('position', request)} {status.position}"
+        return _bar(0.0, label)
+    snap = status.snapshot
+    if status.position < 0:
+        state = {"interrupted": "Interrupted", "failed": "Error"}.get(snap.state if snap else "", "Done")
+        fraction = 1.0 if state == "Done" or snap is None else snap.fraction
+        return _bar(fraction, translate(state, request))
+    if snap is None or not snap.total_steps:
+        text = (snap.textinfo if snap is not None else "") or translate("Loading checkpoint", request)
+        return _bar(0.0, text)
+    label = (f"{translate('Step', request)} {snap.step}/{snap.total_steps} · "
+             f"{translate('ETA', request)} {format_seconds(snap.eta_seconds)}")
+    if snap.job_count > 1:
+        label += f" · {snap.job_no}/{snap.job_count} {translate('images', request)}"
+    return _bar(snap.fraction, label)
+
+
+def _bar(fraction: float, label: str) -> str:
+    percent = max(0.0, min(fraction, 1.0)) * 100
+    return (
+        '<div class="kiln-progress">'
+        f'<div class="kiln-progress-fill" style="width:{percent:.1f}%"></div>'
+        f'<span class="kiln-progress-text">{html.escape(label)}</span></div>'
+    )
+
+
+def error_html(message: str | None, request: Any = None) -> str:
+    if not message:
+        return ""
+    return (f'<div class="kiln-error"><b>{html.escape(translate("Error", request))}:</b> '
+            f"{html.escape(message)}</div>")
+
+
+def infotext_html(infotext: str | None) -> str:
+    if not infotext:
+        return ""
+    return f'<div class="kiln-infotext">{html.escape(infotext)}</div>'
+
+
+# ---------------------------------------------------------------- checkpoint row --
+@dataclass
+class CheckpointRow:
+    dropdown: gr.Dropdown
+    refresh: gr.Button
+    notice: gr.HTML
+
+
+def checkpoint_value(engine: Engine) -> str | None:
+    entry = engine.selected_checkpoint()
+    return engine.registry.title_with_hash(entry) if entry is not None else None
+
+
+def notice_html(engine: Engine, request: Any = None) -> str:
+    """Where to put a checkpoint, when there is none (in the browser's language)."""
+    if engine.registry.checkpoints():
+        return ""
+    text = translate(NO_CHECKPOINT, request).format(folder=engine.paths.ckpt_dir)
+    return f'<div class="kiln-notice">{html.escape(text)}</div>'
+
+
+def build_checkpoint_row(engine: Engine) -> CheckpointRow:
+    with gr.Row(elem_id="kiln-top-row"):
+        dropdown = gr.Dropdown(
+            label=t("Stable Diffusion checkpoint"), choices=engine.checkpoint_titles(),
+            value=checkpoint_value(engine), elem_id="kiln-checkpoint", scale=4, min_width=320,
+            allow_custom_value=False,
+        )
+        refresh = gr.Button("🔄", elem_id="kiln-refresh-checkpoints", scale=0, min_width=48,
+                            elem_classes=["kiln-tool-button"])
+    notice = gr.HTML(notice_html(engine), elem_id="kiln-no-checkpoint")
+    return CheckpointRow(dropdown=dropdown, refresh=refresh, notice=notice)
+
+
+def refreshed_checkpoint_choices(engine: Engine, request: Any = None) -> tuple[dict[str, Any], str]:
+    """Rescan the folders; a dropdown update plus the no-checkpoint notice."""
+    engine.refresh_models()
+    return (gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine)),
+            notice_html(engine, request))
+
+
+CSS = """
+#kiln-top-row { align-items: flex-end; }
+.kiln-tool-button { max-width: 48px; min-width: 48px !important; height: 42px; align-self: flex-end; }
+.kiln-progress { position: relative; height: 26px; border-radius: 6px; overflow: hidden;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.kiln-progress-fill { position: absolute; left: 0; top: 0; bottom: 0; background: var(--color-accent); opacity: .55;
+  transition: width .25s; }
+.kiln-progress-text { position: relative; padding: 0 8px; line-height: 26px; font-size: 13px; }
+.kiln-error { border: 1px solid #d33; background: rgba(220, 50, 50, .12); color: var(--body-text-color);
+  padding: 8px 12px; border-radius: 6px; white-space: pre-wrap; }
+.kiln-notice { border: 1px solid var(--color-accent); padding: 8px 12px; border-radius: 6px; }
+.kiln-infotext { white-space: pre-wrap; font-family: var(--font-mono); font-size: 12px; padding: 6px 2px;
+  word-break: break-word; }
+.kiln-prompt { position: relative; }
+.kiln-prompt .kiln-token-counter { position: absolute; top: 6px; right: 14px; z-index: 5; font-size: 12px;
+  opacity: .8; min-height: 0 !important; padding: 0 !important; background: transparent; border: 0;
+  width: auto !important; }
+#txt2img-progress, #txt2img-error { min-height: 0 !important; }
+"""

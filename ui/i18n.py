@@ -1,0 +1,195 @@
+"""Every string the UI shows, in English and Simplified Chinese (the WebUI's usual wording).
+
+Keys are the English text. Static labels go through ``t(key)`` (Gradio translates them in the
+browser from its locale); text a handler builds at run time goes through ``translate(key,
+request)``, which picks the language from the request's Accept-Language header. ``t`` raises
+KeyError for a key missing here, so a new label cannot ship untranslated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from gradio.i18n import I18nData
+
+EN: dict[str, str] = {
+    # top row and tabs
+    "Stable Diffusion checkpoint": "Stable Diffusion checkpoint",
+    "Refresh": "Refresh",
+    "No checkpoint found. Put a .safetensors checkpoint into {folder} and press 🔄 next to the checkpoint list.":
+        "No checkpoint found. Put a .safetensors checkpoint into {folder} and press 🔄 next to the checkpoint list.",
+    "txt2img": "txt2img",
+    "PNG Info": "PNG Info",
+    "Settings": "Settings",
+    # txt2img
+    "Prompt": "Prompt",
+    "Negative prompt": "Negative prompt",
+    "Generate": "Generate",
+    "Interrupt": "Interrupt",
+    "Skip": "Skip",
+    "Sampling method": "Sampling method",
+    "Schedule type": "Schedule type",
+    "Sampling steps": "Sampling steps",
+    "Width": "Width",
+    "Height": "Height",
+    "Batch count": "Batch count",
+    "Batch size": "Batch size",
+    "CFG Scale": "CFG Scale",
+    "Seed": "Seed",
+    "Random seed": "Random seed",
+    "Reuse seed": "Reuse seed",
+    "Extra": "Extra",
+    "Variation seed": "Variation seed",
+    "Variation strength": "Variation strength",
+    "Resize seed from width": "Resize seed from width",
+    "Resize seed from height": "Resize seed from height",
+    "Hires. fix": "Hires. fix",
+    "Upscaler": "Upscaler",
+    "Hires steps": "Hires steps",
+    "Denoising strength": "Denoising strength",
+    "Upscale by": "Upscale by",
+    "Resize width to": "Resize width to",
+    "Resize height to": "Resize height to",
+    "Hires sampling method": "Hires sampling method",
+    "Hires schedule type": "Hires schedule type",
+    "Use same sampler": "Use same sampler",
+    "Use same scheduler": "Use same scheduler",
+    "Output": "Output",
+    "Live preview": "Live preview",
+    "Generation info": "Generation info",
+    "Progress": "Progress",
+    "Queued": "Queued",
+    "position": "position",
+    "Step": "Step",
+    "ETA": "ETA",
+    "Done": "Done",
+    "Interrupted": "Interrupted",
+    "Error": "Error",
+    "Loading checkpoint": "Loading checkpoint",
+    "images": "images",
+    # PNG Info
+    "Source": "Source",
+    "Parameters": "Parameters",
+    "Parameter": "Parameter",
+    "Value": "Value",
+    "Send to txt2img": "Send to txt2img",
+    "This image has no generation parameters.": "This image has no generation parameters.",
+    # Settings
+    "SD VAE": "SD VAE",
+    "Clip skip": "Clip skip",
+    "Random number generator source.": "Random number generator source.",
+    "Show live previews of the created image": "Show live previews of the created image",
+    "Live preview display period (steps; -1 = only at the end)":
+        "Live preview display period (steps; -1 = only at the end)",
+    "Always save all generated images": "Always save all generated images",
+    "Apply settings": "Apply settings",
+    "Nothing changed.": "Nothing changed.",
+    "settings changed:": "settings changed:",
+    "rejected:": "rejected:",
+}
+
+ZH_CN: dict[str, str] = {
+    "Stable Diffusion checkpoint": "Stable Diffusion 模型",
+    "Refresh": "刷新",
+    "No checkpoint found. Put a .safetensors checkpoint into {folder} and press 🔄 next to the checkpoint list.":
+        "未找到模型。请将 .safetensors 模型文件放入 {folder}，然后点击模型列表旁的 🔄。",
+    "txt2img": "文生图",
+    "PNG Info": "PNG 图片信息",
+    "Settings": "设置",
+    "Prompt": "提示词",
+    "Negative prompt": "反向提示词",
+    "Generate": "生成",
+    "Interrupt": "中止",
+    "Skip": "跳过",
+    "Sampling method": "采样方法 (Sampler)",
+    "Schedule type": "调度类型",
+    "Sampling steps": "迭代步数 (Steps)",
+    "Width": "宽度",
+    "Height": "高度",
+    "Batch count": "总批次数",
+    "Batch size": "单批数量",
+    "CFG Scale": "提示词引导系数 (CFG Scale)",
+    "Seed": "随机数种子 (Seed)",
+    "Random seed": "随机种子",
+    "Reuse seed": "重用上次的种子",
+    "Extra": "更多",
+    "Variation seed": "变异随机种子",
+    "Variation strength": "变异强度",
+    "Resize seed from width": "从宽度中调整种子",
+    "Resize seed from height": "从高度中调整种子",
+    "Hires. fix": "高分辨率修复 (Hires. fix)",
+    "Upscaler": "放大算法",
+    "Hires steps": "高分迭代步数",
+    "Denoising strength": "重绘幅度",
+    "Upscale by": "放大倍数",
+    "Resize width to": "将宽度调整为",
+    "Resize height to": "将高度调整为",
+    "Hires sampling method": "高分采样方法",
+    "Hires schedule type": "高分调度类型",
+    "Use same sampler": "使用相同采样器",
+    "Use same scheduler": "使用相同调度器",
+    "Output": "输出",
+    "Live preview": "实时预览",
+    "Generation info": "生成信息",
+    "Progress": "进度",
+    "Queued": "排队中",
+    "position": "位置",
+    "Step": "步数",
+    "ETA": "预计剩余",
+    "Done": "完成",
+    "Interrupted": "已中止",
+    "Error": "错误",
+    "Loading checkpoint": "正在加载模型",
+    "images": "张图像",
+    "Source": "来源",
+    "Parameters": "参数",
+    "Parameter": "参数名",
+    "Value": "值",
+    "Send to txt2img": "发送到 文生图",
+    "This image has no generation parameters.": "该图像没有生成参数。",
+    "SD VAE": "外挂 VAE 模型",
+    "Clip skip": "CLIP 终止层数 (Clip skip)",
+    "Random number generator source.": "随机数生成器来源",
+    "Show live previews of the created image": "显示生成过程中的实时预览",
+    "Live preview display period (steps; -1 = only at the end)": "实时预览刷新间隔（步数；-1 = 仅在结束时）",
+    "Always save all generated images": "始终保存所有生成的图像",
+    "Apply settings": "保存设置",
+    "Nothing changed.": "没有更改。",
+    "settings changed:": "项设置已更改：",
+    "rejected:": "被拒绝：",
+}
+
+LOCALES: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH_CN}
+
+
+def make_i18n() -> gr.I18n:
+    """The translation tables for Gradio; "zh" (a browser set to plain Chinese) maps to zh-CN."""
+    return gr.I18n(en=EN, **{"zh-CN": ZH_CN, "zh": ZH_CN})
+
+
+def t(key: str) -> Any:
+    """A label Gradio translates in the browser; KeyError if the key has no entry."""
+    if key not in EN:
+        raise KeyError(f"UI string {key!r} is missing from ui/i18n.py")
+    return I18nData(key)
+
+
+def pick_locale(accept_language: str | None) -> str:
+    """The best of our locales for an Accept-Language header ("zh-CN,zh;q=0.9,en;q=0.8")."""
+    for part in (accept_language or "").split(","):
+        tag = part.split(";")[0].strip().lower()
+        if tag.startswith("zh"):
+            return "zh-CN"
+        if tag.startswith("en"):
+            return "en"
+    return "en"
+
+
+def translate(key: str, request: Any = None) -> str:
+    """Run-time text in the language of the browser that sent ``request`` (a gr.Request)."""
+    if key not in EN:
+        raise KeyError(f"UI string {key!r} is missing from ui/i18n.py")
+    headers = getattr(request, "headers", None) or {}
+    locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
+    return LOCALES[locale].get(key, EN[key])

@@ -1,0 +1,135 @@
+"""PNG Info: read the ``parameters`` text of a dropped image, show it parsed, send it to txt2img."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from core.api.paste import fields_from_infotext
+from ui.i18n import t, translate
+from ui.txt2img import (
+    USE_SAME_SAMPLER,
+    USE_SAME_SCHEDULER,
+    Txt2ImgTab,
+    resolve_sampler,
+    sampler_aliases,
+    sampler_names,
+    scheduler_labels,
+    upscaler_names,
+)
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+
+@dataclass
+class PngInfoTab:
+    image: gr.Image
+    parameters: gr.Textbox
+    table: gr.Dataframe
+    send: gr.Button
+    parsed_state: gr.State
+
+
+def build_pnginfo_tab() -> PngInfoTab:
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            # filepath + image_mode=None: Gradio hands over the uploaded file untouched, text chunks included.
+            image = gr.Image(label=t("Source"), type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                             elem_id="pnginfo-image", height=420)
+        with gr.Column():
+            parameters = gr.Textbox(label=t("Parameters"), lines=6, interactive=False, elem_id="pnginfo-parameters")
+            send = gr.Button(t("Send to txt2img"), elem_id="pnginfo-send-to-txt2img", variant="primary")
+            # Dataframe headers are plain text (no browser-side i18n): set per request, see table_update.
+            table = gr.Dataframe(headers=["Parameter", "Value"], value=[], interactive=False,
+                                 elem_id="pnginfo-table", wrap=True)
+    return PngInfoTab(image=image, parameters=parameters, table=table, send=send, parsed_state=gr.State({}))
+
+
+def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(the ``parameters`` text or None, its parsed form) for an image file."""
+    if not path:
+        return None, {}
+    from core.generation.infotext import parse_generation_parameters, read_png_infotext
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = read_png_infotext(image)
+    if not text:
+        return None, {}
+    return text, parse_generation_parameters(text)
+
+
+def table_rows(parsed: dict[str, Any]) -> list[list[str]]:
+    return [[str(key), str(value)] for key, value in parsed.items()]
+
+
+def table_update(parsed: dict[str, Any], request: Any = None) -> gr.Dataframe:
+    return gr.Dataframe(value=table_rows(parsed),
+                        headers=[translate("Parameter", request), translate("Value", request)])
+
+
+def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]], aliases: dict[str, str]) -> dict[str, Any]:
+    """txt2img field values (API names) for a parsed infotext; values a dropdown can't show are left out.
+
+    ``choices``: dropdown field name → its choices. Clip skip comes back as ``clip_skip``.
+    """
+    values = fields_from_infotext(parsed)
+    schedulers = choices.get("scheduler", [])
+    samplers = choices.get("sampler_name", [])
+    if "sampler_name" in values:
+        sampler, scheduler = resolve_sampler(values["sampler_name"], values.get("scheduler"), samplers, aliases,
+                                             schedulers)
+        if sampler is None:
+            values.pop("sampler_name")
+        else:
+            values["sampler_name"] = sampler
+            if scheduler is not None:
+                values["scheduler"] = scheduler
+    if values.get("hr_sampler_name") is None:
+        values["hr_sampler_name"] = USE_SAME_SAMPLER
+    if values.get("hr_scheduler") is None:
+        values["hr_scheduler"] = USE_SAME_SCHEDULER
+    for name, options in choices.items():
+        if name in values and values[name] not in options:
+            values.pop(name)
+    return values
+
+
+def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: Engine, clip_skip: Any = None) -> None:
+    def on_image(path: str | None, request: gr.Request):
+        text, parsed = read_image_parameters(path)
+        if path and text is None:
+            return translate("This image has no generation parameters.", request), table_update({}, request), {}
+        return text or "", table_update(parsed, request), parsed
+
+    tab.image.change(on_image, inputs=tab.image, outputs=[tab.parameters, tab.table, tab.parsed_state],
+                     show_progress="hidden")
+
+    f = txt2img.fields
+    samplers = sampler_names()
+    schedulers = scheduler_labels()
+    choices = {
+        "sampler_name": samplers,
+        "scheduler": schedulers,
+        "hr_upscaler": upscaler_names(engine),
+        "hr_sampler_name": [USE_SAME_SAMPLER] + samplers,
+        "hr_scheduler": [USE_SAME_SCHEDULER] + schedulers,
+    }
+    aliases = sampler_aliases()
+    outputs = list(f.values()) + [txt2img.hires_accordion, tabs] + ([clip_skip] if clip_skip is not None else [])
+
+    def send(parsed: dict[str, Any]):
+        if not parsed:
+            return {tabs: gr.Tabs(selected="txt2img")}
+        values = txt2img_values(parsed, choices, aliases)
+        update: dict[Any, Any] = {f[name]: value for name, value in values.items() if name in f}
+        update[txt2img.hires_accordion] = gr.Accordion(open=bool(values.get("enable_hr")))
+        if clip_skip is not None and "clip_skip" in values:
+            update[clip_skip] = values["clip_skip"]
+        update[tabs] = gr.Tabs(selected="txt2img")
+        return update
+
+    tab.send.click(send, inputs=tab.parsed_state, outputs=outputs, show_progress="hidden")

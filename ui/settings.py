@@ -1,0 +1,105 @@
+"""Settings: the options users change most, saved atomically to config.json (WebUI keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from core.settings import RANDN_SOURCES
+from ui.common import CheckpointRow, checkpoint_value
+from ui.i18n import t, translate
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+VAE_CHOICES = ("Automatic", "None")
+
+
+@dataclass
+class SettingsTab:
+    fields: dict[str, Any]  # WebUI option key → component
+    apply: gr.Button
+    result: gr.Markdown
+
+
+def vae_choices(engine: Engine) -> list[str]:
+    return list(VAE_CHOICES) + [e.name for e in engine.registry.vaes()]
+
+
+def build_settings_tab(engine: Engine) -> SettingsTab:
+    o = engine.settings.options
+    f: dict[str, Any] = {}
+    with gr.Column(elem_id="settings-column"):
+        apply = gr.Button(t("Apply settings"), variant="primary", elem_id="settings-apply")
+        result = gr.Markdown("", elem_id="settings-result")
+        f["sd_model_checkpoint"] = gr.Dropdown(label=t("Stable Diffusion checkpoint"),
+                                               choices=engine.checkpoint_titles(), value=checkpoint_value(engine),
+                                               elem_id="settings-checkpoint")
+        vaes = vae_choices(engine)
+        f["sd_vae"] = gr.Dropdown(label=t("SD VAE"), choices=vaes, value=o.sd_vae if o.sd_vae in vaes else "Automatic",
+                                  elem_id="settings-sd-vae")
+        f["CLIP_stop_at_last_layers"] = gr.Slider(1, 12, value=o.CLIP_stop_at_last_layers, step=1,
+                                                  label=t("Clip skip"), elem_id="settings-clip-skip")
+        f["randn_source"] = gr.Radio(list(RANDN_SOURCES), value=o.randn_source,
+                                     label=t("Random number generator source."), elem_id="settings-randn-source")
+        f["live_previews_enable"] = gr.Checkbox(value=o.live_previews_enable,
+                                                label=t("Show live previews of the created image"))
+        f["show_progress_every_n_steps"] = gr.Slider(
+            -1, 32, value=o.show_progress_every_n_steps, step=1,
+            label=t("Live preview display period (steps; -1 = only at the end)"))
+        f["samples_save"] = gr.Checkbox(value=o.samples_save, label=t("Always save all generated images"))
+    return SettingsTab(fields=f, apply=apply, result=result)
+
+
+def apply_settings(engine: Engine, values: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Set the options that differ from the current ones and save config.json once.
+
+    Returns (changed keys, rejected keys). The checkpoint goes through ``engine.select_checkpoint``
+    (which checks that it exists); it is loaded by the next job.
+    """
+    current = engine.settings.options.to_json()
+    changes = {k: _plain(v) for k, v in values.items() if k != "sd_model_checkpoint" and current.get(k) != _plain(v)}
+    rejected = engine.settings.update(**changes)
+    changed = [k for k in changes if k not in rejected]
+    wanted = values.get("sd_model_checkpoint")
+    if wanted and wanted != checkpoint_value(engine):
+        engine.select_checkpoint(wanted)  # saves config.json itself
+        changed.append("sd_model_checkpoint")
+    if changed:
+        engine.settings.save()
+    return changed, rejected
+
+
+def _plain(value: Any) -> Any:
+    # Sliders hand back floats; the options that are whole numbers must stay ints in config.json.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def result_text(changed: list[str], rejected: list[str], request: Any = None) -> str:
+    if not changed and not rejected:
+        return translate("Nothing changed.", request)
+    text = f"{len(changed)} {translate('settings changed:', request)} {', '.join(changed)}" if changed else ""
+    if rejected:
+        text += f"{'; ' if text else ''}{translate('rejected:', request)} {', '.join(rejected)}"
+    return text
+
+
+def wire_settings(tab: SettingsTab, engine: Engine, top: CheckpointRow) -> None:
+    fields = tab.fields
+
+    def apply(data: dict[Any, Any], request: gr.Request):
+        from core.errors import KilnError
+
+        try:
+            changed, rejected = apply_settings(engine, {k: data[c] for k, c in fields.items()})
+        except KilnError as exc:
+            gr.Warning(exc.message)
+            return exc.message, gr.skip()
+        return result_text(changed, rejected, request), checkpoint_value(engine)
+
+    tab.apply.click(apply, inputs=set(fields.values()), outputs=[tab.result, top.dropdown],
+                    show_progress="hidden")
