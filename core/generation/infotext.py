@@ -1,0 +1,463 @@
+"""The WebUI's infotext: the ``parameters`` text stored in images, written and parsed.
+
+Layout, key order, quoting and parsing follow AUTOMATIC1111 v1.10.1 (``processing.create_infotext``,
+``infotext_utils.parse_generation_parameters``, ``infotext_versions``, ``images.read_info_from_image``)
+so that images move between Kiln and the WebUI (PNG Info, "Send to txt2img", the REST API)
+without losing a setting.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from packaging import version
+from PIL import Image, PngImagePlugin
+
+# Keys the WebUI writes at fixed places, in this order; every other key follows in the order the
+# caller inserted it (hires fix, Lora hashes, TI hashes, Emphasis, extensions), then these last.
+FIXED_KEY_ORDER: tuple[str, ...] = (
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Image CFG scale",
+    "Seed",
+    "Face restoration",
+    "Size",
+    "Model hash",
+    "Model",
+    "FP8 weight",
+    "Cache FP16 weight for LoRA",
+    "VAE hash",
+    "VAE",
+    "Variation seed",
+    "Variation seed strength",
+    "Seed resize from",
+    "Denoising strength",
+    "Conditional mask weight",
+    "Clip skip",
+    "ENSD",
+    "Token merging ratio",
+    "Token merging ratio hr",
+    "Init image hash",
+    "RNG",
+    "Tiling",
+)
+TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
+
+PNG_TEXT_KEY = "parameters"
+_EXIF_IFD = 0x8769
+_EXIF_USER_COMMENT = 0x9286
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def quote(value: object) -> object:
+    """A value with ``,``, ``:`` or a newline is written as a JSON string; others unchanged."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    """Undo :func:`quote`: a ``"..."`` value goes through JSON, falling back to the raw text."""
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _as_text_value(value: object) -> object:
+    """``(512, 768)`` sizes are written ``512x768`` like the WebUI's ``f"{w}x{h}"``."""
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    return value
+
+
+def _drop_defaults(params: dict[str, object]) -> None:
+    """The WebUI leaves these out when they hold their default, so parsing restores them."""
+    clip_skip = params.get("Clip skip")
+    if clip_skip is not None and int(float(str(clip_skip))) <= 1:
+        params["Clip skip"] = None
+    strength = params.get("Variation seed strength")
+    if strength is None or float(str(strength)) == 0:
+        params["Variation seed"] = None
+        params["Variation seed strength"] = None
+    if params.get("RNG") == "GPU":
+        params["RNG"] = None
+    for key in ("Token merging ratio", "Token merging ratio hr"):
+        value = params.get(key)
+        if value is not None and float(str(value)) == 0:
+            params[key] = None
+
+
+def order_parameters(params: Mapping[str, object]) -> dict[str, object]:
+    """The WebUI's key order: fixed keys, then the rest as given, then Version and User."""
+    ordered: dict[str, object] = {key: params[key] for key in FIXED_KEY_ORDER if key in params}
+    for key, value in params.items():
+        if key not in ordered and key not in TRAILING_KEYS:
+            ordered[key] = value
+    for key in TRAILING_KEYS:
+        if key in params:
+            ordered[key] = params[key]
+    return ordered
+
+
+def create_infotext(prompt: str, negative_prompt: str, params: Mapping[str, object]) -> str:
+    """The text the WebUI stores under ``parameters``.
+
+    ``params`` maps infotext keys to values; ``None`` values are left out, ``Clip skip`` ≤ 1,
+    ``RNG: GPU`` and a zero variation strength are left out as the WebUI does, and a value equal
+    to its key is written as the bare key.
+    """
+    ordered = order_parameters(params)
+    _drop_defaults(ordered)
+    fields = []
+    for key, value in ordered.items():
+        if value is None:
+            continue
+        value = _as_text_value(value)
+        fields.append(key if key == value else f"{key}: {quote(value)}")
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{', '.join(fields)}".strip()
+
+
+def format_name_hashes(hashes: Iterable[tuple[str, str]]) -> str:
+    """``Lora hashes`` / ``TI hashes`` value: ``"name: hash, name2: hash2"``; ``:`` and ``,``
+    are removed from names so the value parses back."""
+    return ", ".join(f"{name.replace(':', '').replace(',', '')}: {digest}" for name, digest in hashes)
+
+
+def parse_name_hashes(value: str) -> dict[str, str]:
+    """Inverse of :func:`format_name_hashes` (the WebUI's Lora/TI hash lookup on paste)."""
+    result = {}
+    for part in value.split(","):
+        name, sep, digest = part.partition(":")
+        if sep:
+            result[name.strip()] = digest.strip()
+    return result
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+# Scheduler labels, names and aliases of v1.10.1 (``modules/sd_schedulers.py``), in its order;
+# old infotexts glue them to the sampler name ("DPM++ 2M Karras").
+SCHEDULERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Automatic", "automatic", ()),
+    ("Uniform", "uniform", ()),
+    ("Karras", "karras", ()),
+    ("Exponential", "exponential", ()),
+    ("Polyexponential", "polyexponential", ()),
+    ("SGM Uniform", "sgm_uniform", ("SGMUniform",)),
+    ("KL Optimal", "kl_optimal", ()),
+    ("Align Your Steps", "align_your_steps", ()),
+    ("Simple", "simple", ()),
+    ("Normal", "normal", ()),
+    ("DDIM", "ddim", ()),
+    ("Beta", "beta", ()),
+)
+# v1.10.1 sampler names and the scheduler each uses under "Automatic" (None: the model's own).
+SAMPLER_DEFAULT_SCHEDULER: dict[str, str | None] = {
+    "DPM++ 2M": "karras",
+    "DPM++ SDE": "karras",
+    "DPM++ 2M SDE": "exponential",
+    "DPM++ 2M SDE Heun": "exponential",
+    "DPM++ 2S a": "karras",
+    "DPM++ 3M SDE": "exponential",
+    "Euler a": None,
+    "Euler": None,
+    "LMS": None,
+    "Heun": None,
+    "DPM2": "karras",
+    "DPM2 a": "karras",
+    "DPM fast": None,
+    "DPM adaptive": None,
+    "Restart": "karras",
+    "DDIM": None,
+    "DDIM CFG++": None,
+    "PLMS": None,
+    "UniPC": None,
+    "LCM": None,
+}
+
+
+def get_sampler_and_scheduler(
+    sampler_name: str | None, scheduler_name: str | None, *, convert_automatic: bool = True
+) -> tuple[str | None, str]:
+    """v1.10.1's ``sd_samplers.get_sampler_and_scheduler``: split ``"DPM++ 2M Karras"`` into
+    ``("DPM++ 2M", "Karras")``; with ``convert_automatic`` a scheduler equal to the sampler's own
+    default becomes ``"Automatic"``. Unlike the WebUI an unknown sampler name is kept as-is
+    (the WebUI silently substitutes its first sampler)."""
+    by_name = {label: label for label, _, _ in SCHEDULERS} | {name: label for label, name, _ in SCHEDULERS}
+    found = by_name.get(scheduler_name or "", "Automatic")
+    name = sampler_name
+    if name:
+        for label, internal, aliases in SCHEDULERS:
+            for option in (label, internal, *aliases):
+                if name.endswith(" " + option):
+                    found = label
+                    name = name[: -(len(option) + 1)]
+                    break
+    if convert_automatic and name in SAMPLER_DEFAULT_SCHEDULER:
+        default = SAMPLER_DEFAULT_SCHEDULER[name]
+        if default is not None and by_name.get(default) == found:
+            found = "Automatic"
+    return name, found
+
+
+def old_hires_fix_first_pass_dimensions(width: int, height: int) -> tuple[int, int]:
+    """The pre-1.0 automatic first-pass size: about 512×512 pixels, multiples of 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+def _restore_old_hires_fix_params(res: dict[str, object]) -> None:
+    """Infotexts with ``First pass size`` describe the final size in ``Size``: convert."""
+    first_w, first_h = res.get("First pass size-1"), res.get("First pass size-2")
+    if first_w is None or first_h is None:
+        return
+    first_w, first_h = int(first_w), int(first_h)
+    width, height = int(res.get("Size-1", 512)), int(res.get("Size-2", 512))
+    if first_w == 0 or first_h == 0:
+        first_w, first_h = old_hires_fix_first_pass_dimensions(width, height)
+    res["Size-1"], res["Size-2"] = first_w, first_h
+    res["Hires resize-1"], res["Hires resize-2"] = width, height
+
+
+_V160 = version.parse("1.6.0")
+_V170_TSNR = version.parse("v1.7.0-225")
+_V180 = version.parse("1.8.0")
+
+
+def _parse_version(text: object) -> version.Version | None:
+    """``v1.7.0-225-gabc1234`` → 1.7.0.post225, as ``infotext_versions.parse_version``."""
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"([^-]+-[^-]+)-.*", text)
+    if match:
+        text = match.group(1)
+    try:
+        return version.parse(text)
+    except version.InvalidVersion:
+        return None
+
+
+def _backcompat(res: dict[str, object]) -> None:
+    """Old WebUI versions imply settings that newer versions changed (``infotext_versions``)."""
+    parsed = _parse_version(res.get("Version"))
+    if parsed is None:
+        return
+    if parsed < _V160 and "[" in str(res.get("Prompt", "")):
+        res["Old prompt editing timelines"] = True
+    if parsed < _V160 and res.get("Sampler", "") in ("DDIM", "PLMS"):
+        res["Pad conds v0"] = True
+    if parsed < _V170_TSNR:
+        res["Downcast alphas_cumprod"] = True
+    if parsed < _V180 and res.get("Refiner"):
+        res["Refiner switch by sampling steps"] = True
+
+
+_DEFAULTS: tuple[tuple[str, object], ...] = (
+    ("Hires sampler", "Use same sampler"),
+    ("Hires schedule type", "Use same scheduler"),
+    ("Hires checkpoint", "Use same checkpoint"),
+    ("Hires prompt", ""),
+    ("Hires negative prompt", ""),
+    ("Mask mode", "Inpaint masked"),
+    ("Masked content", "original"),
+    ("Inpaint area", "Whole picture"),
+    ("Masked area padding", 32),
+)
+_LATE_DEFAULTS: tuple[tuple[str, object], ...] = (
+    ("RNG", "GPU"),
+    ("Schedule type", "Automatic"),
+    ("Schedule max sigma", 0),
+    ("Schedule min sigma", 0),
+    ("Schedule rho", 0),
+    ("VAE Encoder", "Full"),
+    ("VAE Decoder", "Full"),
+    ("FP8 weight", "Disable"),
+)
+
+
+def _split_prompt_lines(lines: list[str]) -> tuple[str, str]:
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return "\n".join(prompt_lines), "\n".join(negative_lines)
+
+
+def _split_old_sampler_names(res: dict[str, object]) -> None:
+    """``Sampler: DPM++ 2M Karras`` (before 1.9) → ``Sampler: DPM++ 2M``, ``Schedule type: Karras``."""
+    sampler = res.get("Sampler")
+    if isinstance(sampler, str):
+        name, scheduler = get_sampler_and_scheduler(sampler, None, convert_automatic=False)
+        if name != sampler:
+            res["Sampler"], res["Schedule type"] = name, scheduler
+    hires = res.get("Hires sampler")
+    if isinstance(hires, str) and hires != "Use same sampler":
+        name, scheduler = get_sampler_and_scheduler(hires, None, convert_automatic=False)
+        if name != hires:
+            res["Hires sampler"], res["Hires schedule type"] = name, scheduler
+
+
+def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> dict[str, object]:
+    """The WebUI's ``parse_generation_parameters``: infotext → ``{key: value}``.
+
+    Values are strings as written (``Size`` becomes ``Size-1``/``Size-2``); keys the infotext
+    leaves out get the WebUI's defaults (``Clip skip`` "1", ``RNG`` "GPU", ``Schedule type``
+    "Automatic", ``Hires sampler`` "Use same sampler", ...). Old combined sampler names are split
+    into sampler and schedule type. Prompt styles are not extracted.
+    """
+    *lines, last_line = text.strip().split("\n")
+    if len(_PARAM.findall(last_line)) < 3:
+        lines.append(last_line)
+        last_line = ""
+    prompt, negative_prompt = _split_prompt_lines(lines)
+
+    res: dict[str, object] = {}
+    for key, value in _PARAM.findall(last_line):
+        if not value:
+            continue  # the WebUI fails on an empty value and skips the key
+        if value[0] == '"' and value[-1] == '"':
+            value = unquote(value)
+        size = _IMAGE_SIZE.match(value) if isinstance(value, str) else None
+        if size is not None:
+            res[f"{key}-1"], res[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            res[key] = value
+
+    res["Prompt"] = prompt
+    res["Negative prompt"] = negative_prompt
+    res.setdefault("Clip skip", "1")
+    hypernet = res.get("Hypernet")
+    if hypernet is not None:
+        res["Prompt"] = f"{res['Prompt']}<hypernet:{hypernet}:{res.get('Hypernet strength', '1.0')}>"
+    if "Hires resize-1" not in res:
+        res["Hires resize-1"], res["Hires resize-2"] = 0, 0
+    for key, default in _DEFAULTS:
+        res.setdefault(key, default)
+    _restore_old_hires_fix_params(res)
+    for key, default in _LATE_DEFAULTS:
+        res.setdefault(key, default)
+    if "Cache FP16 weight for LoRA" not in res and res["FP8 weight"] != "Disable":
+        res["Cache FP16 weight for LoRA"] = False
+
+    # Pasting an infotext from before the emphasis setting existed must restore "Original".
+    from core.prompts.parser import uses_emphasis
+
+    if "Emphasis" not in res and (uses_emphasis(prompt) or uses_emphasis(negative_prompt)):
+        res["Emphasis"] = "Original"
+    res.setdefault("Refiner switch by sampling steps", False)
+    _split_old_sampler_names(res)
+    _backcompat(res)
+    for key in skip_fields:
+        res.pop(key, None)
+    return res
+
+
+# --- image files ---------------------------------------------------------------------------
+
+
+def _decode_user_comment(data: bytes | str) -> str:
+    """EXIF UserComment: an 8-byte charset prefix then the text (piexif's ``UserComment.load``)."""
+    if isinstance(data, str):
+        return data
+    prefix, body = data[:8], data[8:]
+    if prefix == b"UNICODE\x00":
+        # piexif writes UTF-16 big-endian; some tools write little-endian. Pick the reading
+        # that yields more ordinary characters.
+        big = body.decode("utf_16_be", errors="replace")
+        little = body.decode("utf_16_le", errors="replace")
+
+        def plain_score(s: str) -> int:
+            return sum(ch.isprintable() or ch in "\n\t" for ch in s) - 4 * s.count("\ufffd")
+
+        return big if plain_score(big) >= plain_score(little) else little
+    if prefix == b"JIS\x00\x00\x00\x00\x00":
+        return body.decode("shift_jis", errors="replace")
+    if prefix in (b"ASCII\x00\x00\x00", b"\x00" * 8):
+        return body.decode("utf8", errors="ignore")
+    return data.decode("utf8", errors="ignore")
+
+
+def read_png_infotext(source: str | Path | Image.Image | bytes) -> str | None:
+    """The generation parameters stored in an image, or None.
+
+    PNG: the ``parameters`` text chunk. JPEG/WEBP/AVIF: EXIF UserComment (it wins when present,
+    as in the WebUI). GIF: the comment.
+    """
+    if isinstance(source, Image.Image):
+        return _infotext_of(source)
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(stream) as image:
+        return _infotext_of(image)
+
+
+def _infotext_of(image: Image.Image) -> str | None:
+    info = image.info or {}
+    text = info.get(PNG_TEXT_KEY)
+    if "exif" in info:
+        comment = image.getexif().get_ifd(_EXIF_IFD).get(_EXIF_USER_COMMENT)
+        decoded = _decode_user_comment(comment) if comment else ""
+        if decoded:
+            text = decoded
+    elif "comment" in info:
+        comment = info["comment"]
+        text = comment.decode("utf8", errors="ignore") if isinstance(comment, bytes) else comment
+    if text is not None and not isinstance(text, str):
+        text = str(text)
+    return text
+
+
+def png_info_with_parameters(text: str, extra: Mapping[str, str] | None = None) -> PngImagePlugin.PngInfo:
+    """PNG text chunks: ``parameters`` (tEXt when latin-1, else iTXt) plus any extra chunks."""
+    info = PngImagePlugin.PngInfo()
+    for key, value in (extra or {}).items():
+        info.add_text(key, str(value))
+    info.add_text(PNG_TEXT_KEY, text)
+    return info
+
+
+def exif_with_parameters(text: str) -> bytes:
+    """EXIF bytes for JPEG/WEBP ``save(exif=...)`` holding the text as a UNICODE UserComment,
+    the form the WebUI writes through piexif."""
+    exif = Image.Exif()
+    exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = b"UNICODE\x00" + text.encode("utf_16_be")
+    return exif.tobytes()
+
+
+__all__ = [
+    "FIXED_KEY_ORDER",
+    "PNG_TEXT_KEY",
+    "SAMPLER_DEFAULT_SCHEDULER",
+    "SCHEDULERS",
+    "create_infotext",
+    "exif_with_parameters",
+    "format_name_hashes",
+    "get_sampler_and_scheduler",
+    "order_parameters",
+    "parse_generation_parameters",
+    "parse_name_hashes",
+    "png_info_with_parameters",
+    "quote",
+    "read_png_infotext",
+    "unquote",
+]
