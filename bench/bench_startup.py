@@ -93,7 +93,7 @@ def report(floor: Series, app: Series) -> float:
     rows = [(s.name, s.median, min(s.seconds), max(s.seconds), len(s.seconds)) for s in (floor, app)]
     print(f"{'':34} {'median s':>9} {'min s':>7} {'max s':>7} {'runs':>5}")
     for name, med, lo, hi, n in rows:
-        print(f"{name:34} {med:9.2f} {lo:7.2f} {hi:7.2f} {n:5d}")
+        print(f"{name:42} {med:9.2f} {lo:7.2f} {hi:7.2f} {n:5d}")
     verdict = "meets" if ratio <= GOAL_RATIO else "MISSES"
     print(f"ratio app/floor: {ratio:.2f}x ({verdict} the goal of <= {GOAL_RATIO}x)")
     return ratio
