@@ -91,7 +91,7 @@ def time_app(python: str, app_args: list[str], timeout: float) -> float:
 def report(floor: Series, app: Series) -> float:
     ratio = app.median / floor.median
     rows = [(s.name, s.median, min(s.seconds), max(s.seconds), len(s.seconds)) for s in (floor, app)]
-    print(f"{'':34} {'median s':>9} {'min s':>7} {'max s':>7} {'runs':>5}")
+    print(f"{'':42} {'median s':>9} {'min s':>7} {'max s':>7} {'runs':>5}")
     for name, med, lo, hi, n in rows:
         print(f"{name:42} {med:9.2f} {lo:7.2f} {hi:7.2f} {n:5d}")
     verdict = "meets" if ratio <= GOAL_RATIO else "MISSES"
