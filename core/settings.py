@@ -157,13 +157,12 @@ class DevicePolicy:
             return "cpu"
         return self.accelerator
 
-    @property
     def torch_dtype(self):
+        """``torch.float16`` / ``torch.float32`` for the model (torch imported only when asked)."""
         import torch
 
         return getattr(torch, self.dtype)
 
-    @property
     def torch_vae_dtype(self):
         import torch
 

@@ -277,6 +277,8 @@ def test_device_policy_on_this_machine(tmp_path):
 
     s = make_settings(tmp_path, ["--use-cpu", "all"])
     p = s.device_policy()
-    assert p.device == "cpu" and p.torch_dtype is torch.float32 and p.torch_vae_dtype is torch.float32
+    assert p.device == "cpu" and p.torch_dtype() is torch.float32 and p.torch_vae_dtype() is torch.float32
+    half = policy(["--no-half-vae"])
+    assert half.torch_dtype() is torch.float16 and half.torch_vae_dtype() is torch.float32
     if not torch.cuda.is_available():
         assert make_settings(tmp_path).device_policy().device in ("cpu", "mps")
