@@ -87,9 +87,9 @@ class Engine:
     def tokenizer(self):
         """The CLIP tokenizer Kiln ships; no model load needed (token counter while typing)."""
         if self._tokenizer is None:
-            from core.models.checkpoint import load_clip_tokenizer
+            from core.models.checkpoint import load_tokenizer
 
-            self._tokenizer = load_clip_tokenizer()
+            self._tokenizer = load_tokenizer("<|endoftext|>")
         return self._tokenizer
 
     def count_tokens(self, text: str, steps: int = 20) -> tuple[int, int]:
@@ -167,7 +167,7 @@ class Engine:
         if choice in (None, "", "Automatic"):
             path = find_vae_for_checkpoint(self._model_entry.path, self.paths.vae_dir)
         elif choice != "None":
-            vae = self.registry.find_vae(choice)
+            vae = self.registry.find("vae", choice)
             if vae is None:
                 raise KilnError(f"VAE {choice!r} not found", hint=f"put it into {self.paths.vae_dir} or choose Automatic")
             path = vae.path
@@ -204,7 +204,7 @@ def native_size_from_header(path: str | Path) -> int:
     path = Path(path)
     if path.suffix != ".safetensors":
         return 512
-    header = read_safetensors_header(path)
+    _, header = read_safetensors_header(path)
     meta = header.get("__metadata__", {}) or {}
     if "kiln.native_size" in meta:
         return int(meta["kiln.native_size"])

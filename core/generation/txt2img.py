@@ -267,7 +267,7 @@ def _infotext_params(engine: Engine, model: LoadedModel, p: GenerationParams, sa
         "CFG scale": p.cfg_scale,
         "Seed": None,
         "Size": f"{p.width}x{p.height}",
-        "Model hash": engine.registry.short_hash(entry) if entry else None,
+        "Model hash": engine.registry.sha256(entry)[:10] if entry else None,
         "Model": Path(entry.name).stem if entry else None,
     }
     vae = engine.vae_path
