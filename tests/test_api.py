@@ -211,6 +211,7 @@ def test_listing_routes_have_webui_shapes(empty_api):
     assert client.get("/sdapi/v1/sd-models").json() == []
     assert client.get("/sdapi/v1/sd-vae").json() == []
     assert client.get("/sdapi/v1/loras").json() == []
+    assert client.get("/sdapi/v1/hypernetworks").json() == []
     assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
 
 
@@ -268,3 +269,59 @@ def test_png_info_reads_parameters(empty_api):
     assert client.post("/sdapi/v1/png-info", json={"image": ""}).json()["info"] == ""
     bad = client.post("/sdapi/v1/png-info", json={"image": "bm90IGFuIGltYWdl"})
     assert bad.status_code == 422 and bad.json()["field"] == "image"
+
+
+@pytest.fixture(scope="module")
+def model_api(tmp_path_factory):
+    """The API over a data folder with the tiny SD1 fixture checkpoint and a standalone VAE."""
+    from fastapi.testclient import TestClient
+
+    from core.api.server import create_api_app
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.models.fixtures import write_tiny_checkpoint, write_tiny_vae
+    from core.settings import Settings
+
+    data = tmp_path_factory.mktemp("api_models")
+    write_tiny_checkpoint(data, "sd1")
+    write_tiny_vae(data)
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--api"]), data)
+    settings.paths.ensure_dirs()
+    engine = Engine(settings)
+    queue = JobQueue()
+    try:
+        with TestClient(create_api_app(engine, queue), raise_server_exceptions=False) as client:
+            yield client, engine
+    finally:
+        queue.shutdown()
+
+
+def test_models_are_listed_and_switched_through_the_queue(model_api):
+    client, engine = model_api
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert [m["model_name"] for m in models] == ["tiny-sd1"]
+    assert models[0]["filename"].endswith("tiny-sd1.safetensors")
+    assert [v["model_name"] for v in client.get("/sdapi/v1/sd-vae").json()] == ["tiny-vae.safetensors"]
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1"}).status_code == 200
+    loaded = engine.loaded_checkpoint()
+    assert loaded is not None and loaded.name == "tiny-sd1.safetensors"
+    title = client.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+    assert title.startswith("tiny-sd1.safetensors [") and len(title.split("[")[1]) == 11
+
+
+def test_txt2img_returns_pngs_with_infotext_and_webui_info(model_api):
+    client, _engine = model_api
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a red circle", "negative_prompt": "blue", "steps": 2, "width": 64, "height": 64,
+        "seed": 5, "batch_size": 2, "sampler_name": "Euler", "cfg_scale": 5})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["images"]) == 2 and body["parameters"]["prompt"] == "a red circle"
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert image.size == (64, 64)
+    text = image.info["parameters"]
+    assert text.startswith("a red circle\nNegative prompt: blue\nSteps: 2, Sampler: Euler")
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [5, 6] and info["seed"] == 5 and info["sd_model_name"] == "tiny-sd1"
+    assert info["infotexts"][0] == text and info["steps"] == 2 and info["width"] == 64
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0

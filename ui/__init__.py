@@ -11,6 +11,7 @@ import gradio as gr
 
 from ui.common import (
     CSS,
+    KEYBOARD_JS,
     build_checkpoint_row,
     checkpoint_value,
     error_html,
@@ -43,7 +44,7 @@ def page_options() -> dict[str, Any]:
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "i18n": make_i18n()}
+    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n()}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:

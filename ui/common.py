@@ -166,3 +166,17 @@ CSS = """
   width: auto !important; }
 #txt2img-progress, #txt2img-error { min-height: 0 !important; }
 """
+
+# The WebUI's keys in a prompt box: Ctrl/Cmd+Enter generates, Alt+Enter skips, Esc interrupts.
+KEYBOARD_JS = """
+() => {
+  document.addEventListener('keydown', (event) => {
+    const box = event.target.closest && event.target.closest('#txt2img-prompt, #txt2img-negative-prompt');
+    if (!box) return;
+    const click = (id) => { event.preventDefault(); document.getElementById(id)?.click(); };
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) click('txt2img-generate');
+    else if (event.key === 'Enter' && event.altKey) click('txt2img-skip');
+    else if (event.key === 'Escape') click('txt2img-interrupt');
+  });
+}
+"""

@@ -149,6 +149,11 @@ class SDVaeItem(BaseModel):
     filename: str
 
 
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
 class LoraItem(BaseModel):
     """The WebUI's built-in Lora extension route (/sdapi/v1/loras)."""
 

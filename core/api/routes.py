@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Query
 
 from core.api import convert
 from core.api.models import (
+    HypernetworkItem,
     LatentUpscalerModeItem,
     LoraItem,
     PNGInfoRequest,
@@ -179,6 +180,10 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             items.append({"name": e.name, "alias": str(metadata.get("ss_output_name") or e.name),
                           "path": str(e.path), "metadata": metadata})
         return items
+
+    @router.get("/hypernetworks", response_model=list[HypernetworkItem])
+    def hypernetworks() -> list[dict[str, str]]:
+        return [{"name": e.name, "path": str(e.path)} for e in engine.registry.hypernetworks()]
 
     @router.post("/refresh-loras")
     def refresh_loras() -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""End to end in headless Chromium: start app.py, type a prompt, Generate, read the PNG it serves.
+
+Screenshots of every tab go to test-artifacts/ (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+SHAPES_MODEL = REPO / "models" / "Stable-diffusion" / "kiln-shapes-v1.safetensors"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+PROMPT = "a red circle on a blue background"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """app.py on a free port over a fresh data folder holding one small checkpoint."""
+    data = tmp_path_factory.mktemp("browser_data")
+    if not SHAPES_MODEL.exists():  # the shipped model is listed from the repository folder by itself
+        from core.models.fixtures import write_tiny_checkpoint
+
+        write_tiny_checkpoint(data, "sd1")
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), "--api"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(url + "/", proc, timeout=120)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get update && apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_generate_in_the_browser(server, browser):
+    from PIL import Image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    page.set_default_timeout(30_000)
+    page.goto(server + "/", wait_until="load")
+    page.wait_for_selector("#txt2img-generate")
+    assert page.locator("#kiln-checkpoint input").input_value() != ""  # a checkpoint is selected
+
+    page.locator("#txt2img-prompt textarea").fill(PROMPT)
+    page.wait_for_function(
+        "() => /^\\d+\\/\\d+$/.test(document.querySelector('#txt2img-token-counter').innerText.trim())")
+    _set_number(page, "txt2img-steps", 4)
+    _set_number(page, "txt2img-width", 64)
+    _set_number(page, "txt2img-height", 64)
+    page.locator("#txt2img-generate").click()
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#txt2img-infotext').innerText.includes('Steps:')")
+    page.screenshot(path=str(ARTIFACTS / "tab-txt2img.png"), full_page=True)
+
+    src = image.get_attribute("src")
+    png = page.request.get(src if src.startswith("http") else server + src).body()
+    served = Image.open(io.BytesIO(png))
+    assert served.format == "PNG"
+    parameters = served.info.get("parameters", "")
+    assert PROMPT in parameters and "Steps: 4" in parameters, parameters
+    downloaded = ARTIFACTS / "generated.png"
+    downloaded.write_bytes(png)
+
+    # PNG Info reads the same file back and "Send to txt2img" restores what was changed since.
+    page.locator("#txt2img-prompt textarea").fill("something else")
+    _set_number(page, "txt2img-steps", 10)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(downloaded))
+    page.wait_for_function(
+        f"() => document.querySelector('#pnginfo-parameters textarea').value.includes({PROMPT!r})")
+    page.screenshot(path=str(ARTIFACTS / "tab-pnginfo.png"), full_page=True)
+    page.locator("#pnginfo-send-to-txt2img").click()
+    page.wait_for_function(f"() => document.querySelector('#txt2img-prompt textarea').value === {PROMPT!r}")
+    assert page.locator("#txt2img-steps input[type=number]").input_value() == "4"
+
+    page.get_by_role("tab", name="Settings").click()
+    page.wait_for_selector("#settings-apply")
+    page.screenshot(path=str(ARTIFACTS / "tab-settings.png"), full_page=True)
+
+    chinese = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    chinese.goto(server + "/", wait_until="load")
+    chinese.get_by_role("button", name="生成").wait_for()
+    chinese.screenshot(path=str(ARTIFACTS / "tab-txt2img-zh-CN.png"), full_page=True)
+    chinese.close()
+    page.close()
