@@ -1,0 +1,714 @@
+"""The recipe that builds Kiln's built-in model from nothing, deterministically.
+
+    python -m core.shapes.recipe --out models/Stable-diffusion/kiln-shapes-v1.safetensors
+    python -m core.shapes.recipe --out /tmp/ci.safetensors --steps-scale 0.05   # CI-sized
+
+Stages (each writes diffusers-format weights into the work folder, so a later failure
+never loses an earlier stage, and a rerun with the same settings skips finished stages):
+
+1. VAE: trained on world pictures (MSE + L1, tiny KL, extra weight on the border so the
+   decoder does not smear a frame of another colour there).
+2. Text encoder: CLIP architecture with the real 49408-token vocabulary and 77 positions,
+   kept at its seeded initialisation. Frozen, its outputs for the 90 captions are computed
+   once; the UNet's cross-attention learns to read them (measured: training it too costs
+   more time per step than it buys in accuracy, because its 3 M-entry token table gets a
+   dense Adam update every step).
+3. UNet: v-prediction on a zero-terminal-SNR schedule (the SD scaled_linear betas,
+   rescaled), latents cached once, EMA of the weights, batch growing by phase.
+4. Save: one SD1 single-file checkpoint (fp16) through Kiln's own checkpoint writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from core.errors import KilnError
+from core.fileio import atomic_save_with, atomic_write_text
+from core.shapes import world
+
+RECIPE_VERSION = "kiln-shapes-v1"
+TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "models" / "clip_tokenizer"
+DEFAULT_WORKDIR = Path(__file__).resolve().parents[2] / ".helpers" / "shapes-run"
+BOS_ID, EOS_ID, CONTEXT_LENGTH = 49406, 49407, 77
+
+# The SD1 training schedule. Kiln's samplers rebuild it from these numbers.
+SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    # (steps, batch size, crop size) per phase: random 32x32 crops teach flat colours and
+    # edges at a quarter of the cost; whole pictures at the end teach the border.
+    phases: tuple[tuple[int, int, int], ...] = ((300, 32, 32), (100, 8, 64))
+    learning_rate: float = 1e-3
+    l1_weight: float = 0.5
+    kl_weight: float = 1e-6
+    border_width: int = 4
+    border_weight: float = 4.0
+    seed: int = 11
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    seed: int = 22
+
+
+@dataclass(frozen=True)
+class UnetSettings:
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    num_attention_heads: int = 4
+    norm_num_groups: int = 32
+    # (steps, batch size) per phase. The learning rate is constant after warm-up and the
+    # EMA does the averaging, so the weights after N steps are the same whatever the
+    # total: a run cut short by a deadline is exactly the recipe with fewer steps.
+    phases: tuple[tuple[int, int], ...] = ((3000, 32),)
+    learning_rate: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    seed: int = 33
+
+
+@dataclass(frozen=True)
+class Recipe:
+    world_seed: int = 1234
+    dataset_size: int = 8000
+    vae: VaeSettings = field(default_factory=VaeSettings)
+    text: TextSettings = field(default_factory=TextSettings)
+    unet: UnetSettings = field(default_factory=UnetSettings)
+    monitor_every: int = 300
+    monitor_seed: int = 77
+    version: str = RECIPE_VERSION
+
+    def scaled(self, steps_scale: float) -> Recipe:
+        """The same recipe with every step count (and the dataset) scaled, for CI runs."""
+
+        def scale(n: int, floor: int) -> int:
+            return max(floor, round(n * steps_scale))
+
+        vae_phases = tuple((scale(steps, 2), batch, crop) for steps, batch, crop in self.vae.phases)
+        vae = dataclasses.replace(self.vae, phases=vae_phases)
+        phases = tuple((scale(steps, 2), batch) for steps, batch in self.unet.phases)
+        unet = dataclasses.replace(
+            self.unet, phases=phases, warmup_steps=scale(self.unet.warmup_steps, 1)
+        )
+        return dataclasses.replace(
+            self,
+            dataset_size=scale(self.dataset_size, 64),
+            vae=vae,
+            unet=unet,
+            # A scaled run probes once, at its end.
+            monitor_every=sum(steps for steps, _ in phases),
+        )
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def settings_hash(*parts: object) -> str:
+    text = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_vae(settings: VaeSettings):
+    from diffusers import AutoencoderKL
+
+    levels = len(settings.block_out_channels)
+    torch.manual_seed(settings.seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=settings.block_out_channels,
+        layers_per_block=settings.layers_per_block,
+        latent_channels=settings.latent_channels,
+        norm_num_groups=settings.norm_num_groups,
+        sample_size=world.IMAGE_SIZE,
+    )
+
+
+def build_text_encoder(settings: TextSettings):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_hidden_layers,
+        num_attention_heads=settings.num_attention_heads,
+        max_position_embeddings=CONTEXT_LENGTH,
+        hidden_act="quick_gelu",
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    torch.manual_seed(settings.seed)
+    return CLIPTextModel(config).eval()
+
+
+def build_unet(settings: UnetSettings, cross_attention_dim: int, latent_channels: int, sample_size: int):
+    """An SD1-shaped UNet: cross-attention at every level but the lowest, like SD1's
+    four levels, with attention at the full latent resolution too."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(settings.block_out_channels)
+    down = ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1)
+    torch.manual_seed(settings.seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=settings.block_out_channels,
+        layers_per_block=settings.layers_per_block,
+        cross_attention_dim=cross_attention_dim,
+        # diffusers' SD1 naming: "attention_head_dim" is the number of heads there.
+        attention_head_dim=settings.num_attention_heads,
+        norm_num_groups=settings.norm_num_groups,
+    )
+
+
+def build_train_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**SCHEDULE)
+
+
+def load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    """SD1's layout of one 77-token chunk: BOS, the prompt's tokens, EOS padding."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: CONTEXT_LENGTH - 2]
+    return [BOS_ID, *ids] + [EOS_ID] * (CONTEXT_LENGTH - 1 - len(ids))
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    ids = torch.tensor([token_ids(tokenizer, p) for p in prompts])
+    return text_encoder(input_ids=ids).last_hidden_state.float()
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Steps, loss and ETA on stderr; one CSV row per logged step."""
+
+    def __init__(self, log_path: Path | None, stream=sys.stderr, every: int = 10):
+        self.log_path = log_path
+        self.stream = stream
+        self.every = every
+        self.rows: list[dict] = []
+
+    def start(self, stage: str, total: int) -> None:
+        self.stage, self.total, self.t0, self.smoothed = stage, total, time.perf_counter(), None
+
+    def step(self, step: int, loss: float, **extra: float) -> None:
+        self.smoothed = loss if self.smoothed is None else 0.95 * self.smoothed + 0.05 * loss
+        if step % self.every and step != self.total:
+            return
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / step * (self.total - step)
+        self.stream.write(
+            f"\r{self.stage} {step}/{self.total} loss {self.smoothed:.4f} "
+            f"{elapsed / step:.2f} s/step ETA {int(eta // 60)}:{int(eta % 60):02d}   "
+        )
+        if step == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+        self.rows.append({"stage": self.stage, "step": step, "loss": round(loss, 6), "loss_smoothed": round(self.smoothed, 6), "elapsed_s": round(elapsed, 1), **extra})
+
+    def note(self, stage: str, **values) -> None:
+        self.stream.write(f"{stage}: {json.dumps(values)}\n")
+        self.stream.flush()
+        self.rows.append({"stage": stage, **values})
+        self.flush()
+
+    def flush(self) -> None:
+        if self.log_path is None or not self.rows:
+            return
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        lines = [",".join(columns)]
+        for row in self.rows:
+            lines.append(",".join(_csv_cell(row.get(c, "")) for c in columns))
+        atomic_write_text(self.log_path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def images_to_tensor(images: Sequence) -> torch.Tensor:
+    """PIL RGB pictures → (N, 3, H, W) in [-1, 1]."""
+    import numpy as np
+
+    array = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) for img in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def tensor_to_images(batch: torch.Tensor) -> list:
+    from PIL import Image
+
+    array = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
+    """Linear warmup, then cosine decay to ``floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def border_weights(size: int, width: int, weight: float) -> torch.Tensor:
+    w = torch.ones(size, size)
+    w[:width, :] = w[-width:, :] = w[:, :width] = w[:, -width:] = weight
+    return w / w.mean()
+
+
+def random_crops(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    if size >= batch.shape[-1]:
+        return batch
+    limit = batch.shape[-1] - size + 1
+    offsets = torch.randint(0, limit, (batch.shape[0], 2), generator=generator).tolist()
+    return torch.stack([img[:, y : y + size, x : x + size] for img, (y, x) in zip(batch, offsets)])
+
+
+def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress) -> None:
+    vae.train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(settings.seed)
+    total = sum(steps for steps, _, _ in settings.phases)
+    pictures = world.iter_world(world_seed + 1, sum(s * b for s, b, _ in settings.phases), "train")
+    progress.start("vae", total)
+    step = 0
+    for phase_steps, batch_size, crop in settings.phases:
+        # Crops have no picture border inside them, so the border weight applies only to
+        # whole pictures.
+        weights = (
+            border_weights(crop, settings.border_width, settings.border_weight)
+            if crop >= world.IMAGE_SIZE
+            else torch.ones(crop, crop)
+        )
+        for _ in range(phase_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, settings.learning_rate, 50, settings.learning_rate * 0.05)
+            full = images_to_tensor([next(pictures).image for _ in range(batch_size)])
+            batch = random_crops(full, crop, generator)
+            posterior = vae.encode(batch).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+            recon = vae.decode(z).sample
+            error = recon - batch
+            loss = (
+                (error.square().mean(1) * weights).mean()
+                + settings.l1_weight * (error.abs().mean(1) * weights).mean()
+                + settings.kl_weight * posterior.kl().mean()
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            progress.step(step, loss.item(), batch=batch_size, crop=crop)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: Sequence, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means of the pictures (unscaled)."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        chunks.append(vae.encode(images_to_tensor(images[start : start + batch_size])).latent_dist.mean)
+    return torch.cat(chunks)
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+class Ema:
+    """Exponential moving average of weights, with the usual warm-up of the decay so the
+    average is not dominated by the random initialisation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.steps = 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].lerp_(value, 1 - decay)
+            else:
+                self.shadow[key].copy_(value)
+
+
+@dataclass
+class UnetData:
+    latents: torch.Tensor  # (N, C, h, w), scaled to ~unit std
+    caption_index: torch.Tensor  # (N,) rows of `contexts`
+    contexts: torch.Tensor  # (K + 1, 77, hidden): one per caption, the last is the empty prompt
+
+
+def batch_size_at(phases: Sequence[tuple[int, int]], step: int) -> int:
+    for phase_steps, batch_size in phases:
+        if step < phase_steps:
+            return batch_size
+        step -= phase_steps
+    return phases[-1][1]
+
+
+def train_unet(
+    unet,
+    data: UnetData,
+    settings: UnetSettings,
+    progress: Progress,
+    monitor: Callable[[int, dict], dict] | None = None,
+    monitor_every: int = 0,
+    snapshot: Path | None = None,
+    snapshot_every: int = 200,
+) -> Ema:
+    """Trains ``unet`` in place; returns its EMA. With ``snapshot``, the whole training
+    state is saved every ``snapshot_every`` steps and a rerun continues from it."""
+    scheduler = build_train_scheduler()
+    alphas = scheduler.alphas_cumprod.float()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(settings.seed)
+    ema = Ema(unet, settings.ema_decay)
+    total = sum(steps for steps, _ in settings.phases)
+    start = 0
+    if snapshot is not None and snapshot.exists():
+        state = torch.load(snapshot, weights_only=True)
+        start = min(int(state["step"]), total)
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        ema.shadow, ema.steps = state["ema"], int(state["ema_steps"])
+        progress.note("resumed", step=start)
+    empty_row = data.contexts.shape[0] - 1
+    n = data.latents.shape[0]
+    unet.train()
+    progress.start("unet", total - start)
+    for step in range(start, total):
+        batch_size = batch_size_at(settings.phases, step)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate * min(1.0, (step + 1) / settings.warmup_steps)
+        index = torch.randint(0, n, (batch_size,), generator=generator)
+        x0 = data.latents[index]
+        rows = data.caption_index[index].clone()
+        drop = torch.rand(batch_size, generator=generator) < settings.caption_dropout
+        rows[drop] = empty_row
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        noisy = a * x0 + s * noise
+        target = a * noise - s * x0  # v-prediction
+        prediction = unet(noisy, t, encoder_hidden_states=data.contexts[rows]).sample
+        loss = F.mse_loss(prediction, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), settings.grad_clip)
+        optimizer.step()
+        ema.update(unet)
+        done = step + 1
+        progress.step(done - start, loss.item(), lr=round(optimizer.param_groups[0]["lr"], 7), batch=batch_size, unet_step=done)
+        if snapshot is not None and (done % snapshot_every == 0 or done == total):
+            state = {
+                "step": done,
+                "unet": unet.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "ema": ema.shadow,
+                "ema_steps": ema.steps,
+            }
+            atomic_save_with(snapshot, lambda tmp, state=state: torch.save(state, tmp))
+            progress.flush()
+        if monitor is not None and monitor_every and (done % monitor_every == 0 or done == total):
+            progress.note("monitor", step=done, **monitor(done, ema.shadow))
+            unet.train()
+    unet.eval()
+    return ema
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+@torch.no_grad()
+def sample_latents(
+    unet,
+    contexts: torch.Tensor,
+    uncond: torch.Tensor,
+    seeds: Sequence[int],
+    steps: int = 20,
+    cfg_scale: float = 7.0,
+    latent_shape: tuple[int, int, int] = (4, 16, 16),
+) -> torch.Tensor:
+    """Deterministic DDIM over trailing timesteps: the recipe's private monitor while it
+    trains (Kiln's own samplers do the evaluation proper, see core.shapes.evaluate)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**SCHEDULE)
+    scheduler.set_timesteps(steps)
+    x = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    batch = x.shape[0]
+    context = torch.cat([uncond.expand(batch, -1, -1), contexts])
+    for t in scheduler.timesteps:
+        out = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample
+        uncond_out, cond_out = out.chunk(2)
+        x = scheduler.step(uncond_out + cfg_scale * (cond_out - uncond_out), t, x).prev_sample
+    return x
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> list:
+    return tensor_to_images(vae.decode(latents / scaling_factor).sample)
+
+
+def make_monitor(unet, vae, text_encoder, tokenizer, scaling_factor: float, seed: int, count: int = 36):
+    """Generates ``count`` pictures with the EMA weights and reads them with the checker."""
+    from core.shapes import checker
+
+    rng = random.Random(seed)
+    combos = [rng.choice(world.all_combinations()) for _ in range(count)]
+    prompts = [world.caption_for(*c) for c in combos]
+    contexts = encode_prompts(text_encoder, tokenizer, prompts)
+    uncond = encode_prompts(text_encoder, tokenizer, [""])
+    seeds = [seed * 1000 + i for i in range(count)]
+
+    def monitor(step: int, ema_state: dict) -> dict:
+        live = {k: v.clone() for k, v in unet.state_dict().items()}
+        unet.load_state_dict(ema_state)
+        unet.eval()
+        images = decode_latents(vae, sample_latents(unet, contexts, uncond, seeds), scaling_factor)
+        unet.load_state_dict(live)
+        results = [checker.check_image(img) for img in images]
+        expected = [checker.Expected(color=c, shape=s, background=b) for c, s, b in combos]
+        return {k: round(v, 3) for k, v in checker.score(results, expected).items()}
+
+    return monitor
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _save_module(module: torch.nn.Module, path: Path, config: dict) -> None:
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    atomic_save_with(path, lambda tmp: save_file(state, str(tmp), metadata={"config": json.dumps(config)}))
+
+
+def _stage_done(path: Path, key: str) -> bool:
+    marker = path.with_suffix(".key")
+    return path.exists() and marker.exists() and marker.read_text().strip() == key
+
+
+def _mark_stage(path: Path, key: str) -> None:
+    atomic_write_text(path.with_suffix(".key"), key + "\n")
+
+
+def _plain_config(module) -> dict:
+    config = module.config
+    return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+
+
+@dataclass
+class BuiltModel:
+    """The trained parts in diffusers/transformers form, and how they were made."""
+
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    scaling_factor: float
+    recipe: Recipe
+    monitor: dict
+
+
+def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool = True) -> BuiltModel:
+    """Runs (or resumes) every training stage; returns the trained parts."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer()
+
+    vae = build_vae(recipe.vae)
+    vae_path, vae_key = workdir / "vae.safetensors", settings_hash(recipe.vae, recipe.world_seed)
+    if _stage_done(vae_path, vae_key):
+        vae.load_state_dict(load_file(str(vae_path)))
+        vae.eval()
+    else:
+        train_vae(vae, recipe.vae, recipe.world_seed, progress)
+        _save_module(vae, vae_path, _plain_config(vae))
+        _mark_stage(vae_path, vae_key)
+    progress.flush()
+
+    text_encoder = build_text_encoder(recipe.text)
+    _save_module(text_encoder, workdir / "text_encoder.safetensors", text_encoder.config.to_dict())
+
+    latents_path = workdir / "latents.safetensors"
+    latents_key = settings_hash(vae_key, recipe.text, recipe.dataset_size)
+    if _stage_done(latents_path, latents_key):
+        cached = load_file(str(latents_path))
+    else:
+        samples = world.sample_world(recipe.world_seed, recipe.dataset_size, "train")
+        raw = encode_latents(vae, [s.image for s in samples])
+        captions = sorted({s.caption for s in samples})
+        row = {c: i for i, c in enumerate(captions)}
+        cached = {
+            "latents": raw.contiguous(),
+            "caption_index": torch.tensor([row[s.caption] for s in samples]),
+            "contexts": encode_prompts(text_encoder, tokenizer, [*captions, ""]),
+        }
+        atomic_save_with(latents_path, lambda tmp: save_file(cached, str(tmp)))
+        _mark_stage(latents_path, latents_key)
+    # One number that brings the cached latents to unit standard deviation, as SD's 0.18215.
+    scaling_factor = round(1.0 / cached["latents"].std().item(), 4)
+    data = UnetData(cached["latents"] * scaling_factor, cached["caption_index"], cached["contexts"])
+    progress.note("latents", count=int(data.latents.shape[0]), scaling_factor=scaling_factor)
+
+    unet = build_unet(recipe.unet, recipe.text.hidden_size, recipe.vae.latent_channels, world.IMAGE_SIZE // 2 ** (len(recipe.vae.block_out_channels) - 1))
+    unet_path = workdir / "unet_ema.safetensors"
+    unet_key = settings_hash(latents_key, recipe.unet)
+    # The training state does not depend on the step count (constant learning rate), so a
+    # run with more steps continues a shorter one.
+    state_key = settings_hash(latents_key, dataclasses.replace(recipe.unet, phases=tuple(b for _, b in recipe.unet.phases)))
+    last_monitor: dict = {}
+    if _stage_done(unet_path, unet_key):
+        unet.load_state_dict(load_file(str(unet_path)))
+        unet.eval()
+    else:
+        watch = (
+            make_monitor(unet, vae, text_encoder, tokenizer, scaling_factor, recipe.monitor_seed) if monitor else None
+        )
+        snapshot = workdir / f"unet_state-{state_key}.pt"
+        ema = train_unet(unet, data, recipe.unet, progress, watch, recipe.monitor_every, snapshot)
+        _save_module(unet, workdir / "unet_last.safetensors", _plain_config(unet))
+        unet.load_state_dict(ema.shadow)
+        _save_module(unet, unet_path, _plain_config(unet))
+        _mark_stage(unet_path, unet_key)
+        last_monitor = next((r for r in reversed(progress.rows) if r.get("stage") == "monitor"), {})
+    progress.flush()
+    return BuiltModel(vae, text_encoder, unet, scaling_factor, recipe, last_monitor)
+
+
+def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]:
+    recipe_json = {**built.recipe.to_json(), "steps_scale": steps_scale, "schedule": SCHEDULE}
+    return {
+        "kiln.recipe": json.dumps(recipe_json, sort_keys=True),
+        "kiln.version": built.recipe.version,
+        "kiln.native_size": str(world.IMAGE_SIZE),
+        "kiln.prediction_type": "v_prediction",
+        "kiln.unet.num_attention_heads": str(built.recipe.unet.num_attention_heads),
+        "kiln.text_encoder.num_attention_heads": str(built.recipe.text.num_attention_heads),
+        "kiln.vae.scaling_factor": str(built.scaling_factor),
+        "modelspec.prediction_type": "v",
+        "modelspec.resolution": f"{world.IMAGE_SIZE}x{world.IMAGE_SIZE}",
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.title": "Kiln Shapes v1",
+        "modelspec.description": "Trained from scratch by Kiln on the procedural Shapes world (core/shapes).",
+    }
+
+
+def save_built(built: BuiltModel, out: Path, steps_scale: float) -> Path:
+    """Writes the single-file SD1 checkpoint through Kiln's checkpoint writer."""
+    try:
+        from core.models.checkpoint import LoadedModel, save_checkpoint
+    except ImportError as error:
+        raise KilnError(
+            f"Kiln's checkpoint writer is not available ({error})",
+            path=out,
+            hint="the trained weights are kept in the work folder; rerun the same command once "
+            "core.models.checkpoint exists and it will only write the file",
+        ) from error
+    model = LoadedModel.from_components(
+        unet=built.unet.half(),
+        vae=built.vae.half(),
+        text_encoder=built.text_encoder.half(),
+        tokenizer=load_tokenizer(),
+        v_prediction=True,
+        zero_terminal_snr=True,
+        vae_scaling_factor=built.scaling_factor,
+    )
+    return save_checkpoint(model, out, metadata=checkpoint_metadata(built, steps_scale), dtype=torch.float16)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.shapes.recipe", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the .safetensors checkpoint to write")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every step count (0.05: CI-sized)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where stage weights go (default: beside --out)")
+    parser.add_argument("--no-monitor", action="store_true", help="skip the sample-and-check probes during training")
+    parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count (one phase)")
+    # Measured on a shared 2-core machine: one thread trains ~4x faster than two when other
+    # processes compete for the cores (the second thread mostly waits at barriers).
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = Recipe() if args.steps_scale == 1.0 else Recipe().scaled(args.steps_scale)
+    if args.unet_steps is not None:
+        batch = recipe.unet.phases[-1][1]
+        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, phases=((args.unet_steps, batch),)))
+    workdir = args.workdir or (DEFAULT_WORKDIR if args.steps_scale == 1.0 else args.out.parent / (args.out.stem + "-work"))
+    progress = Progress(args.out.with_suffix(".loss.csv"))
+    started = time.process_time()
+    built = build_model(recipe, workdir, progress, monitor=not args.no_monitor)
+    progress.note("trained", cpu_seconds=round(time.process_time() - started, 1))
+    path = save_built(built, args.out, args.steps_scale)
+    sys.stderr.write(f"wrote {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
