@@ -87,7 +87,7 @@ def test_models_run_forward(loaded):
     tok = model.tokenizers[1]
     ids = tok(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     out = model.text_encoders[1](ids, output_hidden_states=True)
-    assert out.text_embeds.shape == (1, 32)
+    assert out.text_embeds.shape == (1, 48)
     cond = torch.cat([model.text_encoders[0](ids, output_hidden_states=True).hidden_states[-2],
                       out.hidden_states[-2]], dim=-1)
     added = {"text_embeds": out.text_embeds, "time_ids": torch.tensor([[64, 64, 0, 0, 64, 64]]).float()}

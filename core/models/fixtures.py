@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from core.fileio import atomic_save_with
+from core.fileio import atomic_save_with, atomic_write_json
 from core.models import architecture as arch
 from core.models.architecture import ModelSpec
-from core.models.checkpoint import LoadedModel, load_tokenizer, save_checkpoint, text_encoder_class
+from core.models.checkpoint import LoadedModel, empty_text_encoder, empty_unet, empty_vae, save_checkpoint
 from core.models.layout import apply_rules_to_file, vae_rules
 
 SEED = 20240601
@@ -44,19 +44,25 @@ FIXTURE_DTYPE = torch.float16
 # ---------------------------------------------------------------------------------------------
 
 
-def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Overwrite every parameter from a seeded generator: norms ~1, biases ~0, matrices ~1/sqrt(fan_in)."""
+def random_weights(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded values for every parameter of ``module`` (may be on the meta device):
+    norm weights ~1, biases ~0, matrices ~N(0, 1/fan_in)."""
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(module.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                value = 1.0 + 0.02 * noise
-            elif p.ndim <= 1:
-                value = 0.02 * noise
-            else:
-                value = noise / math.sqrt(p[0].numel())
-            p.copy_(value.to(p.dtype))
+    out = {}
+    for name, p in sorted(module.named_parameters()):
+        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+            out[name] = noise.mul_(0.02).add_(1.0)
+        elif p.ndim <= 1:
+            out[name] = noise.mul_(0.02)
+        else:
+            out[name] = noise.div_(math.sqrt(p[0].numel()))
+    return out
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give ``module`` (built on the meta device or not) the weights of ``random_weights``."""
+    module.load_state_dict(random_weights(module, seed), strict=False, assign=True)
     return module
 
 
@@ -82,11 +88,11 @@ def tiny_unet_config(family: str) -> dict:
             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             "mid_block_type": "UNetMidBlock2DCrossAttn",
             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            "block_out_channels": [32, 32, 64], "layers_per_block": 2, "cross_attention_dim": 64,
+            "block_out_channels": [32, 32, 64], "layers_per_block": 2, "cross_attention_dim": 32 + 48,
             "attention_head_dim": [1, 1, 1], "use_linear_projection": True,
             "transformer_layers_per_block": [1, 1, 2],
             "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 32 + 6 * 8,
+            "projection_class_embeddings_input_dim": 48 + 6 * 8,
         }
     return {
         "sample_size": TINY_NATIVE_SIZE // 8, "in_channels": 4, "out_channels": 4,
@@ -117,7 +123,9 @@ def tiny_text_config(kind: str) -> dict:
         config.update(architectures=["CLIPTextModel"], hidden_act="gelu", projection_dim=32,
                       num_hidden_layers=TINY_TEXT["num_hidden_layers"] - 1)
     else:
-        config.update(architectures=["CLIPTextModelWithProjection"], hidden_act="gelu", projection_dim=32)
+        # wider than the tiny CLIP-L (as bigG's 1280 vs 768): diffusers tells SDXL's encoders apart by width
+        config.update(architectures=["CLIPTextModelWithProjection"], hidden_act="gelu", hidden_size=48,
+                      intermediate_size=192, projection_dim=48)
     return config
 
 
@@ -149,18 +157,13 @@ def tiny_spec(family: str) -> ModelSpec:
 
 def random_models(spec: ModelSpec, seed: int) -> LoadedModel:
     """A LoadedModel of ``spec`` with seeded random weights (no passthrough yet)."""
-    import transformers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    with torch.random.fork_rng():  # the library inits draw from the global RNG; leave it as it was
-        unet = randomize_(UNet2DConditionModel.from_config(spec.unet_config), seed)
-        vae = randomize_(AutoencoderKL.from_config(spec.vae_config), seed + 1)
-        encoders = [randomize_(text_encoder_class(c)(transformers.CLIPTextConfig(**c)), seed + 2 + i)
-                    for i, c in enumerate(spec.text_encoder_configs)]
+    unet = randomize_(empty_unet(spec.unet_config), seed)
+    vae = randomize_(empty_vae(spec.vae_config), seed + 1)
+    encoders = [randomize_(empty_text_encoder(c), seed + 2 + i) for i, c in enumerate(spec.text_encoder_configs)]
     for m in (unet, vae, *encoders):
         m.eval().requires_grad_(False)
-    return LoadedModel(spec=spec, unet=unet, vae=vae, text_encoders=encoders,
-                       tokenizers=[load_tokenizer(p) for p in spec.clip_pad_tokens])
+    # No tokenizers: fixtures are only saved; load_checkpoint gives the loaded model its own.
+    return LoadedModel(spec=spec, unet=unet, vae=vae, text_encoders=encoders, tokenizers=[])
 
 
 def _openclip_block(prefix: str, hidden: int, intermediate: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -224,12 +227,10 @@ def write_tiny_checkpoint(out_dir: str | Path, family: str) -> Path:
 
 def write_tiny_vae(out_dir: str | Path, seed: int = SEED + 7) -> Path:
     """A standalone VAE file (A1111 layout: no prefix) with weights unlike the checkpoints' own."""
-    from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     config = tiny_vae_config(arch.FAMILY_VAE_SCALING["sd1"])
-    with torch.random.fork_rng():
-        vae = randomize_(AutoencoderKL.from_config(config), seed)
+    vae = randomize_(empty_vae(config), seed)
     tensors = apply_rules_to_file({"vae": vae.state_dict()}, vae_rules(config, ""))
     tensors = {k: v.to(FIXTURE_DTYPE).contiguous() for k, v in tensors.items()}
     path = Path(out_dir) / "models" / "VAE" / "tiny-vae.safetensors"
@@ -262,6 +263,50 @@ def write_full_size_sd15(out_dir: str | Path, seed: int = SEED) -> Path:
     model.passthrough = real_file_extras(spec, seed + 100)
     path = Path(out_dir) / "models" / "Stable-diffusion" / "full-size-sd15.safetensors"
     return save_checkpoint(model, path, dtype=torch.float16)
+
+
+def write_diffusers_config_dir(spec: ModelSpec, out_dir: str | Path) -> Path:
+    """A diffusers pipeline folder with configs only (no weights) for ``spec``: what
+    ``from_single_file(path, config=out_dir, local_files_only=True)`` needs to load a Kiln file offline."""
+    import json
+    import shutil
+
+    from core.models.checkpoint import TOKENIZER_DIR
+
+    out = Path(out_dir)
+    sdxl = spec.family == "sdxl"
+
+    def write(rel: str, obj: dict) -> None:
+        atomic_write_json(out / rel, obj)
+
+    encoders = spec.text_encoder_configs
+    index = {
+        "_class_name": "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if not sdxl:
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    for i, (config, pad) in enumerate(zip(encoders, spec.clip_pad_tokens)):
+        suffix = "" if i == 0 else f"_{i + 1}"
+        index[f"text_encoder{suffix}"] = ["transformers", config["architectures"][0]]
+        index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
+        write(f"text_encoder{suffix}/config.json", {"model_type": "clip_text_model", **config})
+        tok_dir = out / f"tokenizer{suffix}"
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(TOKENIZER_DIR / name, tok_dir / name)
+        tok_config = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+        write(f"tokenizer{suffix}/tokenizer_config.json", {**tok_config, "pad_token": pad})
+    write("model_index.json", index)
+    write("unet/config.json", {"_class_name": "UNet2DConditionModel", **spec.unet_config})
+    write("vae/config.json", {"_class_name": "AutoencoderKL", **spec.vae_config})
+    write("scheduler/scheduler_config.json", {
+        "_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+        "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": spec.prediction_type,
+        "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+        "rescale_betas_zero_snr": spec.zero_terminal_snr, "timestep_spacing": "leading"})
+    return out
 
 
 def build_fixture_models(out_dir: str | Path, *, full_size: bool = False) -> dict[str, Path]:
