@@ -46,6 +46,8 @@ class Engine:
         self._extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
         self.vae_path: Path | None = None  # the external VAE file in use, None = the checkpoint's own
         self._upscalers = None
+        # --ckpt wins at startup (WebUI); a choice made in the UI/API replaces it afterwards.
+        self._checkpoint_choice: str | None = settings.startup_checkpoint()
 
     # ------------------------------------------------------------------ queries --
     def refresh_models(self) -> None:
@@ -56,7 +58,7 @@ class Engine:
 
     def selected_checkpoint(self) -> ModelEntry | None:
         """The checkpoint the next job will use: the setting, then --ckpt, then the built-in one."""
-        wanted = self.settings.options.sd_model_checkpoint or self.settings.flags.ckpt
+        wanted = self._checkpoint_choice
         if wanted:
             entry = self.registry.find_checkpoint(wanted)
             if entry is not None:
@@ -108,7 +110,9 @@ class Engine:
         if entry is None:
             raise KilnError(f"checkpoint {name!r} not found",
                             hint=f"put it into {self.paths.ckpt_dir} and refresh the list")
-        self.settings.options.sd_model_checkpoint = self.registry.title_with_hash(entry)
+        title = self.registry.title_with_hash(entry)
+        self._checkpoint_choice = title
+        self.settings.options.sd_model_checkpoint = title
         self.settings.save()
         return entry
 
@@ -192,7 +196,7 @@ class Engine:
         if self._upscalers is None:
             from core.generation.upscalers_model import ModelUpscalers
 
-            device = self.settings.device_policy().device
+            device = self.settings.device_policy().device_for("esrgan")
             self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
         return self._upscalers
 

@@ -37,8 +37,9 @@ def next_sequence_number(folder: Path) -> int:
     return highest + 1
 
 
-def output_folder(outputs_dir: Path, mode: str = "txt2img", today: date | None = None) -> Path:
-    return Path(outputs_dir) / f"{mode}-images" / (today or date.today()).isoformat()
+def output_folder(samples_dir: Path, today: date | None = None) -> Path:
+    """``<samples dir>/YYYY-MM-DD``, the WebUI's default "save to a subdirectory" layout."""
+    return Path(samples_dir) / (today or date.today()).isoformat()
 
 
 def save_png(image: Image.Image, folder: Path, seed: int, prompt: str, infotext: str) -> Path:

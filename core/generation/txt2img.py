@@ -123,7 +123,7 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
     factor = model_ops.vae_downscale(model)
     base_infotext = _infotext_params(engine, model, p, sampler.name, scheduler, clip_skip, opts, hires, second,
                                      extra_params, cache)
-    folder = output_folder(engine.paths.outputs_dir, "txt2img")
+    folder = output_folder(engine.paths.resolve_output(opts.outdir_txt2img_samples))
     images: list[GeneratedImage] = []
     interrupted = False
 
