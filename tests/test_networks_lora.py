@@ -461,3 +461,23 @@ def test_sd1_lora_with_compvis_names_needs_the_key_map(sd1, tmp_path):
     assert manager.apply([(manager.load(path), 1.0, 1.0, None)]).networks[0].mapped == 2
     torch.testing.assert_close(weight(unet, UNET_Q) - before, up @ down, rtol=1e-5, atol=1e-5)
     manager.restore()
+
+
+def test_peft_file_alpha_from_diffusers_adapter_metadata(sd1, tmp_path):
+    import json
+
+    unet, tes = sd1
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.randn(4, 32, generator=g), torch.randn(32, 4, generator=g)
+    k_path = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
+    sd = {f"unet.{UNET_Q}.lora_A.weight": a, f"unet.{UNET_Q}.lora_B.weight": b,
+          f"unet.{k_path}.lora_A.weight": a, f"unet.{k_path}.lora_B.weight": b}
+    meta = {"lora_adapter_metadata": json.dumps({"unet.r": 4, "unet.lora_alpha": 2,
+                                                  "unet.alpha_pattern": {"attn1.to_q": 8}})}
+    path = write(tmp_path / "peft_meta.safetensors", sd, meta)
+    w_q, w_k = weight(unet, UNET_Q), weight(unet, k_path)
+    manager = NetworkManager(unet, tes, "sd1")
+    manager.apply([(manager.load(path), 1.0, 1.0, None)])
+    torch.testing.assert_close(weight(unet, UNET_Q) - w_q, b @ a * (8 / 4), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight(unet, k_path) - w_k, b @ a * (2 / 4), rtol=1e-5, atol=1e-5)
+    manager.restore()

@@ -264,7 +264,9 @@ class NetworkManager:
         key = (net.path, net.mtime)
         result = self._matches.get(key)
         if result is None:
-            result = match_state_dict(net.tensors, self.index)
+            adapter_metadata = net.metadata.get("lora_adapter_metadata")
+            result = match_state_dict(net.tensors, self.index,
+                                      adapter_metadata if isinstance(adapter_metadata, dict) else None)
             self._matches[key] = result
         return result
 

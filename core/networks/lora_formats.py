@@ -16,6 +16,7 @@ once when it writes the merged weight.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -189,9 +190,34 @@ class MatchResult:
         return sorted(set(self.unmatched_keys.values()))
 
 
-def match_state_dict(state_dict: dict[str, torch.Tensor], index: ModuleIndex) -> MatchResult:
-    """Group ``state_dict`` by target layer; keys that name no layer of this model are counted."""
+def peft_scale(adapter_metadata: dict, component: str, path: str, rank: int) -> float | None:
+    """alpha/r from a diffusers ``lora_adapter_metadata`` (PEFT LoraConfig) for one layer, or None.
+
+    diffusers writes the config per component (``unet.lora_alpha``...) or unprefixed; files
+    without it were trained with alpha = r (scale 1), which is what diffusers assumes too.
+    """
+    def get(name: str):
+        return adapter_metadata.get(f"{component}.{name}", adapter_metadata.get(name))
+
+    alpha = get("lora_alpha")
+    if alpha is None:
+        return None
+    for pattern, value in (get("alpha_pattern") or {}).items():
+        if re.fullmatch(rf"(.*\.)?{pattern}", path):
+            alpha = value
+            break
+    return float(alpha) / (math.sqrt(rank) if get("use_rslora") else rank)
+
+
+def match_state_dict(state_dict: dict[str, torch.Tensor], index: ModuleIndex,
+                     adapter_metadata: dict | None = None) -> MatchResult:
+    """Group ``state_dict`` by target layer; keys that name no layer of this model are counted.
+
+    ``adapter_metadata``: the decoded ``lora_adapter_metadata`` of a diffusers/PEFT file, whose
+    lora_alpha gives those layers their scale (stored as a ``scale`` part).
+    """
     result = MatchResult()
+    dotted_paths: dict[ModuleTarget, tuple[str, str]] = {}
     for key, tensor in state_dict.items():
         target: ModuleTarget | None = None
         if is_dotted_key(key):
@@ -202,6 +228,8 @@ def match_state_dict(state_dict: dict[str, torch.Tensor], index: ModuleIndex) ->
             component, path, part = parsed
             target = index.resolve_dotted(component, path)
             tried = f"{component}.{path}"
+            if target is not None:
+                dotted_paths[target] = (component, path)
         else:
             base, part = split_kohya_key(key)
             if part in ("lora_A.weight", "lora_B.weight"):
@@ -214,6 +242,13 @@ def match_state_dict(state_dict: dict[str, torch.Tensor], index: ModuleIndex) ->
         result.modules.setdefault(target, {})[part] = tensor
         result.first_key.setdefault(target, key)
         result.matched_keys += 1
+    if adapter_metadata:
+        for target, (component, path) in dotted_paths.items():
+            parts = result.modules[target]
+            if "lora_down.weight" in parts and "alpha" not in parts and "scale" not in parts:
+                scale = peft_scale(adapter_metadata, component, path, parts["lora_down.weight"].shape[0])
+                if scale is not None:
+                    parts["scale"] = torch.tensor(scale)
     return result
 
 
