@@ -48,13 +48,17 @@ class Engine:
         self._upscalers = None
         # --ckpt wins at startup (WebUI); a choice made in the UI/API replaces it afterwards.
         self._checkpoint_choice: str | None = settings.startup_checkpoint()
+        self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
+        self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
 
     # ------------------------------------------------------------------ queries --
     def refresh_models(self) -> None:
         self.registry.refresh()
 
     def checkpoint_titles(self) -> list[str]:
-        return [self.registry.title_with_hash(e) for e in self.registry.checkpoints()]
+        """``name [hash]`` for files hashed before (cache), plain ``name`` for the rest: listing
+        never reads gigabytes; a checkpoint gets its hash when it is first loaded (as the WebUI)."""
+        return [e.title for e in self.registry.checkpoints()]
 
     def selected_checkpoint(self) -> ModelEntry | None:
         """The checkpoint the next job will use: the setting, then --ckpt, then the built-in one."""
@@ -135,8 +139,13 @@ class Engine:
 
             policy = self.settings.device_policy()
             log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)
-            model = load_checkpoint(entry.path, device=policy.device, dtype=policy.torch_dtype())
+            model = load_checkpoint(entry.path, device=policy.device_for("sd"), dtype=policy.torch_dtype())
+            from core.models.memory import place_model
+
+            self.load_warnings = [*policy.warnings, *place_model(model, policy)]
+            self.autocast = bool(policy.autocast)
             self._model, self._model_entry = model, entry
+            self.registry.sha256(entry)  # the title gains its short hash, the infotext its Model hash
             self._vae_choice = None
             self._apply_vae(vae_choice)
             from core.generation.extras import ExtraNetworks

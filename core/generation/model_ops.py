@@ -27,7 +27,8 @@ def sdxl_time_ids(width: int, height: int, device, dtype) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
 
 
-def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None) -> Callable[..., torch.Tensor]:
+def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None, *, autocast: bool = False
+            ) -> Callable[..., torch.Tensor]:
     """``fn(x, t, context, pooled=None) -> raw prediction`` in float32, whatever the U-Net's dtype."""
     unet = model.unet
     param = next(unet.parameters())
@@ -42,8 +43,9 @@ def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None) -> Callable
         added = None
         if time_ids is not None:
             added = {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
-        out = unet(x.to(device, dtype), t.to(device), encoder_hidden_states=context.to(device, dtype),
-                   added_cond_kwargs=added, return_dict=False)[0]
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            out = unet(x.to(device, dtype), t.to(device), encoder_hidden_states=context.to(device, dtype),
+                       added_cond_kwargs=added, return_dict=False)[0]
         return out.float()
 
     return fn

@@ -26,11 +26,18 @@ from core.generation.upscale import is_latent_upscaler, resize_image, upscale_la
 from core.prompts.conditioning import PromptEncoder
 from core.prompts.extra_networks import parse_extra_networks
 from core.sampling.cfg import CFGDenoiser, StepConditioning
-from core.sampling.denoiser import DiscreteDenoiser
+from core.sampling.plan import (
+    img2img_plan,
+    make_denoiser,
+    noise_for,
+    sampler_kwargs,
+    sampler_sigmas,
+    txt2img_start,
+)
 from core.sampling.rng import ImageRNG
 from core.sampling.samplers import find_sampler
 from core.sampling.schedule import NoiseSchedule
-from core.sampling.schedulers import resolve_scheduler, sigmas_for
+from core.sampling.schedulers import find_scheduler
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -133,10 +140,12 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
         rng = ImageRNG((model_ops.latent_channels(model), p.height // factor, p.width // factor), seeds,
                        subseeds=subseeds, subseed_strength=p.subseed_strength,
                        seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w,
-                       source=_rng_source(opts), device=model.device)
+                       source=_rng_source(opts), device=model.device, latent_factor=factor,
+                       eta_noise_seed_delta=int(opts.eta_noise_seed_delta or 0) if sampler.uses_ensd else 0)
         try:
             ctx.set_text(f"Batch {n + 1} of {p.batch_count}")
-            latents = _sample(model, first, noise_schedule, rng, rng.first(), None, p, ctx, previewer, (p.width, p.height))
+            latents = _sample(engine, model, first, noise_schedule, rng, rng.first(), None, p, ctx, previewer,
+                              (p.width, p.height))
             if second is not None:
                 latents = _hires_pass(engine, model, second, noise_schedule, rng, latents, p, ctx, previewer)
             decoded = model_ops.decode(model, latents)
@@ -161,6 +170,22 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
                             interrupted=interrupted)
 
 
+def resolve_scheduler(name: str | None, sampler) -> str:
+    """The Schedule type label a pass really uses ("Automatic" → the sampler's own default)."""
+    info = find_scheduler(name or "Automatic")
+    if info is None:
+        raise InvalidParameterError("scheduler", f"unknown schedule type {name!r}",
+                                    hint="see GET /sdapi/v1/schedulers for the names")
+    if info.function is None and sampler.uses_schedule_type and sampler.default_scheduler:
+        info = find_scheduler(sampler.default_scheduler) or info
+    return info.label
+
+
+def _number(value: float) -> float | int:
+    """7.0 → 7: the WebUI's infotext shows whole-number floats from its sliders without ".0"."""
+    return int(value) if float(value).is_integer() else value
+
+
 def _rng_source(opts) -> str:
     return str(getattr(opts, "randn_source", "GPU") or "GPU")
 
@@ -171,32 +196,32 @@ def _variation(p: GenerationParams, subseed: int) -> dict[str, object]:
     return {"Variation seed": subseed, "Variation seed strength": p.subseed_strength}
 
 
-def _sample(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG, noise: torch.Tensor,
-            init_latent: torch.Tensor | None, p: GenerationParams, ctx: JobContext, previewer: LatentPreviewer,
-            size: tuple[int, int], denoising_strength: float = 1.0) -> torch.Tensor:
-    """One denoise pass. ``init_latent`` given → img2img from it (hires fix second pass)."""
+def _sample(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG,
+            noise: torch.Tensor, init_latent: torch.Tensor | None, p: GenerationParams, ctx: JobContext,
+            previewer: LatentPreviewer, size: tuple[int, int], denoising_strength: float = 1.0) -> torch.Tensor:
+    """One denoise pass. ``init_latent`` given → img2img from it (the hires-fix second pass)."""
     sampler = find_sampler(sp.sampler_name)
+    opts = engine.settings.options
     batch = noise.shape[0]
+    is_sdxl = model.spec.family == "sdxl"
     if init_latent is None:
-        sigmas = sigmas_for(sp.scheduler_name, sp.steps, schedule, sampler)
-        x = noise * sigmas[0]
+        sigmas = sampler_sigmas(sampler, sp.scheduler_name, sp.steps, schedule, is_sdxl=is_sdxl)
+        full_sigmas = sigmas
+        x = txt2img_start(sampler, noise, sigmas)
     else:
-        # The WebUI's img2img step rule when steps are given explicitly (hires fix):
-        # run steps/strength steps and keep the last `steps` of them.
-        total = int(sp.steps / min(denoising_strength, 0.999)) if denoising_strength > 0 else 0
-        t_enc = sp.steps - 1
-        sigmas = sigmas_for(sp.scheduler_name, total, schedule, sampler)[total - t_enc - 1:]
-        x = init_latent + noise * sigmas[0]
+        # Hires fix passes its steps explicitly, so the WebUI's "exact steps" rule applies.
+        plan = img2img_plan(sampler, sp.scheduler_name, sp.steps, denoising_strength, schedule, fix_steps=True,
+                            is_sdxl=is_sdxl)
+        sigmas, full_sigmas = plan.sigmas, plan.full_sigmas
+        x = plan.start(init_latent, noise)
 
-    denoiser = DiscreteDenoiser(model_ops.unet_fn(model, size), schedule)
+    denoiser = make_denoiser(sampler, model_ops.unet_fn(model, size, autocast=engine.autocast), schedule)
 
     def conditioning_at(step: int) -> StepConditioning:
         conds = [(expand_batch(c, batch), w) for c, w in sp.cond.at(step)]
-        uncond_parts = sp.uncond.at(step)
-        return StepConditioning(conds=conds, uncond=expand_batch(uncond_parts[0][0], batch))
+        return StepConditioning(conds=conds, uncond=expand_batch(sp.uncond.at(step)[0][0], batch))
 
-    cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas,
-                      pad_with=sp.empty_context)
+    cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas, pad_with=sp.empty_context)
 
     def callback(info: dict) -> None:
         i = int(info["i"])
@@ -204,15 +229,16 @@ def _sample(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
             ctx.set_preview(previewer.to_image(info["denoised"]))
         ctx.advance(1)
 
-    opts = None
-    kwargs = sampler.sampler_kwargs(eta=p.eta, s_noise=p.s_noise, options=opts)
+    eta = p.eta if p.eta is not None else (opts.eta_ancestral if sampler.kind != "timesteps" else None)
+    s_noise = p.s_noise if p.s_noise is not None else opts.s_noise
+    kwargs = sampler_kwargs(sampler, eta=eta, s_noise=s_noise)
     with torch.inference_mode():
         return sampler.function(cfg, x, sigmas, extra_args={}, callback=callback,
-                                noise_sampler=rng.noise_sampler(x), **kwargs)
+                                noise_sampler=noise_for(sampler, rng, x, full_sigmas), **kwargs)
 
 
-def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG, latents: torch.Tensor,
-                p: GenerationParams, ctx: JobContext, previewer: LatentPreviewer) -> torch.Tensor:
+def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG,
+                latents: torch.Tensor, p: GenerationParams, ctx: JobContext, previewer: LatentPreviewer) -> torch.Tensor:
     hires = p.hires
     width, height = hires.target_size(p.width, p.height)
     factor = model_ops.vae_downscale(model)
@@ -221,10 +247,10 @@ def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: 
     else:
         images = _to_pil(model_ops.decode(model, latents))
         upscaled = [_upscale_image(engine, img, hires.upscaler, width, height) for img in images]
-        init = model_ops.encode(model, _from_pil(upscaled, model.device))
-    noise = rng.next_for_shape(init.shape) if hasattr(rng, "next_for_shape") else _hires_noise(rng, init)
+        init = model_ops.encode(model, _from_pil(upscaled, latents.device))
     ctx.set_text(f"Hires fix: {width}x{height}")
-    return _sample(model, sp, schedule, rng, noise, init.to(noise.dtype), p, ctx, previewer, (width, height),
+    noise = _hires_noise(rng, init)
+    return _sample(engine, model, sp, schedule, rng, noise, init.to(noise.dtype), p, ctx, previewer, (width, height),
                    denoising_strength=hires.denoising_strength)
 
 
@@ -264,7 +290,7 @@ def _infotext_params(engine: Engine, model: LoadedModel, p: GenerationParams, sa
         "Steps": p.steps,
         "Sampler": sampler,
         "Schedule type": scheduler,
-        "CFG scale": p.cfg_scale,
+        "CFG scale": _number(p.cfg_scale),
         "Seed": None,
         "Size": f"{p.width}x{p.height}",
         "Model hash": engine.registry.sha256(entry)[:10] if entry else None,
