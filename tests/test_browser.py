@@ -108,7 +108,7 @@ def test_generate_in_the_browser(server, browser):
     _set_number(page, "txt2img-width", 64)
     _set_number(page, "txt2img-height", 64)
     page.locator("#txt2img-generate").click()
-    image = page.locator("#txt2img-gallery img").first
+    image = page.locator("#txt2img-gallery .thumbnail-item img, #txt2img-gallery button img").first
     image.wait_for(state="visible", timeout=60_000)
     page.wait_for_function("() => document.querySelector('#txt2img-infotext').innerText.includes('Steps:')")
     page.screenshot(path=str(ARTIFACTS / "tab-txt2img.png"), full_page=True)

@@ -85,3 +85,11 @@ def test_send_to_txt2img_values_fit_the_dropdowns():
     assert values["enable_hr"] is True and values["hr_scale"] == 1.5 and values["hr_second_pass_steps"] == 6
     assert values["denoising_strength"] == 0.45 and values["hr_sampler_name"] == "Use same sampler"
     assert "hr_upscaler" not in values  # a model upscaler this install lacks stays as it was
+
+
+def test_token_counter_uses_the_shipped_tokenizer(engine):
+    from ui.txt2img import token_counter_html
+
+    assert token_counter_html(engine, "", 20) == ""
+    assert token_counter_html(engine, "a red circle", 20) == "3/75"
+    assert token_counter_html(engine, ", ".join(["red circle"] * 40), 20).endswith("/150")

@@ -63,11 +63,14 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         wire_settings(settings, engine, top)
         _wire_checkpoint_row(top, engine, queue, txt2img, settings)
 
-        def localize(request: gr.Request):
-            # Text built on the server follows the browser's language from the first paint.
-            return notice_html(engine, request), table_update({}, request)
+        def on_page_load(request: gr.Request):
+            # Server-built text follows the browser's language from the first paint, and the
+            # checkpoint shown is the current one (the API may have switched it since start-up).
+            choice = gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine))
+            return notice_html(engine, request), table_update({}, request), choice, choice
 
-        demo.load(localize, outputs=[top.notice, pnginfo.table], show_progress="hidden")
+        demo.load(on_page_load, outputs=[top.notice, pnginfo.table, top.dropdown, settings.fields["sd_model_checkpoint"]],
+                  show_progress="hidden")
     return demo
 
 

@@ -165,6 +165,9 @@ CSS = """
   opacity: .8; min-height: 0 !important; padding: 0 !important; background: transparent; border: 0;
   width: auto !important; }
 #txt2img-progress, #txt2img-error { min-height: 0 !important; }
+/* Message boxes take no room while they have nothing to say. */
+#txt2img-error:not(:has(.kiln-error)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
+#txt2img-progress:not(:has(.kiln-progress)) { display: none; }
 """
 
 # The WebUI's keys in a prompt box: Ctrl/Cmd+Enter generates, Alt+Enter skips, Esc interrupts.
