@@ -107,6 +107,7 @@ def test_second_order_samplers_converge_quadratically(name, fn):
 
 
 @pytest.mark.parametrize("name", ["DPM++ 2M", "DPM++ SDE", "DPM++ 3M SDE", "Euler a", "DPM2 a", "UniPC", "DDIM",
+                                  "DDIM CFG++",
                                   "PLMS", "LMS", "DPM fast", "DPM adaptive", "Restart"])
 def test_samplers_land_near_the_data_distribution(name):
     """With cond == uncond == mu, 30 steps should end near mu with the data's spread, not at noise."""
@@ -150,8 +151,8 @@ def test_img2img_plan_takes_the_schedule_tail():
 def test_sampler_table_names_and_options():
     assert [s.name for s in SAMPLERS] == [
         "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a", "DPM++ 3M SDE", "Euler a",
-        "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC",
-        "LCM"]
+        "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++", "PLMS",
+        "UniPC", "LCM"]
     assert find_sampler("DPM++ 2M").default_scheduler == "karras"
     assert find_sampler("DPM++ 2M SDE").default_scheduler == "exponential"
     assert find_sampler("Euler a").default_scheduler is None

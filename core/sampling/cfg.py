@@ -10,6 +10,7 @@ combines like the WebUI's CFGDenoiser.combine_denoised:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,15 +45,20 @@ def step_index(sigmas_desc: list[float], sigma: float) -> int:
     A grid sigma maps to its own index; a sigma between two grid points (second-order midpoints) maps to
     the next (lower-sigma) step, and a sigma above the first grid point (churn) to the step it started.
     """
-    threshold = sigma * (1 + GRID_TOLERANCE)
-    index = 0
-    for grid_sigma in sigmas_desc:
-        if grid_sigma > threshold:
-            index += 1
-        else:
-            break
-    last_step = max(len(sigmas_desc) - 2, 0)
-    return min(index, last_step)
+    return _StepLookup(sigmas_desc).index(sigma)
+
+
+class _StepLookup:
+    """Binary search over the negated (so ascending) sigma list."""
+
+    def __init__(self, sigmas_desc: list[float]):
+        self.negated = [-s for s in sigmas_desc]
+        self.last_step = max(len(sigmas_desc) - 2, 0)
+
+    def index(self, sigma: float) -> int:
+        # number of grid sigmas strictly above sigma * (1 + tolerance)
+        above = bisect.bisect_left(self.negated, -sigma * (1 + GRID_TOLERANCE))
+        return min(above, self.last_step)
 
 
 def pad_tokens_with_last(context: Tensor, tokens: int) -> Tensor:
@@ -103,16 +109,21 @@ class CFGDenoiser:
         self.conditioning_at = conditioning_at
         self.cfg_scale = float(cfg_scale)
         self.sigmas = [float(s) for s in sigmas]
+        self._lookup = _StepLookup(self.sigmas)
         self.pad_with = pad_with
         self.mask = mask
         self.init_latent = init_latent
         self.s_min_uncond = float(s_min_uncond)
+        # Set by samplers that guide with the unconditional prediction (DDIM CFG++).
+        self.scale_multiplier = 1.0
+        self.keep_uncond = False
+        self.last_uncond_denoised: Tensor | None = None
         self.calls = 0
         self.padded_cond_uncond = False
         self._prepared: _PreparedBatch | None = None
 
     def step_index(self, sigma: Tensor) -> int:
-        return step_index(self.sigmas, float(sigma.reshape(-1)[0]))
+        return self._lookup.index(float(sigma.reshape(-1)[0]))
 
     def prepare(self, conditioning: StepConditioning) -> _PreparedBatch:
         """Stack the sub-prompts once per distinct StepConditioning object (they repeat across steps)."""
@@ -145,6 +156,8 @@ class CFGDenoiser:
         return cond, uncond
 
     def _skip_uncond(self, sigma: Tensor, weights: list[float]) -> bool:
+        if self.keep_uncond:
+            return False
         # cfg 1 with weights summing to 1 makes the uncond term cancel exactly; skip its model pass.
         if self.cfg_scale == 1.0 and abs(sum(weights) - 1.0) < 1e-9:
             return True
@@ -158,21 +171,23 @@ class CFGDenoiser:
         skip_uncond = self._skip_uncond(sigma, batch.weights)
 
         if skip_uncond:
-            x_in = x.repeat(k, *([1] * (x.ndim - 1))) if k > 1 else x
-            sigma_in = sigma.repeat(k) if k > 1 else sigma
+            x_in = torch.cat([x] * k) if k > 1 else x
+            sigma_in = torch.cat([sigma] * k) if k > 1 else sigma
             out = self.denoiser(x_in, sigma_in, **batch.cond_batch, **extra)
             uncond_out = out[:b]  # stands in for uncond so sum w_i (c_i - u) reduces to the cond output
             scale = 1.0
         else:
-            x_in = x.repeat(k + 1, *([1] * (x.ndim - 1)))
-            sigma_in = sigma.repeat(k + 1)
+            x_in = torch.cat([x] * (k + 1))
+            sigma_in = torch.cat([sigma] * (k + 1))
             if batch.joint is not None:
                 out = self.denoiser(x_in, sigma_in, **batch.joint, **extra)
             else:
                 cond_out = self.denoiser(x_in[: k * b], sigma_in[: k * b], **batch.cond_batch, **extra)
                 out = torch.cat([cond_out, self.denoiser(x, sigma, **batch.uncond, **extra)])
             uncond_out = out[k * b :]
-            scale = self.cfg_scale
+            scale = self.cfg_scale * self.scale_multiplier
+            if self.keep_uncond:
+                self.last_uncond_denoised = uncond_out
 
         denoised = combine_denoised(out, uncond_out, batch.weights, scale, b)
         if self.mask is not None and self.init_latent is not None:
@@ -185,6 +200,8 @@ def combine_denoised(out: Tensor, uncond_out: Tensor, weights: list[float], cfg_
     """uncond + sum_i w_i * cfg_scale * (cond_i - uncond); ``out`` holds cond_i for the batch at [i*b:(i+1)*b]."""
     if len(weights) == 1 and weights[0] == 1.0 and cfg_scale == 1.0 and out.shape[0] == b:
         return out
+    if len(weights) == 1:
+        return torch.lerp(uncond_out, out[:b], weights[0] * cfg_scale)
     denoised = uncond_out.clone()
     for i, weight in enumerate(weights):
         denoised += (out[i * b : (i + 1) * b] - uncond_out) * (weight * cfg_scale)

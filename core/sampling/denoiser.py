@@ -43,7 +43,7 @@ class DiscreteDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Tensor) -> Tensor:
         sigma = sigma.float()
         s = append_dims(sigma, x.ndim)
-        c_in = (s * s + 1) ** -0.5
+        c_in = torch.rsqrt(s * s + 1)
         out = self.model_fn(x * c_in, self.sigma_to_t(sigma), **cond)
         if self.prediction_type == "v_prediction":
             # c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1)

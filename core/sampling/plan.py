@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from core.errors import InvalidParameterError
+from core.sampling import timestep_samplers
 from core.sampling.denoiser import DiscreteDenoiser, ModelFn
 from core.sampling.lcm import LCMDenoiser, LCMSchedule
 from core.sampling.rng import BrownianTreeNoiseSampler, ImageRNG
@@ -55,7 +56,7 @@ def sampler_sigmas(
     discard = info.discard_penultimate or always_discard_penultimate
     if info.kind == KIND_TIMESTEPS:
         steps = steps + 1 if discard else steps
-        if info.name == "UniPC":
+        if info.function is timestep_samplers.sample_unipc:
             # The WebUI hands UniPC len(timesteps) steps, which exceeds ``steps`` when it does not divide 1000.
             return unipc_sigmas(len(ddim_timesteps(steps, len(schedule))), schedule)
         return ddim_timestep_sigmas(steps, schedule)
@@ -128,7 +129,7 @@ def _timestep_img2img_plan(info: SamplerInfo, total: int, t_enc: int, schedule: 
     noise_t, start_t = timesteps[t_enc], timesteps[t_enc - 1]
     abar = schedule.alphas_cumprod.float().double()
     scale = math.sqrt(float(abar[noise_t]) / float(abar[start_t]))
-    if info.name == "UniPC":
+    if info.function is timestep_samplers.sample_unipc:
         sigmas = unipc_sigmas(t_enc, schedule, t_start=(start_t + 1) / len(schedule))
     else:
         sigmas = schedule.sigmas[torch.tensor(timesteps[:t_enc][::-1])].clone()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.sampling import dpm_solver, k_samplers, lcm, timestep_samplers
-from core.sampling.schedulers import AUTOMATIC, SCHEDULERS, find_scheduler
+from core.sampling.schedulers import SCHEDULERS, find_scheduler
 
 KIND_KDIFFUSION = "k-diffusion"
 KIND_TIMESTEPS = "timesteps"
@@ -72,11 +72,6 @@ class SamplerInfo:
         """Timestep samplers follow their own timesteps; the Schedule type does not apply to them."""
         return self.kind != KIND_TIMESTEPS
 
-    @property
-    def steps_from_sigmas_only(self) -> bool:
-        """DPM adaptive picks its own steps; DPM fast spends exactly len(sigmas)-1 evaluations."""
-        return self.function is dpm_solver.sample_dpm_adaptive
-
 
 def _k(name, aliases, function, options=None, *, eta=False, extra=(), fixed=None) -> SamplerInfo:
     return SamplerInfo(name, tuple(aliases), function, dict(options or {}), KIND_KDIFFUSION, eta,
@@ -111,6 +106,8 @@ SAMPLERS: list[SamplerInfo] = [
     _k("DPM adaptive", ["k_dpm_ad"], dpm_solver.sample_dpm_adaptive, {"uses_ensd": True}, eta=True),
     _k("Restart", ["restart"], k_samplers.sample_restart, {"scheduler": "karras", "second_order": True}),
     SamplerInfo("DDIM", ("ddim",), timestep_samplers.sample_ddim, {}, KIND_TIMESTEPS, True, ETA_DDIM_DEFAULT),
+    SamplerInfo("DDIM CFG++", ("ddim_cfgpp",), timestep_samplers.sample_ddim_cfgpp, {}, KIND_TIMESTEPS, True,
+                ETA_DDIM_DEFAULT),
     SamplerInfo("PLMS", ("plms",), timestep_samplers.sample_plms, {}, KIND_TIMESTEPS),
     SamplerInfo("UniPC", ("unipc",), timestep_samplers.sample_unipc, {}, KIND_TIMESTEPS),
     SamplerInfo("LCM", ("k_lcm",), lcm.sample_lcm, {}, KIND_LCM),
@@ -184,6 +181,3 @@ def resolve_sampler_name(
         found = SCHEDULERS[0]
     return info.name, found.label
 
-
-def is_automatic(scheduler: str | None) -> bool:
-    return not scheduler or scheduler in (AUTOMATIC, "automatic")

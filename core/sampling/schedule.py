@@ -11,7 +11,6 @@ its numbers to the last bit.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -52,15 +51,16 @@ def rescale_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
 
 
 def sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
-    """Fractional timestep of ``sigma`` by linear interpolation in log-sigma (k-diffusion DiscreteSchedule)."""
-    log_sigma = sigma.log()
-    dists = log_sigma - log_sigmas[:, None]
-    low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-    w = ((low - log_sigma) / (low - high)).clamp(0, 1)
-    t = (1 - w) * low_idx + w * high_idx
-    return t.view(sigma.shape)
+    """Fractional timestep of ``sigma`` by linear interpolation in log-sigma (k-diffusion DiscreteSchedule).
+
+    ``log_sigmas`` is ascending; below sigma_min the result is 0, above sigma_max it is the last index.
+    """
+    flat = sigma.reshape(-1) if sigma.ndim != 1 else sigma
+    log_sigma = flat.log()
+    low_idx = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp_(0, log_sigmas.shape[0] - 2)
+    low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
+    t = low_idx + ((low - log_sigma) / (low - high)).clamp_(0, 1)
+    return t if sigma.ndim == 1 else t.view(sigma.shape)
 
 
 def t_to_sigma(log_sigmas: Tensor, t: Tensor) -> Tensor:
@@ -128,17 +128,5 @@ class NoiseSchedule:
         t = torch.linspace(t_max, 0, n)
         return torch.cat([self.t_to_sigma(t), torch.zeros(1)])
 
-    def alpha_bar(self, sigma: float) -> float:
-        """abar of a sigma (k-space <-> VP-space conversions of the timestep samplers)."""
-        return 1.0 / (1.0 + sigma * sigma)
-
-    def timestep_sigma(self, t: int) -> float:
-        """Exact sigma of an integer training timestep."""
-        return float(self.sigmas[t])
-
     def __len__(self) -> int:
         return len(self.sigmas)
-
-
-def sigma_from_alpha_bar(alpha_bar: float) -> float:
-    return math.sqrt((1.0 - alpha_bar) / alpha_bar)

@@ -76,6 +76,36 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, noise_sampler=
     return x * math.sqrt(_alpha_bar(sig[-1]))
 
 
+CFGPP_SCALE_DIVISOR = 12.5  # CFG++ maps the usual CFG range [0, 12.5] onto its [0, 1]
+
+
+@torch.no_grad()
+def sample_ddim_cfgpp(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, eta=0.0):
+    """DDIM with CFG++ (Chung et al. 2024): guided x0, but the step direction from the unconditional eps.
+
+    ``model`` must be a CFGDenoiser: the sampler divides its scale by 12.5 and reads the uncond output.
+    """
+    extra = {} if extra_args is None else extra_args
+    sig = [float(s) for s in sigmas]
+    saved = model.scale_multiplier, model.keep_uncond
+    model.scale_multiplier, model.keep_uncond = 1.0 / CFGPP_SCALE_DIVISOR, True
+    try:
+        for i in range(len(sig) - 1):
+            s, s_prev = sig[i], sig[i + 1]
+            denoised = model(x, sigma_batch(x, s), **extra)
+            eps_uncond = (x - model.last_uncond_denoised) / s
+            a_t, a_prev = _alpha_bar(s), _alpha_bar(s_prev)
+            sigma_eta = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+            x = denoised + eps_uncond * math.sqrt((1 - a_prev - sigma_eta**2) / a_prev)
+            if sigma_eta > 0:
+                noise = noise_sampler(s, s_prev) if noise_sampler is not None else torch.randn_like(x)
+                x = x + noise * (sigma_eta / math.sqrt(a_prev))
+            _report(callback, x, i, s, s, denoised)
+    finally:
+        model.scale_multiplier, model.keep_uncond = saved
+    return x * math.sqrt(_alpha_bar(sig[-1]))
+
+
 @torch.no_grad()
 def sample_plms(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None):
     """Pseudo linear multistep (Liu et al.): improved Euler first, then Adams-Bashforth on eps up to 4th order."""
