@@ -286,3 +286,18 @@ def test_pad_with_empty_and_stack_conds():
     stacked = stack_conds([torch.arange(4.0).reshape(2, 2), torch.ones(1, 2)])
     assert stacked.shape == (2, 2, 2)
     assert stacked[1].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+@torch.no_grad()
+def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
+    from core.networks.embeddings import Embedding, EmbeddingDatabase
+
+    database = EmbeddingDatabase(embeddings_dir=tmp_path, tokenizer=tokenizer)
+    vectors = torch.full((2, 32), 0.02)
+    database.register(
+        Embedding(name="kilnstyle", vec={"default": vectors}, vectors=2, shape=32, sha256="ab" * 32)
+    )
+    encoder = PromptEncoder([tokenizer], [clip_l], "sd1", embeddings=database)
+    cond, (details,) = encoder.encode_with_details(["a kilnstyle"])
+    assert details.chunks[0][0].tokens[2:4] == [0, 0]
+    assert cond.ti_hashes() == "kilnstyle: abababababab"
