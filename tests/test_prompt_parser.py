@@ -155,6 +155,12 @@ def test_old_scheduling_rules():
     assert old("[a:b:0.5]", 30) == [[5, "a"], [10, "b"]]
 
 
+def test_deep_nesting_does_not_raise():
+    deep = "(" * 3000 + "a [b:2]" + ")" * 3000
+    assert prompt_schedules([deep], 4)[0] == [[4, deep]]
+    assert parse_emphasis(deep)[0][0] == "a "
+
+
 def test_duplicates_and_dataclass_form():
     assert prompt_schedules(["a [b:2]", "c", "a [b:2]"], 4) == [
         [[2, "a "], [4, "a b"]],

@@ -18,6 +18,8 @@ from pathlib import Path
 from packaging import version
 from PIL import Image, PngImagePlugin
 
+from core.prompts.parser import uses_emphasis
+
 # Keys the WebUI writes at fixed places, in this order; every other key follows in the order the
 # caller inserted it (hires fix, Lora hashes, TI hashes, Emphasis, extensions), then these last.
 FIXED_KEY_ORDER: tuple[str, ...] = (
@@ -361,8 +363,6 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
         res["Cache FP16 weight for LoRA"] = False
 
     # Pasting an infotext from before the emphasis setting existed must restore "Original".
-    from core.prompts.parser import uses_emphasis
-
     if "Emphasis" not in res and (uses_emphasis(prompt) or uses_emphasis(negative_prompt)):
         res["Emphasis"] = "Original"
     res.setdefault("Refiner switch by sampling steps", False)

@@ -282,15 +282,16 @@ def schedule_prompt(prompt: str, rules: StepRules) -> list[ScheduledPrompt]:
     """One prompt's schedule as dataclasses (see :func:`prompt_schedules`)."""
     try:
         tree = _ScheduleParser(prompt).parse()
-    except _Unparsable:
+        switch_steps = {rules.steps}
+        _collect_switch_steps(tree, rules, switch_steps)
+        schedule = []
+        for step in sorted(switch_steps):
+            parts: list[str] = []
+            _render(tree, step, rules, parts)
+            schedule.append(ScheduledPrompt(step, "".join(parts)))
+    except (_Unparsable, RecursionError):
+        # RecursionError: brackets nested thousands deep; treated like any unparsable prompt.
         return [ScheduledPrompt(rules.steps, prompt)]
-    switch_steps = {rules.steps}
-    _collect_switch_steps(tree, rules, switch_steps)
-    schedule = []
-    for step in sorted(switch_steps):
-        parts: list[str] = []
-        _render(tree, step, rules, parts)
-        schedule.append(ScheduledPrompt(step, "".join(parts)))
     return schedule
 
 
