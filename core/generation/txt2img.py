@@ -137,17 +137,19 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
     for n in range(p.batch_count):
         seeds = [seed + n * p.batch_size + i for i in range(p.batch_size)]
         subseeds = [subseed + n * p.batch_size + i for i in range(p.batch_size)]
-        rng = ImageRNG((model_ops.latent_channels(model), p.height // factor, p.width // factor), seeds,
-                       subseeds=subseeds, subseed_strength=p.subseed_strength,
-                       seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w,
-                       source=_rng_source(opts), device=model.device, latent_factor=factor,
-                       eta_noise_seed_delta=int(opts.eta_noise_seed_delta or 0) if sampler.uses_ensd else 0)
+        def make_rng(shape, seeds=seeds, subseeds=subseeds) -> ImageRNG:
+            return ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=p.subseed_strength,
+                            seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w,
+                            source=_rng_source(opts), device=model.device, latent_factor=factor,
+                            eta_noise_seed_delta=int(opts.eta_noise_seed_delta or 0) if sampler.uses_ensd else 0)
+
+        rng = make_rng((model_ops.latent_channels(model), p.height // factor, p.width // factor))
         try:
             ctx.set_text(f"Batch {n + 1} of {p.batch_count}")
             latents = _sample(engine, model, first, noise_schedule, rng, rng.first(), None, p, ctx, previewer,
                               (p.width, p.height))
             if second is not None:
-                latents = _hires_pass(engine, model, second, noise_schedule, rng, latents, p, ctx, previewer)
+                latents = _hires_pass(engine, model, second, noise_schedule, make_rng, latents, p, ctx, previewer)
             decoded = model_ops.decode(model, latents)
         except JobSkipped:
             ctx.advance(0)
@@ -237,7 +239,7 @@ def _sample(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: Nois
                                 noise_sampler=noise_for(sampler, rng, x, full_sigmas), **kwargs)
 
 
-def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: ImageRNG,
+def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, make_rng,
                 latents: torch.Tensor, p: GenerationParams, ctx: JobContext, previewer: LatentPreviewer) -> torch.Tensor:
     hires = p.hires
     width, height = hires.target_size(p.width, p.height)
@@ -249,16 +251,11 @@ def _hires_pass(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: 
         upscaled = [_upscale_image(engine, img, hires.upscaler, width, height) for img in images]
         init = model_ops.encode(model, _from_pil(upscaled, latents.device))
     ctx.set_text(f"Hires fix: {width}x{height}")
-    noise = _hires_noise(rng, init)
+    # The WebUI draws the second pass's noise from fresh per-image generators at the new size.
+    rng = make_rng(tuple(init.shape[1:]))
+    noise = rng.next().to(init.device)
     return _sample(engine, model, sp, schedule, rng, noise, init.to(noise.dtype), p, ctx, previewer, (width, height),
                    denoising_strength=hires.denoising_strength)
-
-
-def _hires_noise(rng: ImageRNG, init: torch.Tensor) -> torch.Tensor:
-    noise = rng.next()
-    if noise.shape != init.shape:  # rng was sized for the first pass; resample per image generator
-        noise = torch.nn.functional.interpolate(noise, size=init.shape[-2:], mode="nearest")
-    return noise
 
 
 def _upscale_image(engine: Engine, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
