@@ -301,3 +301,22 @@ def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
     cond, (details,) = encoder.encode_with_details(["a kilnstyle"])
     assert details.chunks[0][0].tokens[2:4] == [0, 0]
     assert cond.ti_hashes() == "kilnstyle: abababababab"
+
+
+@torch.no_grad()
+def test_learned_conditioning_schedules_and_and_parts(tokenizer, clip_l):
+    from core.prompts.conditioning import cond_at_step, learned_conditioning, multicond_learned_conditioning
+
+    encoder = PromptEncoder([tokenizer], [clip_l], "sd1")
+    conds, extra = learned_conditioning(encoder, ["a [cat:dog:2]", "x", "a [cat:dog:2]"], 4)
+    assert [[c.end_at_step for c in s] for s in conds] == [[2, 4], [4], [2, 4]]
+    assert conds[0] is conds[2] and extra == {}
+    # the schedule's variants are encoded as one batch, like the WebUI
+    torch.testing.assert_close(conds[0][1].context, encoder.encode(["a cat", "a dog"]).context[1])
+    # sampler steps count from 0: the first variant covers steps 0..2
+    assert [cond_at_step(conds[0], step).end_at_step for step in range(6)] == [2, 2, 2, 4, 4, 2]
+
+    multi = multicond_learned_conditioning(encoder, ["a cat AND a dog:0.5"], 4)
+    (parts,) = multi.batch
+    assert [part.weight for part in parts] == [1.0, 0.5]
+    torch.testing.assert_close(parts[1].schedules[0].context, encoder.encode([" a dog"]).context[0])
