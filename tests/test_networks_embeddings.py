@@ -67,9 +67,10 @@ def test_sdxl_embedding(tmp_path):
     unet, tes = models_of(tiny_model("sdxl", seed=0))
     files = write_network_fixtures(tmp_path, "sdxl", unet, tes)
     emb = load_embedding(files["ti_sdxl"])
-    assert emb.is_sdxl and emb.vectors == 2 and emb.shape == 32 + 32
-    assert emb.vec["clip_l"].shape == (2, 32) and emb.vec["clip_g"].shape == (2, 32)
-    assert expected_dims_for(tes) == {"clip_l": 32, "clip_g": 32}
+    width_l, width_g = (te.config.hidden_size for te in tes)
+    assert expected_dims_for(tes) == {"clip_l": width_l, "clip_g": width_g}
+    assert emb.is_sdxl and emb.vectors == 2 and emb.shape == width_l + width_g
+    assert emb.vec["clip_l"].shape == (2, width_l) and emb.vec["clip_g"].shape == (2, width_g)
 
 
 def test_database_loads_skips_and_ignores(sd1_files, tokenizer, tmp_path):
