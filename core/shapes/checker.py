@@ -105,10 +105,14 @@ def shape_mask(array: np.ndarray, background_rgb: np.ndarray) -> tuple[np.ndarra
     """Shape pixels (distance from the background above half the largest distance) and
     the per-pixel coverage in 0..1 that anti-aliased edges carry."""
     distance = np.linalg.norm(array - background_rgb, axis=2)
-    peak = float(np.percentile(distance, 99.5))
+    inner = distance[RING_OUTER:-RING_OUTER, RING_OUTER:-RING_OUTER]
+    peak = float(np.percentile(inner, 99.5))
     if peak < 60.0:  # nothing stands out from the background
         return np.zeros(distance.shape, dtype=bool), np.zeros(distance.shape, dtype=np.float32)
     coverage = np.clip(distance / peak, 0.0, 1.0)
+    # The world keeps shapes clear of the outer frame, where VAEs smear other colours.
+    coverage[:RING_OUTER, :] = coverage[-RING_OUTER:, :] = 0.0
+    coverage[:, :RING_OUTER] = coverage[:, -RING_OUTER:] = 0.0
     return coverage > 0.5, coverage
 
 

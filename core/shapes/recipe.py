@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from core.errors import KilnError
 from core.fileio import atomic_save_with, atomic_write_text
 from core.shapes import world
 
@@ -65,7 +64,7 @@ class VaeSettings:
     norm_num_groups: int = 32
     # (steps, batch size, crop size) per phase: random 32x32 crops teach flat colours and
     # edges at a quarter of the cost; whole pictures at the end teach the border.
-    phases: tuple[tuple[int, int, int], ...] = ((300, 32, 32), (100, 8, 64))
+    phases: tuple[tuple[int, int, int], ...] = ((250, 32, 32), (80, 8, 64))
     learning_rate: float = 1e-3
     l1_weight: float = 0.5
     kl_weight: float = 1e-6
@@ -92,8 +91,8 @@ class UnetSettings:
     # (steps, batch size) per phase. The learning rate is constant after warm-up and the
     # EMA does the averaging, so the weights after N steps are the same whatever the
     # total: a run cut short by a deadline is exactly the recipe with fewer steps.
-    phases: tuple[tuple[int, int], ...] = ((3000, 32),)
-    learning_rate: float = 5e-4
+    phases: tuple[tuple[int, int], ...] = ((2000, 16), (2000, 32))
+    learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -105,7 +104,7 @@ class UnetSettings:
 @dataclass(frozen=True)
 class Recipe:
     world_seed: int = 1234
-    dataset_size: int = 8000
+    dataset_size: int = 6000
     vae: VaeSettings = field(default_factory=VaeSettings)
     text: TextSettings = field(default_factory=TextSettings)
     unet: UnetSettings = field(default_factory=UnetSettings)
@@ -644,15 +643,14 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
 
 
 def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]:
+    """The file's metadata beyond what Kiln's writer derives from the model itself (it adds
+    kiln.unet/text_encoder.num_attention_heads and kiln.vae.scaling_factor)."""
     recipe_json = {**built.recipe.to_json(), "steps_scale": steps_scale, "schedule": SCHEDULE}
     return {
         "kiln.recipe": json.dumps(recipe_json, sort_keys=True),
         "kiln.version": built.recipe.version,
         "kiln.native_size": str(world.IMAGE_SIZE),
         "kiln.prediction_type": "v_prediction",
-        "kiln.unet.num_attention_heads": str(built.recipe.unet.num_attention_heads),
-        "kiln.text_encoder.num_attention_heads": str(built.recipe.text.num_attention_heads),
-        "kiln.vae.scaling_factor": str(built.scaling_factor),
         "modelspec.prediction_type": "v",
         "modelspec.resolution": f"{world.IMAGE_SIZE}x{world.IMAGE_SIZE}",
         "modelspec.architecture": "stable-diffusion-v1",
@@ -661,25 +659,41 @@ def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]
     }
 
 
-def save_built(built: BuiltModel, out: Path, steps_scale: float) -> Path:
-    """Writes the single-file SD1 checkpoint through Kiln's checkpoint writer."""
-    try:
-        from core.models.checkpoint import LoadedModel, save_checkpoint
-    except ImportError as error:
-        raise KilnError(
-            f"Kiln's checkpoint writer is not available ({error})",
-            path=out,
-            hint="the trained weights are kept in the work folder; rerun the same command once "
-            "core.models.checkpoint exists and it will only write the file",
-        ) from error
-    model = LoadedModel.from_components(
-        unet=built.unet.half(),
-        vae=built.vae.half(),
-        text_encoder=built.text_encoder.half(),
-        tokenizer=load_tokenizer(),
-        v_prediction=True,
+def model_spec(built: BuiltModel):
+    """The ModelSpec Kiln's loader will detect from the saved file."""
+    from core.models import architecture as arch
+
+    text_config = {
+        key: built.text_encoder.config.to_dict()[key]
+        for key in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "max_position_embeddings", "hidden_act", "layer_norm_eps", "bos_token_id", "eos_token_id",
+        )
+    }
+    return arch.ModelSpec(
+        family="sd1",
+        prediction_type="v_prediction",
         zero_terminal_snr=True,
+        native_size=world.IMAGE_SIZE,
+        unet_config=_plain_config(built.unet),
+        vae_config={**_plain_config(built.vae), "scaling_factor": built.scaling_factor},
+        text_encoder_configs=[{**text_config, "architectures": ["CLIPTextModel"]}],
+        clip_pad_token=arch.PAD_CLIP_L,
         vae_scaling_factor=built.scaling_factor,
+        clip_pad_tokens=[arch.PAD_CLIP_L],
+        text_encoder_prefixes=[arch.SD1_CLIP],
+        text_encoder_formats=["hf"],
+        prediction_source="metadata",
+        native_size_fixed=True,
+    )
+
+
+def save_built(built: BuiltModel, out: Path, steps_scale: float) -> Path:
+    """Writes the single-file SD1 checkpoint (fp16) through Kiln's checkpoint writer."""
+    from core.models.checkpoint import LoadedModel, save_checkpoint
+
+    model = LoadedModel(
+        spec=model_spec(built), unet=built.unet, vae=built.vae, text_encoders=[built.text_encoder], tokenizers=[]
     )
     return save_checkpoint(model, out, metadata=checkpoint_metadata(built, steps_scale), dtype=torch.float16)
 
