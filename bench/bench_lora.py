@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from core.models.fixtures import full_size_sd15_spec, tiny_unet_config  # noqa: E402
-from core.networks.fixtures import _save_safetensors, _Writer  # noqa: E402
+from core.networks.fixtures import NetworkFileWriter, save_safetensors  # noqa: E402
 from core.networks.lora import NetworkManager  # noqa: E402
 
 
@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
 
     base = build_unet(opts.size, device, dtype)
-    writer = _Writer("sd1", base, [], None, seed=0)
+    writer = NetworkFileWriter("sd1", base, [], None, seed=0)
     lora = {k: v.to(dtype) for k, v in writer.kohya_lora(rank=opts.rank, alpha=opts.rank / 2).items()}
     args = inputs(base, opts.size, device, dtype)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = _save_safetensors(Path(tmp) / "bench.safetensors", lora)
+        path = save_safetensors(Path(tmp) / "bench.safetensors", lora)
         manager = NetworkManager(base, [], "sd1")
         net = manager.load(path)
         t0 = time.perf_counter()

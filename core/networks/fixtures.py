@@ -79,7 +79,7 @@ def _io(module: nn.Module) -> tuple[int, int]:
 
 # --- writers ----------------------------------------------------------------------------------
 
-def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
@@ -131,7 +131,7 @@ def _addnet_hash_of(tensors: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(data[8 + header_len:]).hexdigest()
 
 
-class _Writer:
+class NetworkFileWriter:
     def __init__(self, family: str, unet: nn.Module, text_encoders: list[nn.Module], unet_config: dict | None,
                  seed: int):
         self.family = family
@@ -377,30 +377,30 @@ def write_network_fixtures(out_dir: Path, family: str, unet: nn.Module, text_enc
     """Write one small file per format for this model; returns {format name: path}."""
     out_dir = Path(out_dir)
     lora_dir, emb_dir, hn_dir = out_dir / "models" / "Lora", out_dir / "embeddings", out_dir / "models" / "hypernetworks"
-    w = _Writer(family, unet, text_encoders, unet_config, seed)
+    w = NetworkFileWriter(family, unet, text_encoders, unet_config, seed)
     files: dict[str, Path] = {}
 
     kohya = w.kohya_lora(rank=4, alpha=2.0)
     meta = kohya_metadata("kiln_style", family, 4, 2.0)
     meta["sshs_model_hash"] = _addnet_hash_of(kohya)
-    files["kohya"] = _save_safetensors(lora_dir / "kiln_style_v1.safetensors", kohya, meta)
-    files["locon"] = _save_safetensors(lora_dir / "kiln_locon.safetensors", w.locon(4, 4.0),
+    files["kohya"] = save_safetensors(lora_dir / "kiln_style_v1.safetensors", kohya, meta)
+    files["locon"] = save_safetensors(lora_dir / "kiln_locon.safetensors", w.locon(4, 4.0),
                                        kohya_metadata("kiln_locon", family, 4, 4.0, "lycoris.kohya",
                                                       {"algo": "locon", "conv_dim": "4", "conv_alpha": "4"}))
-    files["loha"] = _save_safetensors(lora_dir / "kiln_loha.safetensors", w.loha(2, 1.0))
-    files["lokr"] = _save_safetensors(lora_dir / "kiln_lokr.safetensors", w.lokr(1.0))
-    files["ia3"] = _save_safetensors(lora_dir / "kiln_ia3.safetensors", w.ia3())
-    files["full"] = _save_safetensors(lora_dir / "kiln_full.safetensors", w.full())
-    files["dora"] = _save_safetensors(lora_dir / "kiln_dora.safetensors", w.dora(4, 4.0))
-    files["peft"] = _save_safetensors(lora_dir / "kiln_peft.safetensors", w.peft(4))
+    files["loha"] = save_safetensors(lora_dir / "kiln_loha.safetensors", w.loha(2, 1.0))
+    files["lokr"] = save_safetensors(lora_dir / "kiln_lokr.safetensors", w.lokr(1.0))
+    files["ia3"] = save_safetensors(lora_dir / "kiln_ia3.safetensors", w.ia3())
+    files["full"] = save_safetensors(lora_dir / "kiln_full.safetensors", w.full())
+    files["dora"] = save_safetensors(lora_dir / "kiln_dora.safetensors", w.dora(4, 4.0))
+    files["peft"] = save_safetensors(lora_dir / "kiln_peft.safetensors", w.peft(4))
 
     vecs = ti_vectors(text_encoders, 2, seed + 1)
     if family == "sdxl":
-        files["ti_sdxl"] = _save_safetensors(emb_dir / "kiln_xl_token.safetensors", vecs)
+        files["ti_sdxl"] = save_safetensors(emb_dir / "kiln_xl_token.safetensors", vecs)
     else:
         vec = vecs["default"]
         files["ti_pt"] = write_ti_pt(emb_dir / "kiln_token.pt", "kiln_token", vec)
-        files["ti_safetensors"] = _save_safetensors(emb_dir / "kiln_token_st.safetensors", {"emb_params": vec})
+        files["ti_safetensors"] = save_safetensors(emb_dir / "kiln_token_st.safetensors", {"emb_params": vec})
         files["ti_bin"] = _save_torch(emb_dir / "concepts" / "kiln_concept.bin", {"<kiln-concept>": vec[0]})
         files["ti_png"] = write_ti_png(emb_dir / "kiln_png.png", "kiln_png", vec)
         files["ti_png_pixels"] = write_ti_png(emb_dir / "kiln_pixels.png", "kiln_pixels", vec, pixel_encoded=True)
