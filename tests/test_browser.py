@@ -141,6 +141,7 @@ def test_generate_in_the_browser(server, browser):
     chinese = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
     chinese.goto(server + "/", wait_until="load")
     chinese.get_by_role("button", name="生成").wait_for()
+    chinese.wait_for_function("() => document.querySelector('#kiln-checkpoint input').value !== ''")
     chinese.screenshot(path=str(ARTIFACTS / "tab-txt2img-zh-CN.png"), full_page=True)
     chinese.close()
     page.close()
