@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -324,4 +325,38 @@ def test_txt2img_returns_pngs_with_infotext_and_webui_info(model_api):
     info = json.loads(body["info"])
     assert info["all_seeds"] == [5, 6] and info["seed"] == 5 and info["sd_model_name"] == "tiny-sd1"
     assert info["infotexts"][0] == text and info["steps"] == 2 and info["width"] == 64
+    assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_unknown_sampler_is_a_422(model_api):
+    client, _engine = model_api
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64,
+                                                      "sampler_name": "No Such Sampler"})
+    assert response.status_code == 422 and response.json()["field"] == "sampler_name"
+
+
+def test_progress_and_interrupt_while_generating(model_api):
+    client, _engine = model_api
+    result: dict[str, object] = {}
+
+    def generate():
+        result["response"] = client.post("/sdapi/v1/txt2img", json={
+            "prompt": "a long one", "steps": 150, "width": 64, "height": 64, "sampler_name": "Euler"})
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        body = client.get("/sdapi/v1/progress").json()
+        while body["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            body = client.get("/sdapi/v1/progress").json()
+        assert body["state"]["job_count"] >= 1 and body["state"]["sampling_steps"] == 150
+        assert 0 < body["progress"] < 1 and body["eta_relative"] > 0
+        assert client.post("/sdapi/v1/interrupt").json() == {}
+    finally:
+        worker.join(60)
+    response = result["response"]
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) <= 1
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
