@@ -93,3 +93,50 @@ def test_token_counter_uses_the_shipped_tokenizer(engine):
     assert token_counter_html(engine, "", 20) == ""
     assert token_counter_html(engine, "a red circle", 20) == "3/75"
     assert token_counter_html(engine, ", ".join(["red circle"] * 40), 20).endswith("/150")
+
+
+def _defaults(tab) -> dict[str, object]:
+    return {name: component.value for name, component in tab.fields.items()}
+
+
+def test_generate_without_a_checkpoint_shows_where_to_put_one(engine):
+    from ui.txt2img import build_txt2img_tab, generate_updates
+
+    queue = JobQueue()
+    try:
+        with gr.Blocks():
+            tab = build_txt2img_tab(engine)
+        updates = list(generate_updates(tab, engine, queue, dict(_defaults(tab), prompt="x", steps=2)))
+    finally:
+        queue.shutdown()
+    error = updates[-1][tab.error]
+    assert "kiln-error" in error and str(engine.paths.ckpt_dir) in error
+
+
+def test_generate_with_a_model_streams_previews_then_the_gallery(tmp_path):
+    from core.models.fixtures import write_tiny_checkpoint
+    from ui.txt2img import build_txt2img_tab, generate_updates
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    settings.options.show_progress_every_n_steps = 1
+    engine = Engine(settings)
+    queue = JobQueue(preview_every=1)
+    try:
+        with gr.Blocks():
+            tab = build_txt2img_tab(engine)
+        values = dict(_defaults(tab), prompt="a red circle", steps=3, width=64, height=64, seed=11,
+                      batch_size=2, sampler_name="Euler")
+        updates = list(generate_updates(tab, engine, queue, values))
+    finally:
+        queue.shutdown()
+    assert any(u.get(tab.preview) is not None for u in updates[1:-1])  # live preview while sampling
+    assert any("Step " in u.get(tab.progress, "") for u in updates)
+    final = updates[-1]
+    images = final[tab.gallery]
+    assert len(images) == 2 and final[tab.seeds_state] == [11, 12]
+    assert images[0].info["parameters"].startswith("a red circle\nSteps: 3, Sampler: Euler")
+    assert "Steps: 3" in final[tab.infotext]
+    saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*.png"))
+    assert len(saved) == 2  # samples_save is on by default

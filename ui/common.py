@@ -100,6 +100,13 @@ def error_html(message: str | None, request: Any = None) -> str:
             f"{html.escape(message)}</div>")
 
 
+def warning_html(message: str | None) -> str:
+    """Notes about a finished job (a LoRA not found, a size rounded) that are not failures."""
+    if not message:
+        return ""
+    return f'<div class="kiln-error kiln-warning">{html.escape(message)}</div>'
+
+
 def infotext_html(infotext: str | None) -> str:
     if not infotext:
         return ""
@@ -157,6 +164,7 @@ CSS = """
 .kiln-progress-text { position: relative; padding: 0 8px; line-height: 26px; font-size: 13px; }
 .kiln-error { border: 1px solid #d33; background: rgba(220, 50, 50, .12); color: var(--body-text-color);
   padding: 8px 12px; border-radius: 6px; white-space: pre-wrap; }
+.kiln-warning { border-color: #d90; background: rgba(220, 160, 0, .12); }
 .kiln-notice { border: 1px solid var(--color-accent); padding: 8px 12px; border-radius: 6px; }
 .kiln-infotext { white-space: pre-wrap; font-family: var(--font-mono); font-size: 12px; padding: 6px 2px;
   word-break: break-word; }

@@ -8,6 +8,7 @@ txt2img" from PNG Info reuses its infotext mapping (core.api.paste).
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from ui.common import (
     infotext_html,
     job_error_message,
     progress_html,
+    warning_html,
     watch_job,
 )
 from ui.i18n import t
@@ -215,6 +217,50 @@ def ui_values(tab: Txt2ImgTab, data: dict[Any, Any]) -> dict[str, Any]:
     return {name: data[component] for name, component in tab.fields.items()}
 
 
+def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: dict[str, Any],
+                     request: Any = None) -> Iterator[dict[Any, Any]]:
+    """The Generate button: queue a txt2img job for ``values`` (API field names) and yield page
+    updates (progress, live preview, then gallery + infotext, or the error) until it ends."""
+    values = dict(values, save_images=bool(engine.settings.options.samples_save))
+    try:
+        from core.generation.params import validate
+
+        params = validate(params_from_request(values, engine.settings.options.to_json()))
+    except KilnError as exc:
+        gr.Warning(exc.message)
+        yield {tab.error: error_html(exc.message, request), tab.progress: ""}
+        return
+    job = queue.submit(lambda ctx: engine.txt2img(params, ctx), description="txt2img", owner="ui")
+    yield {tab.error: "", tab.preview: None}
+    shown_preview = -1
+    for status in watch_job(queue, job):
+        update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
+        snap = status.snapshot
+        if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:
+            shown_preview = snap.preview_step
+            update[tab.preview] = snap.preview
+        yield update
+    message = job_error_message(job)
+    if message:
+        gr.Warning(message)
+        yield {tab.error: error_html(message, request)}
+        return
+    result = job.result
+    if result is None:  # interrupted while still queued
+        return
+    infotexts = [g.infotext for g in result.images]
+    final: dict[Any, Any] = {
+        tab.gallery: [image_with_infotext(g) for g in result.images],
+        tab.infotext: infotext_html(infotexts[0] if infotexts else ""),
+        tab.infotexts_state: infotexts,
+        tab.seeds_state: [g.seed for g in result.images],
+        tab.selected_state: 0,
+    }
+    if result.warnings:
+        final[tab.error] = warning_html("\n".join(result.warnings))
+    yield final
+
+
 def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: Any = None) -> None:
     """Connect the tab's events. ``clip_skip``: the Settings slider, read at Generate time."""
     f = tab.fields
@@ -226,44 +272,7 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
         values = ui_values(tab, data)
         if clip_skip is not None and data.get(clip_skip):
             values["override_settings"] = {"CLIP_stop_at_last_layers": int(data[clip_skip])}
-        values["save_images"] = bool(engine.settings.options.samples_save)
-        try:
-            from core.generation.params import validate
-
-            params = validate(params_from_request(values, engine.settings.options.to_json()))
-        except KilnError as exc:
-            gr.Warning(exc.message)
-            yield {tab.error: error_html(exc.message, request), tab.progress: ""}
-            return
-        job = queue.submit(lambda ctx: engine.txt2img(params, ctx), description="txt2img", owner="ui")
-        yield {tab.error: "", tab.preview: None}
-        shown_preview = -1
-        for status in watch_job(queue, job):
-            update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
-            snap = status.snapshot
-            if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:
-                shown_preview = snap.preview_step
-                update[tab.preview] = snap.preview
-            yield update
-        message = job_error_message(job)
-        if message:
-            gr.Warning(message)
-            yield {tab.error: error_html(message, request)}
-            return
-        result = job.result
-        if result is None:  # interrupted while still queued
-            return
-        infotexts = [g.infotext for g in result.images]
-        final: dict[Any, Any] = {
-            tab.gallery: [image_with_infotext(g) for g in result.images],
-            tab.infotext: infotext_html(infotexts[0] if infotexts else ""),
-            tab.infotexts_state: infotexts,
-            tab.seeds_state: [g.seed for g in result.images],
-            tab.selected_state: 0,
-        }
-        if result.warnings:
-            final[tab.error] = error_html("\n".join(result.warnings), request)
-        yield final
+        yield from generate_updates(tab, engine, queue, values, request)
 
     tab.generate.click(generate, inputs=inputs, outputs=outputs, concurrency_limit=None,
                        show_progress="hidden")
