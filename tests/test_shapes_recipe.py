@@ -38,7 +38,7 @@ def test_every_stage_trains_and_logs(built):
     assert stages.count("vae") == 3 and stages.count("unet") == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in progress.rows if "loss" in r)
     assert (work / "loss.csv").read_text().startswith("stage,step,loss")
-    for name in ("vae", "text_encoder", "unet_ema", "latents"):
+    for name in ("vae", "text_encoder", "unet_ema-3", "latents"):
         assert (work / f"{name}.safetensors").exists()
     assert 0.1 < model.scaling_factor < 100
 
@@ -107,3 +107,19 @@ def test_lr_schedule_and_batch_phases():
     assert R.batch_size_at(((10, 32), (5, 64)), 10) == 64
     assert R.lr_at(0, 100, 1.0, 10, 0.0) == pytest.approx(0.1)
     assert R.lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_a_longer_run_continues_from_a_shorter_runs_snapshot(built, tmp_path):
+    # Constant learning rate: the state after N steps does not depend on the total, so a
+    # 3-step run resumed from a 2-step run's snapshot equals a 3-step run from scratch.
+    model, _, _ = built
+    unet = tiny_recipe().unet
+    short = dataclasses.replace(tiny_recipe(), unet=dataclasses.replace(unet, phases=((2, 4),)))
+    R.build_model(short, tmp_path, R.Progress(None, stream=io.StringIO()), monitor=False)
+    assert len(list(tmp_path.glob("unet_state-*-000002.pt"))) == 1
+    progress = R.Progress(None, stream=io.StringIO())
+    resumed = R.build_model(tiny_recipe(), tmp_path, progress, monitor=False)
+    assert [r["step"] for r in progress.rows if r["stage"] == "resumed"] == [2]
+    assert [r["step"] for r in progress.rows if r["stage"] == "unet"] == [1]
+    for key, value in model.unet.state_dict().items():
+        assert torch.allclose(value, resumed.unet.state_dict()[key], atol=1e-6), key

@@ -412,6 +412,16 @@ def batch_size_at(phases: Sequence[tuple[int, int]], step: int) -> int:
     return phases[-1][1]
 
 
+def latest_snapshot(prefix: Path, max_step: int) -> Path | None:
+    """The snapshot ``<prefix>-<step>.pt`` with the largest step not past ``max_step``."""
+    best: tuple[int, Path] | None = None
+    for path in prefix.parent.glob(f"{prefix.name}-*.pt"):
+        step = int(path.stem.rsplit("-", 1)[1])
+        if step <= max_step and (best is None or step > best[0]):
+            best = (step, path)
+    return best[1] if best else None
+
+
 def train_unet(
     unet,
     data: UnetData,
@@ -419,11 +429,12 @@ def train_unet(
     progress: Progress,
     monitor: Callable[[int, dict], dict] | None = None,
     monitor_every: int = 0,
-    snapshot: Path | None = None,
+    snapshots: Path | None = None,
     snapshot_every: int = 200,
 ) -> Ema:
-    """Trains ``unet`` in place; returns its EMA. With ``snapshot``, the whole training
-    state is saved every ``snapshot_every`` steps and a rerun continues from it."""
+    """Trains ``unet`` in place; returns its EMA. With ``snapshots`` (a file name prefix),
+    the whole training state is saved every ``snapshot_every`` steps as
+    ``<prefix>-<step>.pt``, and a run continues from the latest one not past its total."""
     scheduler = build_train_scheduler()
     alphas = scheduler.alphas_cumprod.float()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -431,9 +442,10 @@ def train_unet(
     ema = Ema(unet, settings.ema_decay)
     total = sum(steps for steps, _ in settings.phases)
     start = 0
-    if snapshot is not None and snapshot.exists():
-        state = torch.load(snapshot, weights_only=True)
-        start = min(int(state["step"]), total)
+    resume = latest_snapshot(snapshots, total) if snapshots is not None else None
+    if resume is not None:
+        state = torch.load(resume, weights_only=True)
+        start = int(state["step"])
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -467,7 +479,7 @@ def train_unet(
         ema.update(unet)
         done = step + 1
         progress.step(done - start, loss.item(), lr=round(optimizer.param_groups[0]["lr"], 7), batch=batch_size, unet_step=done)
-        if snapshot is not None and (done % snapshot_every == 0 or done == total):
+        if snapshots is not None and (done % snapshot_every == 0 or done == total):
             state = {
                 "step": done,
                 "unet": unet.state_dict(),
@@ -476,7 +488,8 @@ def train_unet(
                 "ema": ema.shadow,
                 "ema_steps": ema.steps,
             }
-            atomic_save_with(snapshot, lambda tmp, state=state: torch.save(state, tmp))
+            path = snapshots.with_name(f"{snapshots.name}-{done:06d}.pt")
+            atomic_save_with(path, lambda tmp, state=state: torch.save(state, tmp))
             progress.flush()
         if monitor is not None and monitor_every and (done % monitor_every == 0 or done == total):
             progress.note("monitor", step=done, **monitor(done, ema.shadow))
@@ -618,7 +631,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     progress.note("latents", count=int(data.latents.shape[0]), scaling_factor=scaling_factor)
 
     unet = build_unet(recipe.unet, recipe.text.hidden_size, recipe.vae.latent_channels, world.IMAGE_SIZE // 2 ** (len(recipe.vae.block_out_channels) - 1))
-    unet_path = workdir / "unet_ema.safetensors"
+    unet_path = workdir / f"unet_ema-{sum(steps for steps, _ in recipe.unet.phases)}.safetensors"
     unet_key = settings_hash(latents_key, recipe.unet)
     # The training state does not depend on the step count (constant learning rate), so a
     # run with more steps continues a shorter one.
@@ -631,9 +644,9 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
         watch = (
             make_monitor(unet, vae, text_encoder, tokenizer, scaling_factor, recipe.monitor_seed) if monitor else None
         )
-        snapshot = workdir / f"unet_state-{state_key}.pt"
-        ema = train_unet(unet, data, recipe.unet, progress, watch, recipe.monitor_every, snapshot)
-        _save_module(unet, workdir / "unet_last.safetensors", _plain_config(unet))
+        snapshots = workdir / f"unet_state-{state_key}"
+        ema = train_unet(unet, data, recipe.unet, progress, watch, recipe.monitor_every, snapshots)
+        _save_module(unet, unet_path.with_name(unet_path.name.replace("unet_ema", "unet_last")), _plain_config(unet))
         unet.load_state_dict(ema.shadow)
         _save_module(unet, unet_path, _plain_config(unet))
         _mark_stage(unet_path, unet_key)
