@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def data_dir(fixture_models_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("kiln-data")
     shutil.copytree(fixture_models_dir / "models", root / "models")
+    shutil.copytree(fixture_models_dir / "embeddings", root / "embeddings")
     return root
 
 
@@ -219,3 +220,42 @@ def test_no_checkpoint_message_names_the_folder(tmp_path):
         assert "Stable-diffusion" in err.value.message
     finally:
         q.shutdown()
+
+
+def test_lora_tag_changes_the_image_and_removal_restores_it(engine, queue):
+    base = generate(engine, queue, seed=3)
+    with_lora = generate(engine, queue, seed=3, prompt="a red circle <lora:kiln_style_v1:1.0>")
+    assert not np.array_equal(pixels(base.images[0].image), pixels(with_lora.images[0].image))
+    info = parse_generation_parameters(with_lora.images[0].infotext)
+    assert info["Lora hashes"].startswith("kiln_style_v1: ") and len(info["Lora hashes"].split(": ")[1]) == 12
+    assert "<lora:kiln_style_v1:1.0>" in info["Prompt"]
+    after = generate(engine, queue, seed=3)
+    assert np.array_equal(pixels(base.images[0].image), pixels(after.images[0].image))
+
+
+def test_lora_alias_lyco_and_several_at_once(engine, queue):
+    res = generate(engine, queue, prompt="x <lyco:kiln_loha:0.5> <lora:kiln_locon:0.7:0.2> <lora:kiln_style:1>")
+    hashes = parse_generation_parameters(res.images[0].infotext)["Lora hashes"]
+    # kiln_style is the ss_output_name alias of kiln_style_v1.safetensors
+    assert [part.split(":")[0] for part in hashes.split(", ")] == ["kiln_loha", "kiln_locon", "kiln_style"]
+
+
+def test_bad_lora_tags_warn_and_generation_goes_on(engine, queue):
+    res = generate(engine, queue, prompt="x <lora:no_such_lora:1> <lora:kiln_style_v1:abc>")
+    text = " ".join(res.warnings)
+    assert "no_such_lora" in text and "not found" in text
+    assert "not a number" in text
+    assert "Lora hashes" not in res.images[0].infotext  # truthful: nothing was applied
+
+
+def test_embedding_and_hypernetwork_reach_the_infotext(engine, queue):
+    base = generate(engine, queue, prompt="a photo", seed=4)
+    ti = generate(engine, queue, prompt="a photo of (kiln_token:1.2)", seed=4)
+    assert "TI hashes" in parse_generation_parameters(ti.images[0].infotext)
+    assert "kiln_token: " in parse_generation_parameters(ti.images[0].infotext)["TI hashes"]
+    hn = generate(engine, queue, prompt="a photo <hypernet:kiln_hypernet:0.8>", seed=4)
+    info = parse_generation_parameters(hn.images[0].infotext)
+    assert info["Hypernet"] == "kiln_hypernet" and float(info["Hypernet strength"]) == 0.8
+    assert not np.array_equal(pixels(base.images[0].image), pixels(hn.images[0].image))
+    again = generate(engine, queue, prompt="a photo", seed=4)  # hooks removed again
+    assert np.array_equal(pixels(base.images[0].image), pixels(again.images[0].image))

@@ -128,6 +128,7 @@ class ExtraNetworks:
 
     def _activate_hypernets(self, items: list[Any], out: Activation) -> None:
         chosen: list[tuple[hn.Hypernetwork, float]] = []
+        names: list[str] = []
         index = hn.find_hypernetworks(self.paths.hypernetwork_dir) if items else {}
         for params in items:
             if not params.positional:
@@ -144,12 +145,13 @@ class ExtraNetworks:
                 continue
             try:
                 chosen.append((self._hypernet(path), multiplier))
+                names.append(name)
             except ModelFileError as e:
                 out.warnings.append(f"hypernetwork {name}: {e.message}")
         if chosen:
             hn.install(self.model.unet, chosen)
             first, multiplier = chosen[0]
-            out.infotext["Hypernet"] = first.name
+            out.infotext["Hypernet"] = names[0]  # the name a prompt uses (file stem), not the embedded one
             out.infotext["Hypernet hash"] = first.shorthash
             out.infotext["Hypernet strength"] = multiplier
         else:

@@ -219,9 +219,16 @@ def _sample(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: Nois
 
     denoiser = make_denoiser(sampler, model_ops.unet_fn(model, size, autocast=engine.autocast), schedule)
 
+    built: dict[tuple, StepConditioning] = {}
+
     def conditioning_at(step: int) -> StepConditioning:
-        conds = [(expand_batch(c, batch), w) for c, w in sp.cond.at(step)]
-        return StepConditioning(conds=conds, uncond=expand_batch(sp.uncond.at(step)[0][0], batch))
+        # The same object while the schedule doesn't change, so CFGDenoiser batches it once.
+        parts, uncond = sp.cond.at(step), sp.uncond.at(step)[0][0]
+        key = (*(id(c) for c, _ in parts), id(uncond))
+        if key not in built:
+            conds = [(expand_batch(c, batch), w) for c, w in parts]
+            built[key] = StepConditioning(conds=conds, uncond=expand_batch(uncond, batch))
+        return built[key]
 
     cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas, pad_with=sp.empty_context)
 

@@ -309,10 +309,21 @@ def write_diffusers_config_dir(spec: ModelSpec, out_dir: str | Path) -> Path:
     return out
 
 
-def build_fixture_models(out_dir: str | Path, *, full_size: bool = False) -> dict[str, Path]:
-    """Write every fixture under ``out_dir``; returns {"sd1", "sd2", "sdxl", "vae"[, "full_sd15"]: path}."""
+def write_tiny_networks(out_dir: str | Path, family: str = "sd1") -> dict[str, Path]:
+    """LoRA/LyCORIS/PEFT files, embeddings and a hypernetwork that fit ``tiny_model(family)``."""
+    from core.networks.fixtures import write_network_fixtures
+
+    model = tiny_model(family)
+    return write_network_fixtures(Path(out_dir), family, model.unet, model.text_encoders, model.spec.unet_config)
+
+
+def build_fixture_models(out_dir: str | Path, *, full_size: bool = False, networks: bool = True) -> dict[str, Path]:
+    """Write every fixture under ``out_dir``; returns {"sd1", "sd2", "sdxl", "vae", network formats...
+    [, "full_sd15"]: path}. The networks (models/Lora, embeddings, models/hypernetworks) fit tiny-sd1."""
     out = {family: write_tiny_checkpoint(out_dir, family) for family in ("sd1", "sd2", "sdxl")}
     out["vae"] = write_tiny_vae(out_dir)
+    if networks:
+        out.update(write_tiny_networks(out_dir, "sd1"))
     if full_size:
         out["full_sd15"] = write_full_size_sd15(out_dir)
     return out
