@@ -97,12 +97,16 @@ def test_extra_generation_params_keeps_only_extras():
     extra = convert.extra_generation_params(parsed)
     assert extra == {"Hires upscale": 2, "Hires upscaler": "Latent", "Denoising strength": 0.7,
                      "Lora hashes": "a: 0123456789ab"}
+    # Keys the parser adds as defaults are not in the text, so they are not extra parameters.
+    text = 'p\nSteps: 20, Size: 64x64, Hires upscale: 2, Lora hashes: "a: 0123456789ab"'
+    assert convert.extra_generation_params(parsed, text) == {"Hires upscale": 2, "Lora hashes": "a: 0123456789ab"}
 
 
 def test_result_info_has_the_webui_keys():
     params = GenerationParams(prompt="p", negative_prompt="n", steps=3, width=64, height=64, batch_size=2,
                               hires=HiresParams(enabled=True, denoising_strength=0.5))
-    images = [GeneratedImage(Image.new("RGB", (8, 8)), seed=5 + i, subseed=100 + i, infotext=f"text {i}")
+    images = [GeneratedImage(Image.new("RGB", (8, 8)), seed=5 + i, subseed=100 + i,
+                             infotext=f"p\nNegative prompt: n\nSteps: 3, Seed: {5 + i}, Hires upscale: 2")
               for i in range(2)]
     parsed = {"Sampler": "Euler", "Schedule type": "Karras", "Model": "tiny", "Model hash": "0123456789",
               "Clip skip": "2", "Hires upscale": "2"}
@@ -117,7 +121,7 @@ def test_result_info_has_the_webui_keys():
     assert info["sd_model_name"] == "tiny" and info["sd_model_hash"] == "0123456789"
     assert info["clip_skip"] == 2 and info["denoising_strength"] == 0.5
     assert info["extra_generation_params"] == {"Hires upscale": 2}
-    assert info["seed_resize_from_w"] == -1 and info["infotexts"] == ["text 0", "text 1"]
+    assert info["seed_resize_from_w"] == -1 and info["infotexts"] == [g.infotext for g in images]
     assert len(info["job_timestamp"]) == 14
 
 
@@ -299,6 +303,7 @@ def model_api(tmp_path_factory):
 
 def test_models_are_listed_and_switched_through_the_queue(model_api):
     client, engine = model_api
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")
     models = client.get("/sdapi/v1/sd-models").json()
     assert [m["model_name"] for m in models] == ["tiny-sd1"]
     assert models[0]["filename"].endswith("tiny-sd1.safetensors")

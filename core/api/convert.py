@@ -159,12 +159,18 @@ def _number(text: Any) -> Any:
     return text
 
 
-def extra_generation_params(parsed: dict[str, Any]) -> dict[str, Any]:
-    """The non-fixed keys of a parsed infotext; "Key-1"/"Key-2" pairs joined back to "WxH"."""
+def extra_generation_params(parsed: dict[str, Any], infotext: str | None = None) -> dict[str, Any]:
+    """The non-fixed keys of a parsed infotext; "Key-1"/"Key-2" pairs joined back to "WxH".
+
+    With ``infotext``, keys the parser filled in as defaults (absent from the text) are left out.
+    """
     extra: dict[str, Any] = {}
     pairs: dict[str, dict[str, Any]] = {}
+    written = infotext.splitlines()[-1] if infotext else None
     for key, value in parsed.items():
         m = _PAIR_KEY.match(key)
+        if written is not None and f"{m.group(1) if m else key}: " not in written:
+            continue
         if m:
             pairs.setdefault(m.group(1), {})[m.group(2)] = value
             continue
@@ -217,7 +223,7 @@ def result_info(result: GenerationResult, started_at: float | None,
         "seed_resize_from_w": p.seed_resize_from_w or -1,
         "seed_resize_from_h": p.seed_resize_from_h or -1,
         "denoising_strength": p.hires.denoising_strength if p.hires.enabled else None,
-        "extra_generation_params": extra_generation_params(parsed),
+        "extra_generation_params": extra_generation_params(parsed, infotexts[0] if infotexts else None),
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": list(p.styles),

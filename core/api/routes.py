@@ -99,7 +99,12 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:
-        return settings.options.to_json()
+        options = settings.options.to_json()
+        if not options.get("sd_model_checkpoint"):
+            # Like the WebUI, name the checkpoint in use even when the user never picked one.
+            entry = engine.selected_checkpoint()
+            options["sd_model_checkpoint"] = engine.registry.title_with_hash(entry) if entry else None
+        return options
 
     @router.post("/options")
     def set_options(body: dict[str, Any] = Body(...)) -> None:
