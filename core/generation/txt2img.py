@@ -313,6 +313,13 @@ def _infotext_params(engine: Engine, model: LoadedModel, p: GenerationParams, sa
     rng = _rng_source(opts)
     if rng != "GPU":
         params["RNG"] = rng
+    info = find_sampler(sampler)
+    if info is not None and info.uses_eta:
+        eta = p.eta if p.eta is not None else (opts.eta_ancestral if info.kind != "timesteps" else None)
+        if eta is not None and eta != info.eta_default:
+            params["Eta DDIM" if info.kind == "timesteps" else "Eta"] = eta
+    if getattr(opts, "eta_noise_seed_delta", 0) and info is not None and info.uses_ensd:
+        params["ENSD"] = opts.eta_noise_seed_delta
     if hires.enabled and second is not None:
         if hires.resize_x or hires.resize_y:
             tw, th = hires.target_size(p.width, p.height)
