@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     url = display_url(flags.host, flags.port)
-    what = "API" if flags.nowebui else "UI"
-    print(f"Kiln {what} on {url}" + (f"  (API docs: {url}/docs)" if flags.api_enabled else ""), flush=True)
+    # Gradio's and the WebUI's wording: launch scripts and notebooks wait for this line.
+    print(f"Running on local URL:  {url}", flush=True)
+    if flags.api_enabled:
+        print(f"API docs: {url}/docs", flush=True)
     uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
