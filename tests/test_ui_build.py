@@ -140,3 +140,22 @@ def test_generate_with_a_model_streams_previews_then_the_gallery(tmp_path):
     assert "Steps: 3" in final[tab.infotext]
     saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*.png"))
     assert len(saved) == 2  # samples_save is on by default
+
+
+def test_checkpoint_dropdown_value_is_one_of_its_choices(tmp_path):
+    """Titles gain "[hash]" once a file is hashed; value and choices must agree on a fresh folder."""
+    import ui
+    from core.models.fixtures import write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    queue = JobQueue()
+    try:
+        demo = ui.build(Engine(settings), queue)
+    finally:
+        queue.shutdown()
+    blocks = _by_elem_id(demo)
+    for elem_id in ("kiln-checkpoint", "settings-checkpoint"):
+        dropdown = blocks[elem_id]
+        assert dropdown.value and dropdown.value in [value for _label, value in dropdown.choices], elem_id

@@ -13,7 +13,7 @@ from ui.common import (
     CSS,
     KEYBOARD_JS,
     build_checkpoint_row,
-    checkpoint_value,
+    checkpoint_choices,
     error_html,
     job_error_message,
     notice_html,
@@ -66,7 +66,7 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         def on_page_load(request: gr.Request):
             # Server-built text follows the browser's language from the first paint, and the
             # checkpoint shown is the current one (the API may have switched it since start-up).
-            choice = gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine))
+            choice = checkpoint_choices(engine)
             return notice_html(engine, request), table_update({}, request), choice, choice
 
         demo.load(on_page_load, outputs=[top.notice, pnginfo.table, top.dropdown, settings.fields["sd_model_checkpoint"]],
@@ -104,9 +104,10 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
         if message:
             gr.Warning(message)
         size = engine.native_size()
+        choice = checkpoint_choices(engine)  # the loaded file's title now carries its hash
         yield {txt2img.error: error_html(message, request), txt2img.progress: "", width: size, height: size,
-               settings_ckpt: checkpoint_value(engine)}
+               settings_ckpt: choice, top.dropdown: choice}
 
     top.dropdown.input(select, inputs=top.dropdown,
-                       outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt],
+                       outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt, top.dropdown],
                        show_progress="minimal")

@@ -122,8 +122,15 @@ class CheckpointRow:
 
 
 def checkpoint_value(engine: Engine) -> str | None:
+    """The selected checkpoint as the dropdown lists it (``engine.checkpoint_titles``: the hash
+    only once known, so building the page never hashes gigabytes)."""
     entry = engine.selected_checkpoint()
-    return engine.registry.title_with_hash(entry) if entry is not None else None
+    return entry.title if entry is not None else None
+
+
+def checkpoint_choices(engine: Engine) -> dict[str, Any]:
+    """A dropdown update with the current titles and selection (titles gain a hash on first load)."""
+    return gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine))
 
 
 def notice_html(engine: Engine, request: Any = None) -> str:
@@ -150,8 +157,7 @@ def build_checkpoint_row(engine: Engine) -> CheckpointRow:
 def refreshed_checkpoint_choices(engine: Engine, request: Any = None) -> tuple[dict[str, Any], str]:
     """Rescan the folders; a dropdown update plus the no-checkpoint notice."""
     engine.refresh_models()
-    return (gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine)),
-            notice_html(engine, request))
+    return checkpoint_choices(engine), notice_html(engine, request)
 
 
 CSS = """

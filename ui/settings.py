@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from core.settings import RANDN_SOURCES
-from ui.common import CheckpointRow, checkpoint_value
+from ui.common import CheckpointRow, checkpoint_choices, checkpoint_value
 from ui.i18n import t, translate
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ def apply_settings(engine: Engine, values: dict[str, Any]) -> tuple[list[str], l
     rejected = engine.settings.update(**changes)
     changed = [k for k in changes if k not in rejected]
     wanted = values.get("sd_model_checkpoint")
-    if wanted and wanted != checkpoint_value(engine):
+    current = engine.selected_checkpoint()
+    if wanted and (current is None or engine.registry.find_checkpoint(wanted) is not current):
         engine.select_checkpoint(wanted)  # saves config.json itself
         changed.append("sd_model_checkpoint")
     if changed:
@@ -99,7 +100,7 @@ def wire_settings(tab: SettingsTab, engine: Engine, top: CheckpointRow) -> None:
         except KilnError as exc:
             gr.Warning(exc.message)
             return exc.message, gr.skip()
-        return result_text(changed, rejected, request), checkpoint_value(engine)
+        return result_text(changed, rejected, request), checkpoint_choices(engine)
 
     tab.apply.click(apply, inputs=set(fields.values()), outputs=[tab.result, top.dropdown],
                     show_progress="hidden")
