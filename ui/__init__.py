@@ -58,7 +58,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
                 settings = build_settings_tab(engine)
         clip_skip = settings.fields["CLIP_stop_at_last_layers"]
-        wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip)
+        wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip,
+                     checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]))
         wire_pnginfo(pnginfo, txt2img, tabs, engine, clip_skip=clip_skip)
         wire_settings(settings, engine, top)
         _wire_checkpoint_row(top, engine, queue, txt2img, settings)

@@ -17,6 +17,7 @@ import gradio as gr
 from core.api.convert import params_from_request
 from core.errors import KilnError
 from ui.common import (
+    checkpoint_choices,
     error_html,
     infotext_html,
     job_error_message,
@@ -261,11 +262,13 @@ def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: d
     yield final
 
 
-def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: Any = None) -> None:
-    """Connect the tab's events. ``clip_skip``: the Settings slider, read at Generate time."""
+def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: Any = None,
+                 checkpoint_dropdowns: tuple[Any, ...] = ()) -> None:
+    """Connect the tab's events. ``clip_skip``: the Settings slider, read at Generate time;
+    ``checkpoint_dropdowns`` are refreshed after a job (a first load gives the title its hash)."""
     f = tab.fields
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
-               tab.seeds_state, tab.selected_state]
+               tab.seeds_state, tab.selected_state, *checkpoint_dropdowns]
     inputs = set(f.values()) | ({clip_skip} if clip_skip is not None else set())
 
     def generate(data: dict[Any, Any], request: gr.Request):
@@ -273,6 +276,9 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
         if clip_skip is not None and data.get(clip_skip):
             values["override_settings"] = {"CLIP_stop_at_last_layers": int(data[clip_skip])}
         yield from generate_updates(tab, engine, queue, values, request)
+        if checkpoint_dropdowns:
+            choice = checkpoint_choices(engine)
+            yield {dropdown: choice for dropdown in checkpoint_dropdowns}
 
     tab.generate.click(generate, inputs=inputs, outputs=outputs, concurrency_limit=None,
                        show_progress="hidden")
