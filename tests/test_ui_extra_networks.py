@@ -1,0 +1,101 @@
+"""The Extra networks panel: picker tags, strings, and the panel built inside a gr.Blocks over fixtures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from core.cli import parse_flags
+from core.engine import Engine
+from core.settings import Settings
+from ui.extra_networks import (
+    PICKER_ROWS,
+    STRINGS,
+    apply_picker,
+    build_extra_networks,
+    i18n_tables,
+    picker_tags,
+    placeholder_tile,
+    tr,
+)
+from ui.i18n import EN
+
+
+def test_picker_tags_from_enabled_rows():
+    values = [True, "kiln_style_v1", 0.8, False, "kiln_loha", 1.0, True, "None", 1.0, True, "kiln_lokr", 1.0,
+              True, "kiln_ia3", 0.0]
+    assert picker_tags(values) == "<lora:kiln_style_v1:0.8> <lora:kiln_lokr:1>"
+    assert picker_tags([True, "x", -0.35000000000000003]) == "<lora:x:-0.35>"
+    assert picker_tags([]) == "" and picker_tags([True, None, 1.0]) == ""
+
+
+def test_apply_picker_appends_to_the_prompt():
+    assert apply_picker("a cat, ", True, "style", 0.75) == "a cat, <lora:style:0.75>"
+    assert apply_picker("", True, "style", 1) == "<lora:style:1>"
+    assert apply_picker("a cat", False, "style", 1) == "a cat"
+
+
+def test_strings_have_both_languages_and_unknown_keys_fail():
+    tables = i18n_tables()
+    assert set(tables["en"]) == set(tables["zh-CN"]) == set(STRINGS["zh-CN"])
+    assert all(tables["zh-CN"][k] for k in tables["zh-CN"])
+    with pytest.raises(KeyError):
+        tr("Not a string of this module")
+    # Keys shared with ui/i18n.py must mean the same in English.
+    assert all(EN[k] == tables["en"][k] for k in set(EN) & set(tables["en"]))
+
+
+def test_placeholder_tile_is_a_portrait_card():
+    tile = placeholder_tile("a_very_long_lora_name_that_wraps_over_lines")
+    assert tile.size == (192, 256)
+    assert len(tile.getcolors(maxcolors=1 << 16)) > 1  # the name is drawn
+
+
+@pytest.fixture()
+def engine(fixture_models_dir, tmp_path) -> Engine:
+    data = tmp_path / "data"
+    for sub in ("models/Stable-diffusion", "models/Lora", "models/hypernetworks", "embeddings"):
+        shutil.copytree(fixture_models_dir / sub, data / sub)
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--ckpt", "tiny-sd1.safetensors"]), data)
+    settings.paths.builtin_checkpoint_dir = data / "models" / "Stable-diffusion"
+    return Engine(settings)
+
+
+def _fn(demo: gr.Blocks, name: str):
+    return next(block_fn.fn for block_fn in demo.fns.values() if getattr(block_fn.fn, "__name__", "") == name)
+
+
+def test_panel_builds_and_lists_the_fixture_cards(engine):
+    with gr.Blocks() as demo:
+        prompt = gr.Textbox(elem_id="txt2img-prompt")
+        c = build_extra_networks(engine, prompt)
+    assert set(c["galleries"]) == {"checkpoint", "lora", "embedding", "hypernetwork"}
+    assert len(c["picker_inputs"]) == 3 * PICKER_ROWS and len(c["picker_models"]) == PICKER_ROWS
+    assert isinstance(c["picker_inputs"][0], gr.Checkbox) and isinstance(c["picker_inputs"][2], gr.Slider)
+    assert (c["picker_inputs"][2].minimum, c["picker_inputs"][2].maximum, c["picker_inputs"][2].step) == (-1, 2, 0.05)
+    # The page-load / Refresh handler: per tab (gallery items, [(name, tag)]), then picker choices.
+    out = _fn(demo, "refresh")("", "name", "Ascending")
+    checkpoint_items, checkpoint_shown, lora_items, lora_shown = out[:4]
+    assert [name for name, _ in checkpoint_shown] == ["tiny-sd1.safetensors", "tiny-sd2-v.safetensors",
+                                                      "tiny-sdxl.safetensors"]
+    assert dict(lora_shown)["kiln_style_v1"] == "<lora:kiln_style:1>"
+    assert [caption for _, caption in lora_items] == [name for name, _ in lora_shown]
+    assert out[-1]["choices"][0] == "None" and "kiln_style_v1" in out[-1]["choices"]
+    filtered = _fn(demo, "show")("hypernet", "name", "Descending")
+    assert filtered[1] == [] and filtered[7] == [("kiln_hypernet", "<hypernet:kiln_hypernet:1>")]
+
+
+def test_saving_notes_changes_the_card_text(engine):
+    with gr.Blocks() as demo:
+        prompt = gr.Textbox(elem_id="txt2img-prompt")
+        build_extra_networks(engine, prompt)
+    save = _fn(demo, "save")
+    out = save("kiln_style_v1", "", "sls, red hair", 0.7, "try 0.6-0.8", "", "name", "Ascending", None)
+    assert "Saved." in out[0]
+    lora_shown = out[4]
+    assert dict(lora_shown)["kiln_style_v1"] == "<lora:kiln_style:0.7> sls, red hair"
+    notes = Path(engine.paths.lora_dir) / "kiln_style_v1.json"
+    assert notes.is_file() and "try 0.6-0.8" in notes.read_text(encoding="utf-8")
