@@ -8,6 +8,7 @@ KeyError for a key missing here, so a new label cannot ship untranslated.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import gradio as gr
@@ -163,9 +164,16 @@ ZH_CN: dict[str, str] = {
 LOCALES: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH_CN}
 
 
-def make_i18n() -> gr.I18n:
-    """The translation tables for Gradio; "zh" (a browser set to plain Chinese) maps to zh-CN."""
-    return gr.I18n(en=EN, **{"zh-CN": ZH_CN, "zh": ZH_CN})
+def make_i18n(extra_tables: Iterable[dict[str, dict[str, str]]] = ()) -> gr.I18n:
+    """The translation tables for Gradio; "zh" (a browser set to plain Chinese) maps to zh-CN.
+
+    ``extra_tables``: ``{locale: {key: text}}`` from tabs that keep their own strings.
+    """
+    merged = {locale: dict(table) for locale, table in LOCALES.items()}
+    for tables in extra_tables:
+        for locale, table in tables.items():
+            merged.setdefault(locale, {}).update(table)
+    return gr.I18n(**merged, zh=merged["zh-CN"])
 
 
 def t(key: str) -> Any:
