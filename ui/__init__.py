@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 TITLE = "Kiln"
 
 
-def page_options() -> dict[str, Any]:
-    """Keyword arguments for ``gr.mount_gradio_app`` / ``launch``: look and translations.
+def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``gr.mount_gradio_app`` / ``launch``: look and translations
+    (``extra_tables``: ``{locale: {key: text}}`` of tabs that keep their own strings).
 
     System fonts only: the default theme pulls fonts from Google, and Kiln makes no outside
     requests (the page must also work on machines without internet).
@@ -44,7 +45,7 @@ def page_options() -> dict[str, Any]:
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n()}
+    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n(extra_tables)}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
