@@ -99,3 +99,10 @@ def test_saving_notes_changes_the_card_text(engine):
     assert dict(lora_shown)["kiln_style_v1"] == "<lora:kiln_style:0.7> sls, red hair"
     notes = Path(engine.paths.lora_dir) / "kiln_style_v1.json"
     assert notes.is_file() and "try 0.6-0.8" in notes.read_text(encoding="utf-8")
+
+
+def test_shared_keys_do_not_override_the_main_chinese_table():
+    from ui.i18n import ZH_CN
+
+    zh = i18n_tables()["zh-CN"]
+    assert {k: zh[k] for k in set(zh) & set(ZH_CN)} == {k: ZH_CN[k] for k in set(zh) & set(ZH_CN)}
