@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     server = p.add_argument_group("server")
     server.add_argument("--listen", action="store_true",
                         help="bind 0.0.0.0 so other machines on the network can connect")
-    server.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                        help=f"port to serve on (default {DEFAULT_PORT}); ports below 1024 need root/admin")
+    server.add_argument("--port", type=_port, default=None,
+                        help=f"port to serve on (default {DEFAULT_PORT}, {DEFAULT_PORT + 1} with --nowebui, as the WebUI);"
+                             " ports below 1024 need root/admin")
     server.add_argument("--server-name", default=None, metavar="HOST",
                         help="host name or address to bind (overrides --listen)")
     server.add_argument("--api", action="store_true",
@@ -264,7 +265,7 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
 
     flags = Flags(
         listen=ns.listen,
-        port=ns.port,
+        port=ns.port if ns.port is not None else (DEFAULT_PORT + 1 if ns.nowebui else DEFAULT_PORT),
         server_name=ns.server_name,
         api=ns.api,
         nowebui=ns.nowebui,

@@ -98,10 +98,12 @@ class Engine:
             self._tokenizer = load_tokenizer("<|endoftext|>")
         return self._tokenizer
 
-    def count_tokens(self, text: str, steps: int = 20) -> tuple[int, int]:
+    def count_tokens(self, text: str, steps: int = 20, *, is_positive: bool = True) -> tuple[int, int]:
+        """(tokens, limit) as the WebUI's counter shows them; the negative prompt has no AND."""
         from core.prompts.tokens import count_tokens
 
-        return count_tokens(self.tokenizer(), text, steps=steps)
+        embeddings = self._extras.embeddings if self._extras is not None else None
+        return count_tokens(self.tokenizer(), text, steps=steps, embeddings=embeddings, is_positive=is_positive)
 
     def no_checkpoint_message(self) -> str:
         return (f"No checkpoint found. Put a .safetensors checkpoint into {self.paths.ckpt_dir} "

@@ -196,12 +196,12 @@ def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
 
 
 # ----------------------------------------------------------------------- handlers --
-def token_counter_html(engine: Engine, text: str, steps: float | None) -> str:
+def token_counter_html(engine: Engine, text: str, steps: float | None, is_positive: bool = True) -> str:
     """"12/75" for the counter above a prompt box (the WebUI's format)."""
     if not text:
         return ""
     try:
-        count, limit = engine.count_tokens(text, int(steps or 20))
+        count, limit = engine.count_tokens(text, int(steps or 20), is_positive=is_positive)
     except KilnError as exc:
         return f'<span title="{html.escape(exc.message)}">?</span>'
     return f"{count}/{limit}"
@@ -292,8 +292,10 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     tab.interrupt.click(interrupt, queue=False, show_progress="hidden")
     tab.skip.click(skip, queue=False, show_progress="hidden")
 
-    for box, counter in ((f["prompt"], tab.prompt_tokens), (f["negative_prompt"], tab.negative_tokens)):
-        box.change(lambda text, steps: token_counter_html(engine, text, steps), inputs=[box, f["steps"]],
+    for box, counter, positive in ((f["prompt"], tab.prompt_tokens, True),
+                                   (f["negative_prompt"], tab.negative_tokens, False)):
+        box.change(lambda text, steps, positive=positive: token_counter_html(engine, text, steps, positive),
+                   inputs=[box, f["steps"]],
                    outputs=counter, trigger_mode="always_last", show_progress="hidden",
                    concurrency_id="token-counter", concurrency_limit=1)
 

@@ -1,0 +1,130 @@
+"""Proof in pixels: the shipped Shapes model, through Kiln's whole txt2img path, does what the
+prompt language and the seed options claim. CPU, 64×64, a few seeds each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cli import parse_flags
+from core.engine import Engine
+from core.generation.params import GenerationParams, HiresParams
+from core.jobs import JobQueue
+from core.settings import Settings
+from core.shapes.checker import PALETTE_NAMES, PALETTE_RGB, check_image
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models" / "Stable-diffusion" / "kiln-shapes-v1.safetensors"
+SEEDS = [11, 12, 13, 14]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    assert SHIPPED.is_file(), f"the shipped model is missing: {SHIPPED}"
+    data = tmp_path_factory.mktemp("shapes-data")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--ckpt", SHIPPED.name]), REPO)
+    engine = Engine(settings)
+    queue = JobQueue()
+    yield engine, queue
+    queue.shutdown()
+
+
+def run(shapes, prompt: str, negative: str = "", seed: int = SEEDS[0], batch: int = len(SEEDS), **kw):
+    engine, queue = shapes
+    params = GenerationParams(prompt=prompt, negative_prompt=negative, seed=seed, batch_size=batch, steps=20,
+                              width=64, height=64, cfg_scale=7, sampler_name="Euler a", save_images=False, **kw)
+    return queue.run(lambda ctx: engine.txt2img(params, ctx), timeout=600)
+
+
+def colour_share(images, colour: str) -> float:
+    """Share of pixels whose nearest palette colour is ``colour``, over all images."""
+    index = PALETTE_NAMES.index(colour)
+    total = 0.0
+    for img in images:
+        arr = np.asarray(img, dtype=np.float32).reshape(-1, 1, 3)
+        nearest = np.linalg.norm(arr - PALETTE_RGB[None], axis=2).argmin(axis=1)
+        total += float((nearest == index).mean())
+    return total / len(images)
+
+
+def images(result):
+    return [g.image for g in result.images]
+
+
+def test_native_size_and_default_checkpoint(shapes):
+    engine, _ = shapes
+    assert engine.selected_checkpoint().path.name == SHIPPED.name
+    assert engine.native_size() == 64
+
+
+def test_the_prompt_colours_reach_the_pixels(shapes):
+    result = run(shapes, "a yellow triangle on a black background")
+    checks = [check_image(img) for img in images(result)]
+    assert sum(c.background == "black" for c in checks) >= 3
+    assert sum(c.color == "yellow" for c in checks) >= 3
+
+
+def test_emphasis_weights_move_the_colour(shapes):
+    base = colour_share(images(run(shapes, "a red square on a white background")), "red")
+    strong = colour_share(images(run(shapes, "a (red:1.5) square on a white background")), "red")
+    weak = colour_share(images(run(shapes, "a [red] square on a white background")), "red")
+    assert strong > base > weak, (strong, base, weak)
+
+
+def test_negative_prompt_removes_colour(shapes):
+    base = colour_share(images(run(shapes, "a circle on a white background")), "red")
+    negative = colour_share(images(run(shapes, "a circle on a white background", negative="red")), "red")
+    assert negative < base
+
+
+def test_prompt_editing_differs_from_both_ends(shapes):
+    a = images(run(shapes, "a blue circle on a white background", batch=1))[0]
+    b = images(run(shapes, "a blue [circle:square:0.5] on a white background", batch=1))[0]
+    c = images(run(shapes, "a blue square on a white background", batch=1))[0]
+    arr = [np.asarray(x, dtype=np.int16) for x in (a, b, c)]
+    assert np.abs(arr[1] - arr[0]).mean() > 1 and np.abs(arr[1] - arr[2]).mean() > 1
+
+
+def test_alternation_is_neither_pure_colour(shapes):
+    red = images(run(shapes, "a red circle on a white background", batch=1))[0]
+    blue = images(run(shapes, "a blue circle on a white background", batch=1))[0]
+    mixed = images(run(shapes, "a [red|blue] circle on a white background", batch=1))[0]
+    arr = [np.asarray(x, dtype=np.int16) for x in (red, blue, mixed)]
+    assert np.abs(arr[2] - arr[0]).mean() > 1 and np.abs(arr[2] - arr[1]).mean() > 1
+
+
+def test_and_combines_two_prompts(shapes):
+    one = images(run(shapes, "a red circle on a white background", batch=1))[0]
+    two = images(run(shapes, "a green circle on a white background", batch=1))[0]
+    both = images(run(shapes, "a red circle on a white background AND a green circle on a white background",
+                      batch=1))[0]
+    arr = [np.asarray(x, dtype=np.int16) for x in (one, two, both)]
+    assert np.abs(arr[2] - arr[0]).mean() > 1 and np.abs(arr[2] - arr[1]).mean() > 1
+
+
+def test_seeds_batches_and_variation(shapes):
+    first = run(shapes, "a green square on a black background", seed=100, batch=3)
+    again = run(shapes, "a green square on a black background", seed=100, batch=3)
+    for x, y in zip(images(first), images(again)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    single = run(shapes, "a green square on a black background", seed=102, batch=1)
+    diff = np.abs(np.asarray(images(single)[0], dtype=np.int16) - np.asarray(images(first)[2], dtype=np.int16))
+    assert diff.max() <= 2
+    no_var = run(shapes, "a green square on a black background", seed=100, batch=1, subseed=5, subseed_strength=0.0)
+    assert np.array_equal(np.asarray(images(no_var)[0]), np.asarray(images(first)[0]))
+    var = run(shapes, "a green square on a black background", seed=100, batch=1, subseed=5, subseed_strength=0.5)
+    assert not np.array_equal(np.asarray(images(var)[0]), np.asarray(images(first)[0]))
+
+
+def test_hires_fix_keeps_colours(shapes):
+    base = run(shapes, "a yellow circle on a blue background")
+    hires = run(shapes, "a yellow circle on a blue background",
+                hires=HiresParams(enabled=True, upscaler="Latent", scale=2.0, denoising_strength=0.5))
+    for low, high in zip(images(base), images(hires)):
+        assert high.size == (128, 128)
+        a, b = check_image(low), check_image(high.resize((64, 64)))
+        assert a.background == b.background
+        if a.color is not None:
+            assert a.color == b.color
