@@ -12,7 +12,6 @@ does not fit the loaded model is listed as skipped, with the reason, not raised.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import zlib
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from core.errors import ModelFileError
+from core.hashing import sha256_file
 
 EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors", ".png", ".webp", ".jxl", ".avif")
 IMAGE_EXTENSIONS = (".png", ".webp", ".jxl", ".avif")
@@ -175,13 +175,6 @@ def read_embedding_file(path: Path) -> tuple[dict | None, str]:
             raise ModelFileError(f"cannot read safetensors data ({e})", path=path) from e
     return None, name
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_embedding(path: str | Path) -> Embedding | None:

@@ -12,7 +12,6 @@ The MLP layout (A1111 ``modules/hypernetworks/hypernetwork.py``): for each step 
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ModelFileError
+from core.hashing import sha256_file
 
 
 def _activation_table() -> dict[str, type[nn.Module]]:
@@ -121,13 +121,6 @@ class Hypernetwork:
     def forward_v(self, context: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
         return self._forward(context, multiplier, 1)
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_hypernetwork(path: str | Path) -> Hypernetwork:

@@ -9,10 +9,8 @@ bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +20,8 @@ import torch
 from torch import nn
 
 from core.errors import ModelFileError
+from core.hashing import addnet_hash_safetensors, sha256_file
+from core.models.state_dict_io import read_safetensors_metadata as read_raw_metadata
 from core.networks.lora_formats import (
     SUPPORTED_TYPES,
     MatchResult,
@@ -48,20 +48,8 @@ _FAMILY_VERSION = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, object]:
     """The ``__metadata__`` map; values that start with ``{`` are JSON-decoded (as the WebUI)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            head = f.read(2)
-            if length <= 2 or head not in (b'{"', b"{'"):
-                raise ModelFileError("not a safetensors file (bad header)", path=path,
-                                     hint="re-download the file; it may be truncated or in another format")
-            header = json.loads(head + f.read(length - 2))
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"unreadable safetensors header ({e})", path=path,
-                             hint="re-download the file; it may be truncated") from e
     metadata: dict[str, object] = {}
-    for key, value in (header.get("__metadata__") or {}).items():
+    for key, value in read_raw_metadata(path).items():
         metadata[key] = value
         if isinstance(value, str) and value[:1] == "{":
             try:
@@ -69,25 +57,6 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, object]:
             except json.JSONDecodeError:
                 pass
     return metadata
-
-
-def addnet_hash_safetensors(path: str | Path) -> str:
-    """sha256 of the tensor bytes only (after the header): kohya's ``sshs_model_hash``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + length)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
