@@ -21,6 +21,7 @@ from ui.common import (
     refreshed_checkpoint_choices,
     watch_job,
 )
+from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.i18n import make_i18n, t
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.settings import build_settings_tab, vae_choices, wire_settings
@@ -45,7 +46,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n(extra_tables)}
+    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
@@ -54,16 +55,18 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         with gr.Tabs(elem_id="kiln-tabs") as tabs:
             with gr.Tab(t("txt2img"), id="txt2img", elem_id="tab-txt2img"):
                 txt2img = build_txt2img_tab(engine)
+                extra = build_extra_networks(engine, txt2img.fields["prompt"])
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
                 settings = build_settings_tab(engine)
         clip_skip = settings.fields["CLIP_stop_at_last_layers"]
         wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip,
-                     checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]))
+                     checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]),
+                     picker_inputs=extra["picker_inputs"])
         wire_pnginfo(pnginfo, txt2img, tabs, engine, clip_skip=clip_skip)
         wire_settings(settings, engine, top)
-        _wire_checkpoint_row(top, engine, queue, txt2img, settings)
+        _wire_checkpoint_row(top, engine, queue, txt2img, settings, extra["checkpoint_pick"])
 
         def on_page_load(request: gr.Request):
             # Server-built text follows the browser's language from the first paint, and the
@@ -76,7 +79,7 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
     return demo
 
 
-def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings) -> None:
+def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings, checkpoint_pick) -> None:
     from core.errors import KilnError
 
     width, height = txt2img.fields["width"], txt2img.fields["height"]
@@ -113,3 +116,7 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
     top.dropdown.input(select, inputs=top.dropdown,
                        outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt, top.dropdown],
                        show_progress="minimal")
+    # A click on a checkpoint card in the Extra networks panel switches like the dropdown.
+    checkpoint_pick.change(select, inputs=checkpoint_pick,
+                           outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt, top.dropdown],
+                           show_progress="minimal")

@@ -263,16 +263,20 @@ def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: d
 
 
 def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: Any = None,
-                 checkpoint_dropdowns: tuple[Any, ...] = ()) -> None:
+                 checkpoint_dropdowns: tuple[Any, ...] = (), picker_inputs: tuple[Any, ...] | list = ()) -> None:
     """Connect the tab's events. ``clip_skip``: the Settings slider, read at Generate time;
     ``checkpoint_dropdowns`` are refreshed after a job (a first load gives the title its hash)."""
     f = tab.fields
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
                tab.seeds_state, tab.selected_state, *checkpoint_dropdowns]
-    inputs = set(f.values()) | ({clip_skip} if clip_skip is not None else set())
+    inputs = set(f.values()) | ({clip_skip} if clip_skip is not None else set()) | set(picker_inputs)
 
     def generate(data: dict[Any, Any], request: gr.Request):
         values = ui_values(tab, data)
+        if picker_inputs:  # the Additional Networks rows become <lora:name:weight> tags
+            from ui.extra_networks import apply_picker
+
+            values["prompt"] = apply_picker(values["prompt"], *(data[c] for c in picker_inputs))
         if clip_skip is not None and data.get(clip_skip):
             values["override_settings"] = {"CLIP_stop_at_last_layers": int(data[clip_skip])}
         yield from generate_updates(tab, engine, queue, values, request)

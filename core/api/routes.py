@@ -14,9 +14,7 @@ from fastapi import APIRouter, Body, Query
 
 from core.api import convert
 from core.api.models import (
-    HypernetworkItem,
     LatentUpscalerModeItem,
-    LoraItem,
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
@@ -176,24 +174,6 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
     @router.get("/sd-vae", response_model=list[SDVaeItem])
     def sd_vae() -> list[dict[str, str]]:
         return [{"model_name": e.name, "filename": str(e.path)} for e in engine.registry.vaes()]
-
-    @router.get("/loras", response_model=list[LoraItem])
-    def loras() -> list[dict[str, Any]]:
-        items = []
-        for e in engine.registry.loras():
-            metadata = lora_metadata(e.path)
-            items.append({"name": e.name, "alias": str(metadata.get("ss_output_name") or e.name),
-                          "path": str(e.path), "metadata": metadata})
-        return items
-
-    @router.get("/hypernetworks", response_model=list[HypernetworkItem])
-    def hypernetworks() -> list[dict[str, str]]:
-        return [{"name": e.name, "path": str(e.path)} for e in engine.registry.hypernetworks()]
-
-    @router.post("/refresh-loras")
-    def refresh_loras() -> dict[str, Any]:
-        engine.refresh_models()
-        return {}
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(req: PNGInfoRequest) -> dict[str, Any]:

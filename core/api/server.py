@@ -35,6 +35,9 @@ def error_body(exc: BaseException, field: str | None = None) -> dict[str, str | 
 
 def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     """Add /sdapi/v1/... and its error handlers to ``app``."""
+    from core.api.networks import networks_router
+
+    app.include_router(networks_router(engine, queue))  # loras, embeddings, hypernetworks, refresh-*
     app.include_router(build_router(engine, queue))
 
     @app.exception_handler(InvalidParameterError)
