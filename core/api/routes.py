@@ -7,7 +7,6 @@ waits for its job never blocks the server's event loop (progress polls keep answ
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Query
@@ -26,7 +25,7 @@ from core.api.models import (
     Txt2ImgRequest,
     UpscalerItem,
 )
-from core.errors import InvalidParameterError, JobInterrupted, KilnError
+from core.errors import InvalidParameterError, JobInterrupted
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -45,18 +44,6 @@ def _parse_infotext(text: str) -> dict[str, Any]:
 def model_name_of(name: str) -> str:
     """The WebUI's ``CheckpointInfo.model_name``: the relative name, folders joined by "_", no extension."""
     return os.path.splitext(name.replace("/", "_").replace("\\", "_"))[0]
-
-
-def lora_metadata(path: Path) -> dict[str, Any]:
-    """The ``__metadata__`` of a .safetensors LoRA (ss_* keys), as the WebUI's /sdapi/v1/loras shows it."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    from core.models.state_dict_io import read_safetensors_metadata
-
-    try:
-        return dict(read_safetensors_metadata(path))
-    except KilnError:
-        return {}
 
 
 def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
