@@ -18,7 +18,8 @@ def tiny_recipe() -> R.Recipe:
         dataset_size=24,
         vae=R.VaeSettings(block_out_channels=(32, 32, 32), phases=((2, 4, 32), (1, 2, 64))),
         text=R.TextSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-        unet=R.UnetSettings(block_out_channels=(32, 32), phases=((3, 4),), warmup_steps=2, num_attention_heads=2),
+        unet=R.UnetSettings(block_out_channels=(32, 32), phases=((3, 4),), warmup_steps=2, num_attention_heads=2,
+                            train_text_encoder=True),
         monitor_every=0,
     )
 
@@ -41,6 +42,12 @@ def test_every_stage_trains_and_logs(built):
     for name in ("vae", "text_encoder", "unet_ema-3", "latents"):
         assert (work / f"{name}.safetensors").exists()
     assert 0.1 < model.scaling_factor < 100
+    # The text encoder's layers trained with the UNet; its token table kept its seeded values.
+    fresh = R.build_text_encoder(tiny_recipe().text).state_dict()
+    trained = model.text_encoder.state_dict()
+    token_table = "embeddings.token_embedding.weight"
+    assert torch.equal(fresh[token_table], trained[token_table])
+    assert not torch.equal(fresh["encoder.layers.0.mlp.fc1.weight"], trained["encoder.layers.0.mlp.fc1.weight"])
 
 
 def test_rerun_with_same_settings_skips_finished_stages(built):

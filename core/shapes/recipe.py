@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from core.errors import KilnError
 from core.fileio import atomic_save_with, atomic_write_text
 from core.shapes import world
 
@@ -98,6 +99,10 @@ class UnetSettings:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # Train the text encoder's transformer layers with the UNet (its 49408-row token table
+    # stays at its seeded values: a dense Adam update of 3 M entries per step would cost
+    # more than the UNet step, and the prompts use a few dozen tokens).
+    train_text_encoder: bool = True
     seed: int = 33
 
 
@@ -402,6 +407,18 @@ class UnetData:
     latents: torch.Tensor  # (N, C, h, w), scaled to ~unit std
     caption_index: torch.Tensor  # (N,) rows of `contexts`
     contexts: torch.Tensor  # (K + 1, 77, hidden): one per caption, the last is the empty prompt
+    token_ids: torch.Tensor  # (K + 1, 77): the same captions as token ids
+
+
+def trainable_parts(unet, text_encoder, settings: UnetSettings) -> torch.nn.ModuleDict:
+    """What the UNet stage trains (and averages, and snapshots): the UNet, and with
+    ``train_text_encoder`` the text encoder with its token table frozen."""
+    parts = {"unet": unet}
+    if settings.train_text_encoder:
+        text_encoder.requires_grad_(True)
+        text_encoder.get_input_embeddings().weight.requires_grad_(False)
+        parts["text_encoder"] = text_encoder
+    return torch.nn.ModuleDict(parts)
 
 
 def batch_size_at(phases: Sequence[tuple[int, int]], step: int) -> int:
@@ -423,7 +440,7 @@ def latest_snapshot(prefix: Path, max_step: int) -> Path | None:
 
 
 def train_unet(
-    unet,
+    parts: torch.nn.ModuleDict,
     data: UnetData,
     settings: UnetSettings,
     progress: Progress,
@@ -432,28 +449,30 @@ def train_unet(
     snapshots: Path | None = None,
     snapshot_every: int = 200,
 ) -> Ema:
-    """Trains ``unet`` in place; returns its EMA. With ``snapshots`` (a file name prefix),
+    """Trains ``parts`` (see trainable_parts) in place; returns their EMA. With ``snapshots`` (a file name prefix),
     the whole training state is saved every ``snapshot_every`` steps as
     ``<prefix>-<step>.pt``, and a run continues from the latest one not past its total."""
     scheduler = build_train_scheduler()
     alphas = scheduler.alphas_cumprod.float()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    unet, text_encoder = parts["unet"], parts["text_encoder"] if "text_encoder" in parts else None
+    params = [p for p in parts.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
-    ema = Ema(unet, settings.ema_decay)
+    ema = Ema(parts, settings.ema_decay)
     total = sum(steps for steps, _ in settings.phases)
     start = 0
     resume = latest_snapshot(snapshots, total) if snapshots is not None else None
     if resume is not None:
         state = torch.load(resume, weights_only=True)
         start = int(state["step"])
-        unet.load_state_dict(state["unet"])
+        parts.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         ema.shadow, ema.steps = state["ema"], int(state["ema_steps"])
         progress.note("resumed", step=start)
     empty_row = data.contexts.shape[0] - 1
     n = data.latents.shape[0]
-    unet.train()
+    parts.train()
     progress.start("unet", total - start)
     for step in range(start, total):
         batch_size = batch_size_at(settings.phases, step)
@@ -470,19 +489,23 @@ def train_unet(
         s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
         noisy = a * x0 + s * noise
         target = a * noise - s * x0  # v-prediction
-        prediction = unet(noisy, t, encoder_hidden_states=data.contexts[rows]).sample
+        if text_encoder is not None:
+            context = text_encoder(input_ids=data.token_ids[rows]).last_hidden_state
+        else:
+            context = data.contexts[rows]
+        prediction = unet(noisy, t, encoder_hidden_states=context).sample
         loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         optimizer.step()
-        ema.update(unet)
+        ema.update(parts)
         done = step + 1
         progress.step(done - start, loss.item(), lr=round(optimizer.param_groups[0]["lr"], 7), batch=batch_size, unet_step=done)
         if snapshots is not None and (done % snapshot_every == 0 or done == total):
             state = {
                 "step": done,
-                "unet": unet.state_dict(),
+                "model": parts.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(),
                 "ema": ema.shadow,
@@ -493,8 +516,9 @@ def train_unet(
             progress.flush()
         if monitor is not None and monitor_every and (done % monitor_every == 0 or done == total):
             progress.note("monitor", step=done, **monitor(done, ema.shadow))
-            unet.train()
-    unet.eval()
+            parts.train()
+    parts.eval()
+    parts.requires_grad_(False)
     return ema
 
 
@@ -532,23 +556,24 @@ def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> list:
     return tensor_to_images(vae.decode(latents / scaling_factor).sample)
 
 
-def make_monitor(unet, vae, text_encoder, tokenizer, scaling_factor: float, seed: int, count: int = 36):
+def make_monitor(parts: torch.nn.ModuleDict, vae, text_encoder, tokenizer, scaling_factor: float, seed: int,
+                 count: int = 36):
     """Generates ``count`` pictures with the EMA weights and reads them with the checker."""
     from core.shapes import checker
 
     rng = random.Random(seed)
     combos = [rng.choice(world.all_combinations()) for _ in range(count)]
     prompts = [world.caption_for(*c) for c in combos]
-    contexts = encode_prompts(text_encoder, tokenizer, prompts)
-    uncond = encode_prompts(text_encoder, tokenizer, [""])
     seeds = [seed * 1000 + i for i in range(count)]
 
     def monitor(step: int, ema_state: dict) -> dict:
-        live = {k: v.clone() for k, v in unet.state_dict().items()}
-        unet.load_state_dict(ema_state)
-        unet.eval()
-        images = decode_latents(vae, sample_latents(unet, contexts, uncond, seeds), scaling_factor)
-        unet.load_state_dict(live)
+        live = {k: v.clone() for k, v in parts.state_dict().items()}
+        parts.load_state_dict(ema_state)
+        parts.eval()
+        contexts = encode_prompts(text_encoder, tokenizer, prompts)
+        uncond = encode_prompts(text_encoder, tokenizer, [""])
+        images = decode_latents(vae, sample_latents(parts["unet"], contexts, uncond, seeds), scaling_factor)
+        parts.load_state_dict(live)
         results = [checker.check_image(img) for img in images]
         expected = [checker.Expected(color=c, shape=s, background=b) for c, s, b in combos]
         return {k: round(v, 3) for k, v in checker.score(results, expected).items()}
@@ -627,7 +652,16 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
         _mark_stage(latents_path, latents_key)
     # One number that brings the cached latents to unit standard deviation, as SD's 0.18215.
     scaling_factor = round(1.0 / cached["latents"].std().item(), 4)
-    data = UnetData(cached["latents"] * scaling_factor, cached["caption_index"], cached["contexts"])
+    # Rows of the caption table: the training captions in sorted order, then the empty prompt.
+    # The world cycles through every combination before repeating one, so the first
+    # len(combinations) samples name every caption of the data set.
+    first = min(recipe.dataset_size, len(world.combinations("train")))
+    captions = sorted({s.caption for s in world.sample_world(recipe.world_seed, first, "train")})
+    if len(captions) + 1 != cached["contexts"].shape[0]:
+        raise KilnError("the cached latents do not match the world's captions", path=latents_path,
+                        hint="delete the work folder and run the recipe again")
+    ids = torch.tensor([token_ids(tokenizer, c) for c in [*captions, ""]])
+    data = UnetData(cached["latents"] * scaling_factor, cached["caption_index"], cached["contexts"], ids)
     progress.note("latents", count=int(data.latents.shape[0]), scaling_factor=scaling_factor)
 
     unet = build_unet(recipe.unet, recipe.text.hidden_size, recipe.vae.latent_channels, world.IMAGE_SIZE // 2 ** (len(recipe.vae.block_out_channels) - 1))
@@ -637,18 +671,19 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # run with more steps continues a shorter one.
     state_key = settings_hash(latents_key, dataclasses.replace(recipe.unet, phases=tuple(b for _, b in recipe.unet.phases)))
     last_monitor: dict = {}
+    parts = trainable_parts(unet, text_encoder, recipe.unet)
     if _stage_done(unet_path, unet_key):
-        unet.load_state_dict(load_file(str(unet_path)))
-        unet.eval()
+        parts.load_state_dict(load_file(str(unet_path)))
+        parts.eval()
     else:
         watch = (
-            make_monitor(unet, vae, text_encoder, tokenizer, scaling_factor, recipe.monitor_seed) if monitor else None
+            make_monitor(parts, vae, text_encoder, tokenizer, scaling_factor, recipe.monitor_seed) if monitor else None
         )
         snapshots = workdir / f"unet_state-{state_key}"
-        ema = train_unet(unet, data, recipe.unet, progress, watch, recipe.monitor_every, snapshots)
-        _save_module(unet, unet_path.with_name(unet_path.name.replace("unet_ema", "unet_last")), _plain_config(unet))
-        unet.load_state_dict(ema.shadow)
-        _save_module(unet, unet_path, _plain_config(unet))
+        ema = train_unet(parts, data, recipe.unet, progress, watch, recipe.monitor_every, snapshots)
+        _save_module(parts, unet_path.with_name(unet_path.name.replace("unet_ema", "unet_last")), {})
+        parts.load_state_dict(ema.shadow)
+        _save_module(parts, unet_path, _plain_config(unet))
         _mark_stage(unet_path, unet_key)
         last_monitor = next((r for r in reversed(progress.rows) if r.get("stage") == "monitor"), {})
     progress.flush()
@@ -718,12 +753,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where stage weights go (default: beside --out)")
     parser.add_argument("--no-monitor", action="store_true", help="skip the sample-and-check probes during training")
     parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count (one phase)")
+    parser.add_argument("--frozen-text-encoder", action="store_true",
+                        help="keep the text encoder at its seeded values (cache its outputs)")
     # Measured on a shared 2-core machine: one thread trains ~4x faster than two when other
     # processes compete for the cores (the second thread mostly waits at barriers).
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = Recipe() if args.steps_scale == 1.0 else Recipe().scaled(args.steps_scale)
+    if args.frozen_text_encoder:
+        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, train_text_encoder=False))
     if args.unet_steps is not None:
         batch = recipe.unet.phases[-1][1]
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, phases=((args.unet_steps, batch),)))
