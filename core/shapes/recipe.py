@@ -540,56 +540,30 @@ def train_unet(
 
 
 @torch.no_grad()
-def sample_latents(
-    unet,
-    contexts: torch.Tensor,
-    uncond: torch.Tensor,
-    seeds: Sequence[int],
-    steps: int = 20,
-    cfg_scale: float = 7.0,
-    latent_shape: tuple[int, int, int] = (4, 16, 16),
-) -> torch.Tensor:
-    """Deterministic DDIM over trailing timesteps: the recipe's private monitor while it
-    trains (Kiln's own samplers do the evaluation proper, see core.shapes.evaluate)."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(**SCHEDULE)
-    scheduler.set_timesteps(steps)
-    x = torch.stack([torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    batch = x.shape[0]
-    context = torch.cat([uncond.expand(batch, -1, -1), contexts])
-    for t in scheduler.timesteps:
-        out = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample
-        uncond_out, cond_out = out.chunk(2)
-        x = scheduler.step(uncond_out + cfg_scale * (cond_out - uncond_out), t, x).prev_sample
-    return x
-
-
-@torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, scaling_factor: float) -> list:
     return tensor_to_images(vae.decode(latents / scaling_factor).sample)
 
 
 def make_monitor(parts: torch.nn.ModuleDict, vae, text_encoder, tokenizer, scaling_factor: float, seed: int,
-                 count: int = 36):
-    """Generates ``count`` pictures with the EMA weights and reads them with the checker."""
+                 count: int = 36, cfg_scale: float = 3.0):
+    """Generates ``count`` pictures with the EMA weights through Kiln's default sampler
+    (20 steps) and reads them with the checker."""
     from core.shapes import checker
+    from core.shapes.evaluate import components_generate_fn
 
     rng = random.Random(seed)
     combos = [rng.choice(world.all_combinations()) for _ in range(count)]
     prompts = [world.caption_for(*c) for c in combos]
     seeds = [seed * 1000 + i for i in range(count)]
+    expected = [checker.Expected(color=c, shape=s, background=b) for c, s, b in combos]
 
     def monitor(step: int, ema_state: dict) -> dict:
         live = {k: v.clone() for k, v in parts.state_dict().items()}
         parts.load_state_dict(ema_state)
         parts.eval()
-        contexts = encode_prompts(text_encoder, tokenizer, prompts)
-        uncond = encode_prompts(text_encoder, tokenizer, [""])
-        images = decode_latents(vae, sample_latents(parts["unet"], contexts, uncond, seeds), scaling_factor)
+        generate = components_generate_fn(parts["unet"], vae, text_encoder, tokenizer, scaling_factor, cfg_scale=cfg_scale)
+        results = [checker.check_image(img) for img in generate(prompts, seeds)]
         parts.load_state_dict(live)
-        results = [checker.check_image(img) for img in images]
-        expected = [checker.Expected(color=c, shape=s, background=b) for c, s, b in combos]
         return {k: round(v, 3) for k, v in checker.score(results, expected).items()}
 
     return monitor
@@ -767,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="where stage weights go (default: beside --out)")
     parser.add_argument("--no-monitor", action="store_true", help="skip the sample-and-check probes during training")
     parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count (one phase)")
+    parser.add_argument("--unet-batch", type=int, default=None,
+                        help="batch size of that one phase (default: the recipe's last phase's)")
     parser.add_argument("--high-noise-fraction", type=float, default=None,
                         help="share of timesteps drawn from the high-noise half (default: the recipe's)")
     parser.add_argument("--frozen-text-encoder", action="store_true",
@@ -784,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.frozen_text_encoder:
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, train_text_encoder=False))
     if args.unet_steps is not None:
-        batch = recipe.unet.phases[-1][1]
+        batch = args.unet_batch or recipe.unet.phases[-1][1]
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, phases=((args.unet_steps, batch),)))
     workdir = args.workdir or (DEFAULT_WORKDIR if args.steps_scale == 1.0 else args.out.parent / (args.out.stem + "-work"))
     progress = Progress(args.out.with_suffix(".loss.csv"))
