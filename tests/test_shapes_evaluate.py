@@ -73,3 +73,18 @@ def test_generation_runs_through_kilns_samplers(tiny_model, sampler):
     diff = np.abs(np.asarray(first[0], dtype=int) - np.asarray(again[0], dtype=int))
     assert diff.max() <= 2
     assert np.abs(np.asarray(first[0], dtype=int) - np.asarray(first[1], dtype=int)).max() > 2
+
+
+def test_training_monitor_samples_through_kilns_sampler_from_bare_parts(tmp_path):
+    torch.set_num_threads(1)
+    built = R.build_model(tiny_recipe(), tmp_path, R.Progress(None, stream=io.StringIO()), monitor=False)
+    parts = R.trainable_parts(built.unet, built.text_encoder, tiny_recipe().unet)
+    monitor = R.make_monitor(parts, built.vae, built.text_encoder, R.load_tokenizer(), built.scaling_factor, seed=1, count=3)
+    before = {k: v.clone() for k, v in parts.state_dict().items()}
+    figures = monitor(0, parts.state_dict())
+    assert set(figures) == {"background", "color", "shape", "all"}
+    assert all(0.0 <= v <= 1.0 for v in figures.values())
+    assert all(torch.equal(before[k], v) for k, v in parts.state_dict().items())  # live weights restored
+    generate = E.components_generate_fn(built.unet, built.vae, built.text_encoder, R.load_tokenizer(), built.scaling_factor, steps=3)
+    images = generate(["a red circle on a blue background"], [5])
+    assert images[0].size == (64, 64)
