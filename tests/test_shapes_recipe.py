@@ -121,7 +121,7 @@ def test_a_longer_run_continues_from_a_shorter_runs_snapshot(built, tmp_path):
     # 3-step run resumed from a 2-step run's snapshot equals a 3-step run from scratch.
     model, _, _ = built
     unet = tiny_recipe().unet
-    short = dataclasses.replace(tiny_recipe(), unet=dataclasses.replace(unet, phases=((2, 4),)))
+    short = dataclasses.replace(tiny_recipe(), unet=dataclasses.replace(unet, stop_after=2))
     R.build_model(short, tmp_path, R.Progress(None, stream=io.StringIO()), monitor=False)
     assert len(list(tmp_path.glob("unet_state-*-000002.pt"))) == 1
     progress = R.Progress(None, stream=io.StringIO())
@@ -130,3 +130,10 @@ def test_a_longer_run_continues_from_a_shorter_runs_snapshot(built, tmp_path):
     assert [r["step"] for r in progress.rows if r["stage"] == "unet"] == [1]
     for key, value in model.unet.state_dict().items():
         assert torch.allclose(value, resumed.unet.state_dict()[key], atol=1e-6), key
+
+
+def test_stop_after_cuts_the_run_at_a_step_of_the_same_recipe():
+    settings = R.UnetSettings(phases=((2000, 16), (2000, 32)))
+    assert settings.total_steps == 4000
+    assert dataclasses.replace(settings, stop_after=1200).total_steps == 1200
+    assert dataclasses.replace(settings, stop_after=9000).total_steps == 4000

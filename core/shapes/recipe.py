@@ -108,7 +108,15 @@ class UnetSettings:
     # outline are all fixed there), while low-noise steps only sharpen what is already drawn.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 500
+    # Stop after this many steps (None: all phases). The learning rate is constant, so the
+    # weights after N steps are those of the full recipe's step N.
+    stop_after: int | None = None
     seed: int = 33
+
+    @property
+    def total_steps(self) -> int:
+        planned = sum(steps for steps, _ in self.phases)
+        return planned if self.stop_after is None else min(planned, self.stop_after)
 
 
 @dataclass(frozen=True)
@@ -473,7 +481,7 @@ def train_unet(
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
     ema = Ema(parts, settings.ema_decay)
-    total = sum(steps for steps, _ in settings.phases)
+    total = settings.total_steps
     start = 0
     resume = latest_snapshot(snapshots, total) if snapshots is not None else None
     if resume is not None:
@@ -653,11 +661,11 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     progress.note("latents", count=int(data.latents.shape[0]), scaling_factor=scaling_factor)
 
     unet = build_unet(recipe.unet, recipe.text.hidden_size, recipe.vae.latent_channels, world.IMAGE_SIZE // 2 ** (len(recipe.vae.block_out_channels) - 1))
-    unet_path = workdir / f"unet_ema-{sum(steps for steps, _ in recipe.unet.phases)}.safetensors"
+    unet_path = workdir / f"unet_ema-{recipe.unet.total_steps}.safetensors"
     unet_key = settings_hash(latents_key, recipe.unet)
     # The training state does not depend on the step count (constant learning rate), so a
     # run with more steps continues a shorter one.
-    state_key = settings_hash(latents_key, dataclasses.replace(recipe.unet, phases=tuple(b for _, b in recipe.unet.phases)))
+    state_key = settings_hash(latents_key, dataclasses.replace(recipe.unet, stop_after=None))
     last_monitor: dict = {}
     parts = trainable_parts(unet, text_encoder, recipe.unet)
     if _stage_done(unet_path, unet_key):
@@ -740,9 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every step count (0.05: CI-sized)")
     parser.add_argument("--workdir", type=Path, default=None, help="where stage weights go (default: beside --out)")
     parser.add_argument("--no-monitor", action="store_true", help="skip the sample-and-check probes during training")
-    parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count (one phase)")
-    parser.add_argument("--unet-batch", type=int, default=None,
-                        help="batch size of that one phase (default: the recipe's last phase's)")
+    parser.add_argument("--unet-steps", type=int, default=None,
+                        help="stop the UNet after this many steps: the recipe's weights at that step")
     parser.add_argument("--high-noise-fraction", type=float, default=None,
                         help="share of timesteps drawn from the high-noise half (default: the recipe's)")
     parser.add_argument("--frozen-text-encoder", action="store_true",
@@ -760,8 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.frozen_text_encoder:
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, train_text_encoder=False))
     if args.unet_steps is not None:
-        batch = args.unet_batch or recipe.unet.phases[-1][1]
-        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, phases=((args.unet_steps, batch),)))
+        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, stop_after=args.unet_steps))
     workdir = args.workdir or (DEFAULT_WORKDIR if args.steps_scale == 1.0 else args.out.parent / (args.out.stem + "-work"))
     progress = Progress(args.out.with_suffix(".loss.csv"))
     started = time.process_time()
