@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.paths.ensure_dirs()
         for warning in settings.warnings:
             log.warning(warning)
-        app, engine, _queue = create_app(settings)
+        app, engine, queue = create_app(settings)
     except KilnError as exc:
         print(f"Kiln cannot start: {exc.message}", file=sys.stderr)
         return 1
@@ -121,8 +122,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Running on local URL:  {url}", flush=True)
     if flags.api_enabled:
         print(f"API docs: {url}/docs", flush=True)
-    uvicorn.run(app, host=flags.host, port=flags.port, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    if engine.registry.checkpoints():
+        threading.Thread(target=preload_when_serving, args=(server, engine, queue), daemon=True).start()
+    server.run()
     return 0
+
+
+def preload_when_serving(server, engine: Engine, queue: JobQueue) -> None:
+    """Once the page answers, load the default checkpoint on the worker (as the WebUI does at
+    start), so the first Generate doesn't wait for it. After serving: start-up stays fast."""
+    import time
+
+    while not server.started and not server.should_exit:
+        time.sleep(0.1)
+    if server.started:
+        queue.submit(lambda _ctx: engine.ensure_model(), description="load checkpoint", owner="startup")
 
 
 if __name__ == "__main__":
