@@ -11,6 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+# Small latents (Kiln's built-in 64×64 model: 16×16) decode fully in milliseconds, and a linear
+# map can't follow a small VAE's colours well: decode those for real.
+FULL_DECODE_MAX_LATENT_PIXELS = 32 * 32
+
 
 class LatentPreviewer:
     def __init__(self, vae, scaling_factor: float, latent_channels: int, seed: int = 0):
@@ -19,6 +23,15 @@ class LatentPreviewer:
         self.latent_channels = latent_channels
         self.seed = seed
         self._weights: torch.Tensor | None = None  # [C+1, 3]
+
+    @torch.no_grad()
+    def _full_decode(self, latent: torch.Tensor) -> Image.Image:
+        param = next(self.vae.parameters())
+        decoded = self.vae.decode(latent.to(param.device, param.dtype) / self.scaling_factor).sample[0].float()
+        arr = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        img = Image.fromarray(np.ascontiguousarray(arr))
+        scale = max(1, 256 // max(img.size))
+        return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
     @torch.no_grad()
     def _fit(self) -> torch.Tensor:
@@ -35,6 +48,8 @@ class LatentPreviewer:
     @torch.no_grad()
     def to_image(self, latent: torch.Tensor) -> Image.Image:
         """First image of a latent batch → small RGB preview."""
+        if latent.shape[-1] * latent.shape[-2] <= FULL_DECODE_MAX_LATENT_PIXELS:
+            return self._full_decode(latent[:1])
         if self._weights is None:
             self._weights = self._fit()
         z = latent[0].float().cpu()
