@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import KilnError, ModelFileError
 from core.fileio import atomic_write_text
 from core.models.registry import natural_key
+from core.networks.embeddings import embedding_candidates
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -315,33 +315,6 @@ def checkpoint_text_widths(path: Path) -> dict[str, int] | None:
         if found:
             return {"default": found}
     return None
-
-
-def embedding_candidates(folder: Path) -> list[Path]:
-    """Embedding files as the WebUI's database walks them: recursive, no ``*.preview.*`` images,
-    no empty files; an image named like another embedding file beside it is that file's preview."""
-    from core.networks.embeddings import EMBEDDING_EXTENSIONS, IMAGE_EXTENSIONS
-
-    out: list[Path] = []
-    if not folder.is_dir():
-        return out
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
-        data_stems = {Path(fn).stem for fn in filenames
-                      if Path(fn).suffix.lower() in EMBEDDING_EXTENSIONS and Path(fn).suffix.lower() not in IMAGE_EXTENSIONS}
-        for fn in filenames:
-            path = Path(dirpath) / fn
-            ext = path.suffix.lower()
-            if ext not in EMBEDDING_EXTENSIONS or fn.startswith("."):
-                continue
-            if ext in IMAGE_EXTENSIONS and (Path(path.stem).suffix.lower() == ".preview" or path.stem in data_stems):
-                continue
-            try:
-                if path.stat().st_size == 0:
-                    continue
-            except OSError:
-                continue
-            out.append(path)
-    return sorted(out, key=lambda p: natural_key(p.as_posix()))
 
 
 # ----------------------------------------------------------------------- catalog --

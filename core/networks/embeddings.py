@@ -222,6 +222,33 @@ class SkippedEmbedding:
     reason: str
 
 
+def embedding_candidates(folder: Path) -> list[Path]:
+    """Embedding files as the WebUI's database walks them: recursive, no ``*.preview.*`` images,
+    no empty files; an image named like another embedding file beside it is that file's preview."""
+    from core.models.registry import natural_key
+
+    out: list[Path] = []
+    if not folder.is_dir():
+        return out
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+        data_stems = {Path(fn).stem for fn in filenames
+                      if Path(fn).suffix.lower() in EMBEDDING_EXTENSIONS and Path(fn).suffix.lower() not in IMAGE_EXTENSIONS}
+        for fn in filenames:
+            path = Path(dirpath) / fn
+            ext = path.suffix.lower()
+            if ext not in EMBEDDING_EXTENSIONS or fn.startswith("."):
+                continue
+            if ext in IMAGE_EXTENSIONS and (Path(path.stem).suffix.lower() == ".preview" or path.stem in data_stems):
+                continue
+            try:
+                if path.stat().st_size == 0:
+                    continue
+            except OSError:
+                continue
+            out.append(path)
+    return sorted(out, key=lambda p: natural_key(p.as_posix()))
+
+
 @dataclass
 class EmbeddingDatabase:
     """Embeddings under ``embeddings_dir`` for one model, looked up by token ids like the WebUI.
@@ -289,24 +316,7 @@ class EmbeddingDatabase:
         return True
 
     def _candidate_files(self) -> list[Path]:
-        files = []
-        if not self.embeddings_dir.is_dir():
-            return files
-        for dirpath, _, filenames in os.walk(self.embeddings_dir, followlinks=True):
-            for fn in sorted(filenames):
-                path = Path(dirpath) / fn
-                ext = path.suffix.lower()
-                if ext not in EMBEDDING_EXTENSIONS:
-                    continue
-                if ext in IMAGE_EXTENSIONS and Path(path.stem).suffix.lower() == ".preview":
-                    continue
-                try:
-                    if path.stat().st_size == 0:
-                        continue
-                except OSError:
-                    continue
-                files.append(path)
-        return sorted(files)
+        return embedding_candidates(self.embeddings_dir)
 
     def token_ids(self, name: str) -> list[int]:
         return list(self.tokenizer(name, truncation=False, add_special_tokens=False)["input_ids"])
