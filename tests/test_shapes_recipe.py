@@ -17,6 +17,7 @@ def tiny_recipe() -> R.Recipe:
     return R.Recipe(
         dataset_size=24,
         vae=R.VaeSettings(block_out_channels=(32, 32, 32), phases=((2, 4, 32), (1, 2, 64))),
+        decoder=R.DecoderSettings(steps=2, batch_size=2),
         text=R.TextSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
         unet=R.UnetSettings(block_out_channels=(32, 32), phases=((3, 4),), warmup_steps=2, num_attention_heads=2,
                             train_text_encoder=True),
@@ -36,7 +37,7 @@ def built(tmp_path_factory):
 def test_every_stage_trains_and_logs(built):
     model, work, progress = built
     stages = [row["stage"] for row in progress.rows]
-    assert stages.count("vae") == 3 and stages.count("unet") == 3
+    assert stages.count("vae") == 3 and stages.count("vae-decoder") == 2 and stages.count("unet") == 3
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in progress.rows if "loss" in r)
     assert (work / "loss.csv").read_text().startswith("stage,step,loss")
     for name in ("vae", "text_encoder", "unet_ema-3", "latents"):
@@ -54,7 +55,7 @@ def test_rerun_with_same_settings_skips_finished_stages(built):
     model, work, _ = built
     progress = R.Progress(None, stream=io.StringIO())
     again = R.build_model(tiny_recipe(), work, progress, monitor=False)
-    assert not [r for r in progress.rows if r["stage"] in ("vae", "unet")]
+    assert not [r for r in progress.rows if r["stage"] in ("vae", "vae-decoder", "unet")]
     for key, value in model.unet.state_dict().items():
         assert torch.equal(value, again.unet.state_dict()[key])
 
@@ -100,7 +101,7 @@ def test_scaled_recipe_scales_steps_not_architecture():
     assert ci.unet.block_out_channels == full.unet.block_out_channels
     assert sum(s for s, _ in ci.unet.phases) == round(sum(s for s, _ in full.unet.phases) * 0.05)
     assert ci.dataset_size < full.dataset_size
-    assert dataclasses.replace(ci, vae=full.vae, unet=full.unet, dataset_size=full.dataset_size, monitor_every=full.monitor_every) == full
+    assert dataclasses.replace(ci, vae=full.vae, decoder=full.decoder, unet=full.unet, dataset_size=full.dataset_size, monitor_every=full.monitor_every) == full
 
 
 def test_token_layout_matches_sd1_chunks():
@@ -137,3 +138,33 @@ def test_stop_after_cuts_the_run_at_a_step_of_the_same_recipe():
     assert settings.total_steps == 4000
     assert dataclasses.replace(settings, stop_after=1200).total_steps == 1200
     assert dataclasses.replace(settings, stop_after=9000).total_steps == 4000
+
+
+def test_decoder_finetune_leaves_the_encoder_and_cached_latents_alone(built):
+    model, work, _ = built
+    from safetensors.torch import load_file
+
+    before = load_file(str(work / "vae.safetensors"))
+    after = model.vae.state_dict()
+    encoder_keys = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder_keys = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_keys and decoder_keys
+    assert all(torch.equal(before[k], after[k]) for k in encoder_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_keys)
+
+
+def test_step_weights_keep_high_noise_and_damp_clean_steps():
+    alphas = R.build_train_scheduler().alphas_cumprod.float()
+    weights = R.step_weights(alphas, 5.0)
+    assert weights[999] == 1.0  # pure noise (zero terminal SNR): full weight, never zero
+    assert weights[0] < 0.01  # nearly clean: snr + 1 ~ 1000
+    assert torch.all(weights[1:] >= weights[:-1])  # more noise never weighs less
+    assert torch.equal(R.step_weights(alphas, None), torch.ones(1000))
+
+
+def test_old_snapshots_are_pruned_but_every_thousandth_stays(tmp_path):
+    prefix = tmp_path / "unet_state-abc"
+    for step in (200, 400, 1000, 1200, 1400):
+        prefix.with_name(f"{prefix.name}-{step:06d}.pt").write_bytes(b"x")
+    R._prune_snapshots(prefix, keep=1400, keep_every=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet_state-abc-001000.pt", "unet_state-abc-001400.pt"]

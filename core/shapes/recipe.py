@@ -7,7 +7,9 @@ Stages (each writes diffusers-format weights into the work folder, so a later fa
 never loses an earlier stage, and a rerun with the same settings skips finished stages):
 
 1. VAE: trained on world pictures (MSE + L1, tiny KL, extra weight on the border so the
-   decoder does not smear a frame of another colour there).
+   decoder does not smear a frame of another colour there); after the latents are cached,
+   its decoder alone is trained further on whole pictures (sharper edges, true colours,
+   no frame) without touching the encoder the UNet's latents come from.
 2. Text encoder: CLIP architecture with the real 49408-token vocabulary and 77 positions,
    kept at its seeded initialisation. Frozen, its outputs for the 90 captions are computed
    once; the UNet's cross-attention learns to read them (measured: training it too costs
@@ -75,6 +77,23 @@ class VaeSettings:
 
 
 @dataclass(frozen=True)
+class DecoderSettings:
+    """A last VAE stage that trains only the decoder, on whole pictures, with the encoder
+    (and so every cached latent the UNet learns) left as it was. The joint VAE stage is
+    short; this one removes the frame of another colour a zero-padded decoder smears
+    along the picture border and sharpens edges and colours, without retraining the UNet
+    whenever the decoder improves."""
+
+    steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    l1_weight: float = 0.5
+    border_width: int = 4
+    border_weight: float = 6.0
+    seed: int = 44
+
+
+@dataclass(frozen=True)
 class TextSettings:
     hidden_size: int = 64
     intermediate_size: int = 256
@@ -87,12 +106,14 @@ class TextSettings:
 class UnetSettings:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
-    num_attention_heads: int = 4
+    # One head per attention block (SD1 has 8 heads of 40 channels): on a CPU the attention
+    # kernel costs per head, and 4 heads of 8 channels made a step 1.4x slower (measured).
+    num_attention_heads: int = 1
     norm_num_groups: int = 32
     # (steps, batch size) per phase. The learning rate is constant after warm-up and the
     # EMA does the averaging, so the weights after N steps are the same whatever the
     # total: a run cut short by a deadline is exactly the recipe with fewer steps.
-    phases: tuple[tuple[int, int], ...] = ((2000, 16), (2000, 32))
+    phases: tuple[tuple[int, int], ...] = ((5000, 32),)
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -108,6 +129,13 @@ class UnetSettings:
     # outline are all fixed there), while low-noise steps only sharpen what is already drawn.
     high_noise_fraction: float = 0.0
     high_noise_from: int = 500
+    # Min-SNR-style weighting, truncated so that it never zeroes a step: the v-loss of a
+    # step is scaled by min(1, gamma / (snr + 1)). High-noise steps (snr + 1 <= gamma: where
+    # outline and colours are decided) keep full weight; nearly clean steps, which only
+    # sharpen edges and otherwise dominate the gradient, count less. Kohya's min_snr_gamma
+    # for v-prediction (min(snr, gamma) / (snr + 1)) would give the pure-noise step of a
+    # zero-terminal-SNR schedule weight 0. None: plain v-loss.
+    snr_gamma: float | None = 5.0
     # Stop after this many steps (None: all phases). The learning rate is constant, so the
     # weights after N steps are those of the full recipe's step N.
     stop_after: int | None = None
@@ -124,9 +152,10 @@ class Recipe:
     world_seed: int = 1234
     dataset_size: int = 6000
     vae: VaeSettings = field(default_factory=VaeSettings)
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
     text: TextSettings = field(default_factory=TextSettings)
     unet: UnetSettings = field(default_factory=UnetSettings)
-    monitor_every: int = 300
+    monitor_every: int = 500
     monitor_seed: int = 77
     version: str = RECIPE_VERSION
 
@@ -142,10 +171,12 @@ class Recipe:
         unet = dataclasses.replace(
             self.unet, phases=phases, warmup_steps=scale(self.unet.warmup_steps, 1)
         )
+        decoder = dataclasses.replace(self.decoder, steps=scale(self.decoder.steps, 2))
         return dataclasses.replace(
             self,
             dataset_size=scale(self.dataset_size, 64),
             vae=vae,
+            decoder=decoder,
             unet=unet,
             # A scaled run probes once, at its end.
             monitor_every=sum(steps for steps, _ in phases),
@@ -383,6 +414,32 @@ def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress) -
     vae.eval()
 
 
+def finetune_decoder(vae, settings: DecoderSettings, world_seed: int, progress: Progress) -> None:
+    """Trains the decoder (and post_quant_conv) on the encoder's posterior means of whole
+    pictures; the encoder stays frozen so latents cached before this stage stay valid."""
+    vae.eval()
+    decoder_params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    optimizer = torch.optim.AdamW(decoder_params, lr=settings.learning_rate, weight_decay=0.0)
+    weights = border_weights(world.IMAGE_SIZE, settings.border_width, settings.border_weight)
+    pictures = world.iter_world(world_seed + 2, settings.steps * settings.batch_size, "train")
+    progress.start("vae-decoder", settings.steps)
+    vae.decoder.train()
+    for step in range(settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, settings.steps, settings.learning_rate, 20, settings.learning_rate * 0.05)
+        batch = images_to_tensor([next(pictures).image for _ in range(settings.batch_size)])
+        with torch.no_grad():
+            latents = vae.encode(batch).latent_dist.mean
+        error = vae.decode(latents).sample - batch
+        loss = (error.square().mean(1) * weights).mean() + settings.l1_weight * (error.abs().mean(1) * weights).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder_params, 1.0)
+        optimizer.step()
+        progress.step(step + 1, loss.item())
+    vae.eval()
+
+
 @torch.no_grad()
 def encode_latents(vae, images: Sequence, batch_size: int = 256) -> torch.Tensor:
     """Posterior means of the pictures (unscaled)."""
@@ -451,6 +508,23 @@ def sample_timesteps(batch_size: int, steps: int, settings: UnetSettings, genera
     return torch.where(pick_high, high, t)
 
 
+def step_weights(alphas_cumprod: torch.Tensor, snr_gamma: float | None) -> torch.Tensor:
+    """Per-sample weights of the v-loss (see UnetSettings.snr_gamma)."""
+    if snr_gamma is None:
+        return torch.ones_like(alphas_cumprod)
+    snr_plus_one = 1.0 / (1.0 - alphas_cumprod).clamp_min(1e-8)
+    return (snr_gamma / snr_plus_one).clamp(max=1.0)
+
+
+def _prune_snapshots(prefix: Path, keep: int, keep_every: int) -> None:
+    """Deletes the older snapshots except every ``keep_every``-th step (a run's state is
+    ~50 MB; 25 of them would fill a small disk)."""
+    for path in prefix.parent.glob(f"{prefix.name}-*.pt"):
+        step = int(path.stem.rsplit("-", 1)[1])
+        if step < keep and step % keep_every:
+            path.unlink(missing_ok=True)
+
+
 def latest_snapshot(prefix: Path, max_step: int) -> Path | None:
     """The snapshot ``<prefix>-<step>.pt`` with the largest step not past ``max_step``."""
     best: tuple[int, Path] | None = None
@@ -516,7 +590,8 @@ def train_unet(
         else:
             context = data.contexts[rows]
         prediction = unet(noisy, t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(prediction, target)
+        per_sample = (prediction - target).square().mean(dim=(1, 2, 3))
+        loss = (per_sample * step_weights(alphas[t], settings.snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
@@ -535,6 +610,7 @@ def train_unet(
             }
             path = snapshots.with_name(f"{snapshots.name}-{done:06d}.pt")
             atomic_save_with(path, lambda tmp, state=state: torch.save(state, tmp))
+            _prune_snapshots(snapshots, keep=done, keep_every=1000)
             progress.flush()
         if monitor is not None and monitor_every and (done % monitor_every == 0 or done == total):
             progress.note("monitor", step=done, **monitor(done, ema.shadow))
@@ -659,6 +735,18 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     ids = torch.tensor([token_ids(tokenizer, c) for c in [*captions, ""]])
     data = UnetData(cached["latents"] * scaling_factor, cached["caption_index"], cached["contexts"], ids)
     progress.note("latents", count=int(data.latents.shape[0]), scaling_factor=scaling_factor)
+
+    # The decoder fine-tune leaves the encoder alone, so it runs after the latents are
+    # cached from the same encoder and never invalidates them.
+    decoder_path, decoder_key = workdir / "vae_decoder.safetensors", settings_hash(vae_key, recipe.decoder)
+    if _stage_done(decoder_path, decoder_key):
+        vae.load_state_dict(load_file(str(decoder_path)))
+        vae.eval()
+    else:
+        finetune_decoder(vae, recipe.decoder, recipe.world_seed, progress)
+        _save_module(vae, decoder_path, _plain_config(vae))
+        _mark_stage(decoder_path, decoder_key)
+    progress.flush()
 
     unet = build_unet(recipe.unet, recipe.text.hidden_size, recipe.vae.latent_channels, world.IMAGE_SIZE // 2 ** (len(recipe.vae.block_out_channels) - 1))
     unet_path = workdir / f"unet_ema-{recipe.unet.total_steps}.safetensors"
