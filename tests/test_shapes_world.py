@@ -100,3 +100,12 @@ def test_write_dataset_makes_a_kohya_folder(tmp_path):
     expected = world.sample_world(seed=2, n=5)
     for image, sample in zip(images, expected):
         assert image.with_suffix(".txt").read_text().strip() == sample.caption
+
+
+def test_caption_variants_name_only_parts_of_the_picture():
+    variants = world.caption_variants("red", "circle", "blue")
+    assert world.caption_for("red", "circle", "blue") not in variants
+    assert "red" in variants and "circle" in variants  # lone words, for negative prompts
+    for text in variants:
+        words = set(text.replace(",", " ").split()) - {"a", "on", "background"}
+        assert words and words <= {"red", "circle", "blue"}, text
