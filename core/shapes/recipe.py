@@ -697,6 +697,17 @@ def _plain_config(module) -> dict:
     return dict(config.to_dict() if hasattr(config, "to_dict") else config)
 
 
+def _vae_stage(vae, path: Path, key: str, train: Callable[[], None]) -> None:
+    """Loads the VAE weights a finished stage saved under ``key``, or trains and saves them."""
+    if _stage_done(path, key):
+        vae.load_state_dict(load_file(str(path)))
+        vae.eval()
+        return
+    train()
+    _save_module(vae, path, _plain_config(vae))
+    _mark_stage(path, key)
+
+
 @dataclass
 class BuiltModel:
     """The trained parts in diffusers/transformers form, and how they were made."""
@@ -719,13 +730,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # different VAE, latents and UNet.
     vae_path = workdir / "vae.safetensors"
     vae_key = settings_hash(recipe.vae, recipe.world_seed, dataclasses.asdict(world.DEFAULT_JITTER))
-    if _stage_done(vae_path, vae_key):
-        vae.load_state_dict(load_file(str(vae_path)))
-        vae.eval()
-    else:
-        train_vae(vae, recipe.vae, recipe.world_seed, progress)
-        _save_module(vae, vae_path, _plain_config(vae))
-        _mark_stage(vae_path, vae_key)
+    _vae_stage(vae, vae_path, vae_key, lambda: train_vae(vae, recipe.vae, recipe.world_seed, progress))
     progress.flush()
 
     text_encoder = build_text_encoder(recipe.text)
@@ -794,13 +799,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # The decoder fine-tune leaves the encoder alone, so the latents cached from that encoder
     # (and the UNet trained on them) stay valid; it runs last.
     decoder_path, decoder_key = workdir / "vae_decoder.safetensors", settings_hash(vae_key, recipe.decoder)
-    if _stage_done(decoder_path, decoder_key):
-        vae.load_state_dict(load_file(str(decoder_path)))
-        vae.eval()
-    else:
-        finetune_decoder(vae, recipe.decoder, recipe.world_seed, progress)
-        _save_module(vae, decoder_path, _plain_config(vae))
-        _mark_stage(decoder_path, decoder_key)
+    _vae_stage(vae, decoder_path, decoder_key, lambda: finetune_decoder(vae, recipe.decoder, recipe.world_seed, progress))
     progress.flush()
     return BuiltModel(vae, text_encoder, unet, scaling_factor, recipe, last_monitor)
 
