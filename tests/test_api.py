@@ -365,3 +365,23 @@ def test_progress_and_interrupt_while_generating(model_api):
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) <= 1
     assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_rescale_cfg_api_field_infotext_and_paste_round_trip(model_api):
+    client, _engine = model_api
+    assert convert.params_from_request(Txt2ImgRequest().model_dump(), {}).rescale_cfg == 0.0
+    request = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler",
+               "cfg_scale": 7}
+    plain = client.post("/sdapi/v1/txt2img", json=request).json()
+    assert "Rescale CFG" not in plain["info"]  # written only when on
+    response = client.post("/sdapi/v1/txt2img", json={**request, "rescale_cfg": 0.7})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    text = info["infotexts"][0]
+    assert "Rescale CFG: 0.7" in text and info["extra_generation_params"]["Rescale CFG"] == 0.7
+    assert response.json()["images"][0] != plain["images"][0]
+    # Pasting the infotext alone brings the setting back (and the same picture).
+    pasted = client.post("/sdapi/v1/txt2img", json={"infotext": text}).json()
+    assert json.loads(pasted["info"])["infotexts"][0] == text and pasted["images"] == response.json()["images"]
+    ranged = client.post("/sdapi/v1/txt2img", json={**request, "rescale_cfg": 1.5})
+    assert ranged.status_code == 422 and ranged.json()["field"] == "rescale_cfg"

@@ -145,3 +145,41 @@ def test_generate_in_the_browser(server, browser):
     chinese.screenshot(path=str(ARTIFACTS / "tab-txt2img-zh-CN.png"), full_page=True)
     chinese.close()
     page.close()
+
+
+def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    page.set_default_timeout(30_000)
+    page.goto(server + "/", wait_until="load")
+    page.wait_for_selector("#txt2img-generate")
+    # Beside CFG Scale, in the same row (Forge's place for it).
+    row = page.locator("#txt2img-cfg-row")
+    assert row.locator("#txt2img-cfg").count() == 1 and row.locator("#txt2img-rescale-cfg").count() == 1
+    assert "Rescale CFG" in page.locator("#txt2img-rescale-cfg").inner_text()
+    assert page.locator("#txt2img-rescale-cfg input[type=number]").input_value() == "0"
+
+    page.locator("#txt2img-prompt textarea").fill(PROMPT)
+    for elem_id, value in (("txt2img-steps", 4), ("txt2img-width", 64), ("txt2img-height", 64),
+                           ("txt2img-rescale-cfg", 0.7)):
+        _set_number(page, elem_id, value)
+    row.screenshot(path=str(ARTIFACTS / "txt2img-cfg-row.png"))
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img-infotext').innerText.includes('Rescale CFG: 0.7')", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "tab-txt2img-rescale-cfg.png"), full_page=True)
+
+    image = page.locator("#txt2img-gallery .thumbnail-item img, #txt2img-gallery button img").first
+    src = image.get_attribute("src")
+    png = page.request.get(src if src.startswith("http") else server + src).body()
+    downloaded = ARTIFACTS / "generated-rescale-cfg.png"
+    downloaded.write_bytes(png)
+    _set_number(page, "txt2img-rescale-cfg", 0)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(downloaded))
+    page.wait_for_function(
+        "() => document.querySelector('#pnginfo-parameters textarea').value.includes('Rescale CFG: 0.7')")
+    page.locator("#pnginfo-send-to-txt2img").click()
+    page.wait_for_function(
+        "() => document.querySelector('#txt2img-rescale-cfg input[type=number]').value === '0.7'")
+    page.close()

@@ -304,3 +304,16 @@ def test_gif_comment():
     buffer = io.BytesIO()
     Image.new("P", (8, 8)).save(buffer, "GIF", comment=TEXT.encode("utf8"))
     assert read_png_infotext(buffer.getvalue()) == TEXT
+
+
+def test_rescale_cfg_key_round_trips_to_the_txt2img_field():
+    from core.api.paste import fields_from_infotext
+
+    text = create_infotext("p", "", {"Steps": 20, "Sampler": "Euler", "CFG scale": 7, "Seed": 1, "Size": "64x64",
+                                     "Rescale CFG": 0.7, "Version": "kiln-0.1.0"})
+    assert text == "p\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Rescale CFG: 0.7, Version: kiln-0.1.0"
+    parsed = parse_generation_parameters(text)
+    assert parsed["Rescale CFG"] == "0.7" and fields_from_infotext(parsed)["rescale_cfg"] == 0.7
+    # Forge leaves the key out when the slider is 0: pasting such a text turns Rescale CFG off.
+    without = parse_generation_parameters("p\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1")
+    assert fields_from_infotext(without)["rescale_cfg"] == 0.0

@@ -127,6 +127,7 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
         scheduler=get("scheduler", "Automatic"),
         steps=int(get("steps", 50)),
         cfg_scale=float(get("cfg_scale", 7.0)),
+        rescale_cfg=float(get("rescale_cfg", 0.0)),
         width=int(get("width", 512)),
         height=int(get("height", 512)),
         seed=int(get("seed", -1)),

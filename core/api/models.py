@@ -33,6 +33,7 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int | None = 1
     steps: int | None = 50
     cfg_scale: float | None = 7.0
+    rescale_cfg: float | None = 0.0  # Forge's built-in "Rescale CFG" (its API name)
     width: int | None = 512
     height: int | None = 512
     restore_faces: bool | None = None

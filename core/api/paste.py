@@ -34,6 +34,7 @@ INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Sampler": ("sampler_name", _to_str),
     "Schedule type": ("scheduler", _to_str),
     "CFG scale": ("cfg_scale", _to_float),
+    "Rescale CFG": ("rescale_cfg", _to_float),
     "Seed": ("seed", _to_int),
     "Size-1": ("width", _to_int),
     "Size-2": ("height", _to_int),
@@ -61,7 +62,8 @@ _HIRES_MARKERS = ("Hires upscale", "Hires resize-1", "Hires upscaler", "Hires st
 def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
     """API-named fields for the values ``parsed`` holds; unreadable values are left out.
 
-    ``enable_hr`` is set from the hires keys; "Use same sampler/scheduler" become ``None``.
+    ``enable_hr`` is set from the hires keys and ``rescale_cfg`` is 0 when the key is absent (both are
+    written only when on); "Use same sampler/scheduler" become ``None``.
     ``clip_skip`` is not an API field of its own (the WebUI sends it through
     ``override_settings.CLIP_stop_at_last_layers``); callers place it where they need it.
     """
@@ -77,5 +79,7 @@ def fields_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
         fields["hr_sampler_name"] = None
     if fields.get("hr_scheduler") == USE_SAME_SCHEDULER:
         fields["hr_scheduler"] = None
+    # Forge writes "Rescale CFG" only when it is on, so an infotext without it means off.
+    fields.setdefault("rescale_cfg", 0.0)
     fields["enable_hr"] = any(k in parsed for k in _HIRES_MARKERS if parsed.get(k) not in (None, "", 0, "0"))
     return fields

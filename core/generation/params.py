@@ -60,6 +60,7 @@ class GenerationParams:
     scheduler: str = "Automatic"
     steps: int = 20
     cfg_scale: float = 7.0
+    rescale_cfg: float = 0.0  # Forge's "Rescale CFG" (phi); 0 = off
     width: int = 512
     height: int = 512
     seed: int = -1
@@ -113,6 +114,8 @@ def validate(params: GenerationParams) -> GenerationParams:
         raise InvalidParameterError("n_iter", f"batch count must be between 1 and {MAX_BATCH_COUNT}, got {p.batch_count}")
     if not 0.0 <= p.cfg_scale <= 100.0:
         raise InvalidParameterError("cfg_scale", f"must be between 0 and 100, got {p.cfg_scale}")
+    if not 0.0 <= p.rescale_cfg <= 1.0:
+        raise InvalidParameterError("rescale_cfg", f"must be between 0 and 1, got {p.rescale_cfg}")
     if not 0.0 <= p.subseed_strength <= 1.0:
         raise InvalidParameterError("subseed_strength", f"must be between 0 and 1, got {p.subseed_strength}")
     if p.clip_skip is not None and not 1 <= p.clip_skip <= 12:

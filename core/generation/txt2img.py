@@ -60,6 +60,7 @@ class SamplingPass:
     scheduler_name: str
     steps: int
     cfg_scale: float
+    rescale_cfg: float
     cond: PromptSchedule
     uncond: PromptSchedule
     empty_context: torch.Tensor  # the encoding of "" (pads cond/uncond to equal length)
@@ -105,6 +106,7 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
     hr_steps = (hires.steps or p.steps) if hires.enabled else None
     first = SamplingPass(
         sampler_name=sampler.name, scheduler_name=scheduler, steps=p.steps, cfg_scale=p.cfg_scale,
+        rescale_cfg=p.rescale_cfg,
         cond=build_schedule(cache, prompt, p.steps, split_and=True, hires_steps=hr_steps),
         uncond=build_schedule(cache, negative, p.steps, split_and=False, hires_steps=hr_steps),
         empty_context=cache.get("").context,
@@ -119,6 +121,7 @@ def run_txt2img(engine: Engine, model: LoadedModel, params: GenerationParams, ct
         second = SamplingPass(
             sampler_name=hr_sampler.name, scheduler_name=resolve_scheduler(hires.scheduler or scheduler, hr_sampler),
             steps=hr_steps, cfg_scale=hires.cfg_scale if hires.cfg_scale is not None else p.cfg_scale,
+            rescale_cfg=p.rescale_cfg,
             cond=build_schedule(cache, hr_prompt, hr_steps, split_and=True),
             uncond=build_schedule(cache, hr_negative, hr_steps, split_and=False),
             empty_context=first.empty_context,
@@ -230,7 +233,8 @@ def _sample(engine: Engine, model: LoadedModel, sp: SamplingPass, schedule: Nois
             built[key] = StepConditioning(conds=conds, uncond=expand_batch(uncond, batch))
         return built[key]
 
-    cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas, pad_with=sp.empty_context)
+    cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas, pad_with=sp.empty_context,
+                      rescale_cfg=sp.rescale_cfg)
 
     def callback(info: dict) -> None:
         i = int(info["i"])
@@ -340,6 +344,8 @@ def _infotext_params(engine: Engine, model: LoadedModel, p: GenerationParams, sa
         if hires.cfg_scale is not None and hires.cfg_scale != p.cfg_scale:
             params["Hires CFG Scale"] = hires.cfg_scale
     params.update(extra)
+    if p.rescale_cfg > 0:  # Forge writes it whenever the slider is off zero
+        params["Rescale CFG"] = p.rescale_cfg
     used = cache.used_embeddings
     if used:
         params["TI hashes"] = ", ".join(f"{name}: {emb.hash[:12]}" for name, emb in used.items())

@@ -6,6 +6,10 @@ change it between steps), runs the model once on [cond_1..cond_K, uncond] stacke
 combines like the WebUI's CFGDenoiser.combine_denoised:
 
     denoised = uncond + sum_i weight_i * cfg_scale * (cond_i - uncond)
+
+With ``rescale_cfg`` (Forge's "Rescale CFG"; Lin et al. 2023, "Common Diffusion Noise Schedules and
+Sample Steps are Flawed", Algorithm 2) the guided result is pulled back towards the spread of the
+unguided one in v-space, which keeps v-prediction / zero-terminal-SNR models from over-saturating.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ CONTEXT_KEY = "context"
 
 # A sigma within this relative distance of a grid sigma counts as that grid point.
 GRID_TOLERANCE = 1e-4
+# Forge applies Rescale CFG only from this value on (smaller ones are still written to the infotext).
+RESCALE_CFG_MINIMUM = 0.05
 
 
 @dataclass
@@ -104,6 +110,7 @@ class CFGDenoiser:
         mask: Tensor | None = None,
         init_latent: Tensor | None = None,
         s_min_uncond: float = 0.0,
+        rescale_cfg: float = 0.0,
     ):
         self.denoiser = denoiser
         self.conditioning_at = conditioning_at
@@ -114,6 +121,7 @@ class CFGDenoiser:
         self.mask = mask
         self.init_latent = init_latent
         self.s_min_uncond = float(s_min_uncond)
+        self.rescale_cfg = float(rescale_cfg) if rescale_cfg >= RESCALE_CFG_MINIMUM else 0.0
         # Set by samplers that guide with the unconditional prediction (DDIM CFG++).
         self.scale_multiplier = 1.0
         self.keep_uncond = False
@@ -190,6 +198,10 @@ class CFGDenoiser:
                 self.last_uncond_denoised = uncond_out
 
         denoised = combine_denoised(out, uncond_out, batch.weights, scale, b)
+        # Without the uncond pass there is no guidance to rescale (cfg 1 or the s_min_uncond steps).
+        if self.rescale_cfg > 0 and not skip_uncond:
+            unguided = combine_denoised(out, uncond_out, batch.weights, 1.0, b)
+            denoised = rescale_guidance(x, sigma, denoised, unguided, self.rescale_cfg)
         if self.mask is not None and self.init_latent is not None:
             denoised = self.init_latent * self.mask + (1 - self.mask) * denoised
         self.calls += 1
@@ -206,3 +218,33 @@ def combine_denoised(out: Tensor, uncond_out: Tensor, weights: list[float], cfg_
     for i, weight in enumerate(weights):
         denoised += (out[i * b : (i + 1) * b] - uncond_out) * (weight * cfg_scale)
     return denoised
+
+
+def rescale_guidance(x: Tensor, sigma: Tensor, guided: Tensor, unguided: Tensor, phi: float) -> Tensor:
+    """Rescale CFG: the guided x0 prediction with its v-space spread moved ``phi`` of the way to the unguided one.
+
+    ``guided`` is the CFG result, ``unguided`` the same combination at cfg 1, both k-diffusion x0
+    predictions for ``x = x0 + sigma * eps``. In v-space (v = alpha * eps - s * x0 with
+    alpha = 1 / sqrt(sigma^2 + 1), s = sigma / sqrt(sigma^2 + 1)) the paper's step is
+
+        v_final = phi * v_cfg * std(v_pos) / std(v_cfg) + (1 - phi) * v_cfg
+
+    with the std per sample over (C, H, W). Work with u = s * v = x / (sigma^2 + 1) - x0 instead:
+    the per-sample factor s cancels from the std ratio, x0 = x / (sigma^2 + 1) - u exactly, and
+    nothing is divided by sigma, so sigma = inf (zero-terminal-SNR's first step; u -> -x0) stays finite.
+    """
+    if phi == 0:
+        return guided
+    work = torch.promote_types(guided.dtype, torch.float32)
+    shape = (-1,) + (1,) * (guided.ndim - 1)
+    sigma = sigma.to(device=guided.device, dtype=work).reshape(shape)
+    x_part = x.to(work) / (sigma * sigma + 1)
+    u_cfg = x_part - guided.to(work)
+    u_pos = x_part - unguided.to(work)
+    dims = tuple(range(1, guided.ndim))
+    std_cfg = u_cfg.std(dim=dims, keepdim=True)
+    std_pos = u_pos.std(dim=dims, keepdim=True)
+    # A flat v_cfg has no spread to rescale; leave such a sample as plain CFG.
+    factor = torch.where(std_cfg > 0, std_pos / std_cfg.clamp_min(torch.finfo(work).tiny), torch.ones_like(std_cfg))
+    u_final = u_cfg * (phi * factor + (1 - phi))
+    return (x_part - u_final).to(guided.dtype)

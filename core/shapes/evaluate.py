@@ -114,6 +114,7 @@ def sampler_generate_fn(
     scheduler: str = "Automatic",
     steps: int = 20,
     cfg_scale: float = 7.0,
+    rescale_cfg: float = 0.0,
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> GenerateFn:
@@ -135,6 +136,7 @@ def sampler_generate_fn(
         scheduler=scheduler,
         steps=steps,
         cfg_scale=cfg_scale,
+        rescale_cfg=rescale_cfg,
         negative_prompt=negative_prompt,
         batch_size=batch_size,
     )
@@ -170,6 +172,7 @@ def sampling_generate_fn(
     scheduler: str = "Automatic",
     steps: int = 20,
     cfg_scale: float = 7.0,
+    rescale_cfg: float = 0.0,
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> GenerateFn:
@@ -201,7 +204,7 @@ def sampling_generate_fn(
             step = StepConditioning(conds=[({"context": cond}, 1.0)], uncond={"context": uncond})
             rng = ImageRNG((n, *latent_shape), batch_seeds, latent_factor=factor)
             x = txt2img_start(info, rng.first(), sigmas)
-            cfg = CFGDenoiser(denoiser, lambda _i, step=step: step, cfg_scale, sigmas=sigmas)
+            cfg = CFGDenoiser(denoiser, lambda _i, step=step: step, cfg_scale, sigmas=sigmas, rescale_cfg=rescale_cfg)
             latent = info.function(cfg, x, sigmas, noise_sampler=noise_for(info, rng, x, sigmas), **sampler_kwargs(info))
             pixels = decode_fn(latent)
             array = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -260,13 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sampler", default=None, help="sampler name (default: Kiln's default sampler)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg-scale", type=float, default=7.0)
+    parser.add_argument("--rescale-cfg", type=float, default=0.0,
+                        help="Rescale CFG (phi, 0..1; 0 = off), as the txt2img slider")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from core.models.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.model)
-    generate = sampler_generate_fn(model, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
+    generate = sampler_generate_fn(model, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                                   rescale_cfg=args.rescale_cfg)
     report = evaluate(generate)
     if args.grid:
         save_grid(report, args.grid)
