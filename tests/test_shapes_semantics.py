@@ -60,6 +60,15 @@ def test_native_size_and_default_checkpoint(shapes):
     assert engine.native_size() == 64
 
 
+def test_rescale_cfg_default_follows_the_zero_terminal_snr_model(shapes):
+    engine, queue = shapes
+    # From the file header before any load, then from the loaded model.
+    assert engine.recommended_rescale_cfg() == 0.7
+    queue.run(lambda _ctx: engine.ensure_model(), timeout=600)
+    assert engine.model.spec.zero_terminal_snr
+    assert engine.recommended_rescale_cfg() == 0.7
+
+
 def test_the_prompt_colours_reach_the_pixels(shapes):
     result = run(shapes, "a yellow triangle on a black background")
     checks = [check_image(img) for img in images(result)]

@@ -48,6 +48,12 @@ def queue():
     q.shutdown()
 
 
+def test_rescale_cfg_default_is_off_for_an_ordinary_model(engine, queue):
+    assert engine.recommended_rescale_cfg() == 0.0  # header only: tiny-sd1 has no ztsnr key
+    queue.run(lambda _ctx: engine.ensure_model(), timeout=300)
+    assert engine.recommended_rescale_cfg() == 0.0
+
+
 def generate(engine, queue, **kw):
     defaults = dict(prompt="a red circle", negative_prompt="", steps=3, width=32, height=32, seed=42,
                     sampler_name="Euler a", save_images=False)

@@ -83,6 +83,7 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
     from core.errors import KilnError
 
     width, height = txt2img.fields["width"], txt2img.fields["height"]
+    rescale_cfg = txt2img.fields["rescale_cfg"]
     settings_ckpt = settings.fields["sd_model_checkpoint"]
 
     def refresh(request: gr.Request):
@@ -111,12 +112,12 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
         size = engine.native_size()
         choice = checkpoint_choices(engine)  # the loaded file's title now carries its hash
         yield {txt2img.error: error_html(message, request), txt2img.progress: "", width: size, height: size,
-               settings_ckpt: choice, top.dropdown: choice}
+               rescale_cfg: engine.recommended_rescale_cfg(), settings_ckpt: choice, top.dropdown: choice}
 
     top.dropdown.input(select, inputs=top.dropdown,
-                       outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt, top.dropdown],
+                       outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown],
                        show_progress="minimal")
     # A click on a checkpoint card in the Extra networks panel switches like the dropdown.
     checkpoint_pick.change(select, inputs=checkpoint_pick,
-                           outputs=[txt2img.error, txt2img.progress, width, height, settings_ckpt, top.dropdown],
+                           outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown],
                            show_progress="minimal")

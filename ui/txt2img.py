@@ -168,7 +168,7 @@ def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
             with gr.Row(elem_id="txt2img-cfg-row"):
                 f["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label=t("CFG Scale"), elem_id="txt2img-cfg",
                                            scale=4)
-                f["rescale_cfg"] = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label=t("Rescale CFG"),
+                f["rescale_cfg"] = gr.Slider(0.0, 1.0, value=engine.recommended_rescale_cfg(), step=0.05, label=t("Rescale CFG"),
                                              elem_id="txt2img-rescale-cfg", scale=4)
             with gr.Row(elem_id="txt2img-seed-row"):
                 f["seed"] = gr.Number(label=t("Seed"), value=-1, precision=0, elem_id="txt2img-seed", scale=4)

@@ -263,20 +263,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sampler", default=None, help="sampler name (default: Kiln's default sampler)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg-scale", type=float, default=7.0)
-    parser.add_argument("--rescale-cfg", type=float, default=0.0,
-                        help="Rescale CFG (phi, 0..1; 0 = off), as the txt2img slider")
+    parser.add_argument("--rescale-cfg", type=float, default=None,
+                        help="Rescale CFG (phi, 0..1; 0 = off); default: the txt2img slider's default for "
+                             "this model (0.7 for zero-terminal-SNR models such as the built-in one)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from core.engine import ZTSNR_RESCALE_CFG
     from core.models.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.model)
+    rescale_cfg = args.rescale_cfg
+    if rescale_cfg is None:
+        rescale_cfg = ZTSNR_RESCALE_CFG if model.spec.zero_terminal_snr else 0.0
     generate = sampler_generate_fn(model, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                                   rescale_cfg=args.rescale_cfg)
+                                   rescale_cfg=rescale_cfg)
     report = evaluate(generate)
     if args.grid:
         save_grid(report, args.grid)
-    print(json.dumps(report.summary(), indent=2))
+    settings = {"sampler": args.sampler or "default", "steps": args.steps, "cfg_scale": args.cfg_scale,
+                "rescale_cfg": rescale_cfg}
+    print(json.dumps({"settings": settings, **report.summary()}, indent=2))
     return 0 if report.meets_bar() else 1
 
 

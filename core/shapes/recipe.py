@@ -134,6 +134,10 @@ class UnetSettings:
     # Frozen (--frozen-text-encoder) the shape words stay apart, but after 2500 steps the UNet
     # had not yet learned to draw them apart either, and colour came slower.
     train_text_encoder: bool = True
+    # The text encoder's learning rate as a share of the UNet's. At 1.0 (v1) the encoder
+    # races ahead of the UNet: it amplifies the colour words the UNet already uses and
+    # squashes the shape word before the UNet has learned to draw shapes apart.
+    text_encoder_lr_scale: float = 1.0
     # Share of each batch whose timesteps are drawn from [high_noise_from, 999] instead of
     # the whole range: the prompt decides the picture at high noise (background, colour and
     # outline are all fixed there), while low-noise steps only sharpen what is already drawn.
@@ -162,6 +166,8 @@ class UnetSettings:
 class Recipe:
     world_seed: int = 1234
     dataset_size: int = 6000
+    # How the world varies each picture (size, offset, rotation); every stage's key includes it.
+    jitter: world.Jitter = field(default_factory=world.Jitter)
     vae: VaeSettings = field(default_factory=VaeSettings)
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     text: TextSettings = field(default_factory=TextSettings)
@@ -386,12 +392,13 @@ def random_crops(batch: torch.Tensor, size: int, generator: torch.Generator) -> 
     return torch.stack([img[:, y : y + size, x : x + size] for img, (y, x) in zip(batch, offsets)])
 
 
-def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress) -> None:
+def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress,
+              jitter: world.Jitter = world.DEFAULT_JITTER) -> None:
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
     total = sum(steps for steps, _, _ in settings.phases)
-    pictures = world.iter_world(world_seed + 1, sum(s * b for s, b, _ in settings.phases), "train")
+    pictures = world.iter_world(world_seed + 1, sum(s * b for s, b, _ in settings.phases), "train", jitter)
     progress.start("vae", total)
     step = 0
     for phase_steps, batch_size, crop in settings.phases:
@@ -425,14 +432,15 @@ def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress) -
     vae.eval()
 
 
-def finetune_decoder(vae, settings: DecoderSettings, world_seed: int, progress: Progress) -> None:
+def finetune_decoder(vae, settings: DecoderSettings, world_seed: int, progress: Progress,
+                     jitter: world.Jitter = world.DEFAULT_JITTER) -> None:
     """Trains the decoder (and post_quant_conv) on the encoder's posterior means of whole
     pictures; the encoder stays frozen so latents cached before this stage stay valid."""
     vae.eval()
     decoder_params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     optimizer = torch.optim.AdamW(decoder_params, lr=settings.learning_rate, weight_decay=0.0)
     weights = border_weights(world.IMAGE_SIZE, settings.border_width, settings.border_weight)
-    pictures = world.iter_world(world_seed + 2, settings.steps * settings.batch_size, "train")
+    pictures = world.iter_world(world_seed + 2, settings.steps * settings.batch_size, "train", jitter)
     progress.start("vae-decoder", settings.steps)
     vae.decoder.train()
     for step in range(settings.steps):
@@ -566,7 +574,11 @@ def train_unet(
     alphas = scheduler.alphas_cumprod.float()
     unet, text_encoder = parts["unet"], parts["text_encoder"] if "text_encoder" in parts else None
     params = [p for p in parts.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "scale": 1.0}]
+    if text_encoder is not None:
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad],
+                       "scale": settings.text_encoder_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed)
     ema = Ema(parts, settings.ema_decay)
     total = settings.total_steps
@@ -587,7 +599,7 @@ def train_unet(
     for step in range(start, total):
         batch_size = batch_size_at(settings.phases, step)
         for group in optimizer.param_groups:
-            group["lr"] = settings.learning_rate * min(1.0, (step + 1) / settings.warmup_steps)
+            group["lr"] = group["scale"] * settings.learning_rate * min(1.0, (step + 1) / settings.warmup_steps)
         index = torch.randint(0, n, (batch_size,), generator=generator)
         x0 = data.latents[index]
         rows = data.caption_index[index].clone()
@@ -729,8 +741,8 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # The world's jitter is part of every stage's key: pictures drawn differently make a
     # different VAE, latents and UNet.
     vae_path = workdir / "vae.safetensors"
-    vae_key = settings_hash(recipe.vae, recipe.world_seed, dataclasses.asdict(world.DEFAULT_JITTER))
-    _vae_stage(vae, vae_path, vae_key, lambda: train_vae(vae, recipe.vae, recipe.world_seed, progress))
+    vae_key = settings_hash(recipe.vae, recipe.world_seed, dataclasses.asdict(recipe.jitter))
+    _vae_stage(vae, vae_path, vae_key, lambda: train_vae(vae, recipe.vae, recipe.world_seed, progress, recipe.jitter))
     progress.flush()
 
     text_encoder = build_text_encoder(recipe.text)
@@ -741,7 +753,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     if _stage_done(latents_path, latents_key):
         cached = load_file(str(latents_path))
     else:
-        samples = world.sample_world(recipe.world_seed, recipe.dataset_size, "train")
+        samples = world.sample_world(recipe.world_seed, recipe.dataset_size, "train", recipe.jitter)
         raw = encode_latents(vae, [s.image for s in samples])
         captions = sorted({s.caption for s in samples})
         row = {c: i for i, c in enumerate(captions)}
@@ -758,7 +770,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # The world cycles through every combination before repeating one, so the first
     # len(combinations) samples name every caption of the data set.
     first = min(recipe.dataset_size, len(world.combinations("train")))
-    captions = sorted({s.caption for s in world.sample_world(recipe.world_seed, first, "train")})
+    captions = sorted({s.caption for s in world.sample_world(recipe.world_seed, first, "train", recipe.jitter)})
     if len(captions) + 1 != cached["contexts"].shape[0]:
         raise KilnError("the cached latents do not match the world's captions", path=latents_path,
                         hint="delete the work folder and run the recipe again")
@@ -799,7 +811,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
     # The decoder fine-tune leaves the encoder alone, so the latents cached from that encoder
     # (and the UNet trained on them) stay valid; it runs last.
     decoder_path, decoder_key = workdir / "vae_decoder.safetensors", settings_hash(vae_key, recipe.decoder)
-    _vae_stage(vae, decoder_path, decoder_key, lambda: finetune_decoder(vae, recipe.decoder, recipe.world_seed, progress))
+    _vae_stage(vae, decoder_path, decoder_key, lambda: finetune_decoder(vae, recipe.decoder, recipe.world_seed, progress, recipe.jitter))
     progress.flush()
     return BuiltModel(vae, text_encoder, unet, scaling_factor, recipe, last_monitor)
 
@@ -807,8 +819,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
 def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]:
     """The file's metadata beyond what Kiln's writer derives from the model itself (it adds
     kiln.unet/text_encoder.num_attention_heads and kiln.vae.scaling_factor)."""
-    recipe_json = {**built.recipe.to_json(), "steps_scale": steps_scale, "schedule": SCHEDULE,
-                   "world_jitter": dataclasses.asdict(world.DEFAULT_JITTER)}
+    recipe_json = {**built.recipe.to_json(), "steps_scale": steps_scale, "schedule": SCHEDULE}
     return {
         "kiln.recipe": json.dumps(recipe_json, sort_keys=True),
         "kiln.version": built.recipe.version,
@@ -871,6 +882,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="stop the UNet after this many steps: the recipe's weights at that step")
     parser.add_argument("--high-noise-fraction", type=float, default=None,
                         help="share of timesteps drawn from the high-noise half (default: the recipe's)")
+    parser.add_argument("--text-encoder-lr-scale", type=float, default=None,
+                        help="the text encoder's learning rate as a share of the UNet's (default: the recipe's)")
+    parser.add_argument("--jitter", type=str, default=None, metavar="SIZE_MIN,SIZE_MAX,OFFSET,ROTATION",
+                        help="the world's jitter (default: the recipe's)")
+    parser.add_argument("--unet-norm-groups", type=int, default=None,
+                        help="GroupNorm groups in the UNet (default: the recipe's)")
     parser.add_argument("--frozen-text-encoder", action="store_true",
                         help="keep the text encoder at its seeded values (cache its outputs)")
     # Measured on a shared 2-core machine: one thread trains ~4x faster than two when other
@@ -883,6 +900,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe = dataclasses.replace(
             recipe, unet=dataclasses.replace(recipe.unet, high_noise_fraction=args.high_noise_fraction)
         )
+    if args.text_encoder_lr_scale is not None:
+        recipe = dataclasses.replace(
+            recipe, unet=dataclasses.replace(recipe.unet, text_encoder_lr_scale=args.text_encoder_lr_scale)
+        )
+    if args.jitter is not None:
+        recipe = dataclasses.replace(recipe, jitter=world.Jitter(*(float(v) for v in args.jitter.split(","))))
+    if args.unet_norm_groups is not None:
+        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, norm_num_groups=args.unet_norm_groups))
     if args.frozen_text_encoder:
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, train_text_encoder=False))
     if args.unet_steps is not None:
