@@ -44,6 +44,10 @@ def test_metadata_overrides(sd1_tensors):
     assert detect_architecture(sd1_tensors, {"modelspec.resolution": "768x768"}).native_size == 768
     with pytest.raises(ModelFileError, match="num_attention_heads"):
         detect_architecture(sd1_tensors, {"kiln.unet.num_attention_heads": "[2, 2]"})
+    assert "norm_num_groups" not in spec.unet_config  # diffusers' 32, as every SD release
+    assert detect_architecture(sd1_tensors, {"kiln.unet.norm_num_groups": "8"}).unet_config["norm_num_groups"] == 8
+    with pytest.raises(ModelFileError, match="norm_num_groups = 7 does not divide"):
+        detect_architecture(sd1_tensors, {"kiln.unet.norm_num_groups": "7"})
     with pytest.raises(ModelFileError, match="prediction_type"):
         detect_architecture(sd1_tensors, {"kiln.prediction_type": "sample"})
 

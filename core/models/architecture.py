@@ -33,6 +33,8 @@ MARKER_KEYS = (V_PRED_MARKER, ZTSNR_MARKER)
 META_UNET_HEADS = "kiln.unet.num_attention_heads"
 META_TEXT_HEADS = "kiln.text_encoder.num_attention_heads"
 META_VAE_SCALING = "kiln.vae.scaling_factor"
+# GroupNorm groups of the U-Net: not visible in tensor shapes, 32 in every SD release.
+META_UNET_NORM_GROUPS = "kiln.unet.norm_num_groups"
 META_NATIVE_SIZE = "kiln.native_size"
 META_PREDICTION = "kiln.prediction_type"
 
@@ -164,6 +166,17 @@ def _parse_heads(value: str, n: int, what: str, path) -> list[int]:
     return heads
 
 
+def _parse_norm_groups(value: str, channels: list[int], path) -> int:
+    try:
+        groups = int(value)
+    except ValueError:
+        raise _fail(f"metadata {META_UNET_NORM_GROUPS} is not a whole number: {value!r}", None, path) from None
+    if groups <= 0 or any(c % groups for c in channels):
+        raise _fail(f"metadata {META_UNET_NORM_GROUPS} = {groups} does not divide the U-Net's channels {channels}",
+                    None, path)
+    return groups
+
+
 def unet_config_from_shapes(sd: dict[str, torch.Tensor], family: str, metadata: dict[str, str],
                             pooled_dim: int | None, native_size: int, path=None) -> dict:
     keys = [k[len(UNET):] for k in sd if k.startswith(UNET)]
@@ -244,6 +257,8 @@ def unet_config_from_shapes(sd: dict[str, torch.Tensor], family: str, metadata: 
         "use_linear_projection": linear.pop(),
         "transformer_layers_per_block": depth_down[0] if len(set(depth_down)) == 1 else depth_down,
     }
+    if META_UNET_NORM_GROUPS in metadata:
+        config["norm_num_groups"] = _parse_norm_groups(metadata[META_UNET_NORM_GROUPS], block_out, path)
     if depth_up != [depth_down[n - 1 - i] for i in range(n)]:
         config["reverse_transformer_layers_per_block"] = depth_up
     time_dim = int(s["time_embed.0.weight"].shape[0])

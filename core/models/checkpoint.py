@@ -182,6 +182,9 @@ def kiln_metadata(spec: ModelSpec) -> dict[str, str]:
     expected = [8] * len(channels) if spec.family == "sd1" else [max(1, c // 64) for c in channels]
     if heads != expected:
         out[arch.META_UNET_HEADS] = json.dumps(heads)
+    groups = int(spec.unet_config.get("norm_num_groups", 32))
+    if groups != 32:
+        out[arch.META_UNET_NORM_GROUPS] = str(groups)
     te_heads = [c["num_attention_heads"] for c in spec.text_encoder_configs]
     if te_heads != [max(1, c["hidden_size"] // 64) for c in spec.text_encoder_configs]:
         out[arch.META_TEXT_HEADS] = json.dumps(te_heads)
