@@ -20,7 +20,7 @@ def tiny_recipe() -> R.Recipe:
         decoder=R.DecoderSettings(steps=2, batch_size=2),
         text=R.TextSettings(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
         unet=R.UnetSettings(block_out_channels=(32, 32), phases=((3, 4),), warmup_steps=2, num_attention_heads=2,
-                            train_text_encoder=True),
+                            norm_num_groups=8, train_text_encoder=True),
         monitor_every=0,
     )
 
@@ -75,6 +75,7 @@ def test_saved_file_loads_through_kilns_loader(built, tmp_path):
     assert meta["kiln.native_size"] == "64" and meta["kiln.prediction_type"] == "v_prediction"
     assert json.loads(meta["kiln.unet.num_attention_heads"]) in (2, [2, 2])
     assert json.loads(meta["kiln.text_encoder.num_attention_heads"]) in (2, [2])
+    assert meta["kiln.unet.norm_num_groups"] == "8"
     assert float(meta["kiln.vae.scaling_factor"]) == pytest.approx(model.scaling_factor)
     recipe = json.loads(meta["kiln.recipe"])
     assert recipe["unet"]["phases"] == [[3, 4]] and recipe["world_seed"] == 1234
@@ -168,3 +169,21 @@ def test_old_snapshots_are_pruned_but_every_thousandth_stays(tmp_path):
         prefix.with_name(f"{prefix.name}-{step:06d}.pt").write_bytes(b"x")
     R._prune_snapshots(prefix, keep=1400, keep_every=1000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet_state-abc-001000.pt", "unet_state-abc-001400.pt"]
+
+
+def test_a_resumed_run_keeps_the_rows_of_its_loss_log(tmp_path):
+    log = tmp_path / "model.loss.csv"
+    first = R.Progress(log, stream=io.StringIO(), every=1)
+    first.start("unet", 2)
+    first.step(1, 0.5)
+    first.note("monitor", step=1, shape=0.3)
+    again = R.Progress(log, stream=io.StringIO(), every=1, keep_existing=True)
+    again.note("resumed", step=1)
+    again.start("unet", 2)
+    again.step(2, 0.25)
+    again.flush()
+    lines = log.read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["unet", "monitor", "resumed", "unet"]
+    fresh = R.Progress(log, stream=io.StringIO(), every=1)
+    fresh.note("latents", count=3)
+    assert len(log.read_text().splitlines()) == 2  # a run from nothing starts a new log

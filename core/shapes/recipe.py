@@ -23,6 +23,7 @@ never loses an earlier stage, and a rerun with the same settings skips finished 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import hashlib
 import json
@@ -42,7 +43,7 @@ from core.errors import KilnError
 from core.fileio import atomic_save_with, atomic_write_text
 from core.shapes import world
 
-RECIPE_VERSION = "kiln-shapes-v1.1"
+RECIPE_VERSION = "kiln-shapes-v1.2"
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "models" / "clip_tokenizer"
 DEFAULT_WORKDIR = Path(__file__).resolve().parents[2] / ".helpers" / "shapes-run"
 BOS_ID, EOS_ID, CONTEXT_LENGTH = 49406, 49407, 77
@@ -110,7 +111,13 @@ class UnetSettings:
     # makes a step 1.4x faster than 4 heads of 8 channels (the CPU attention kernel costs per
     # head); the shipped model keeps 4 until a 1-head run matches it.
     num_attention_heads: int = 4
-    norm_num_groups: int = 32
+    # GroupNorm groups. diffusers' (and SD's) 32 groups make every group of the first level
+    # a single channel of 32: an instance norm that erases each channel's mean, the flat
+    # colour of a whole picture, at every layer. 8 groups (4 and 8 channels each) measured
+    # with the recipe's monitor (36 prompts, CFG 3) at steps 1500 / 2000: shape class
+    # 0.67 / 0.72 against 0.47 / 0.56 with 32, the rest of the recipe the same. Not visible in
+    # tensor shapes: the checkpoint carries it as kiln.unet.norm_num_groups.
+    norm_num_groups: int = 8
     # (steps, batch size) per phase. The learning rate is constant after warm-up and the
     # EMA does the averaging, so the weights after N steps are the same whatever the
     # total: a run cut short by a deadline is exactly the recipe with fewer steps.
@@ -137,7 +144,7 @@ class UnetSettings:
     # The text encoder's learning rate as a share of the UNet's. At 1.0 (v1) the encoder
     # races ahead of the UNet: it amplifies the colour words the UNet already uses and
     # squashes the shape word before the UNet has learned to draw shapes apart.
-    text_encoder_lr_scale: float = 1.0
+    text_encoder_lr_scale: float = 0.1
     # Share of each batch whose timesteps are drawn from [high_noise_from, 999] instead of
     # the whole range: the prompt decides the picture at high noise (background, colour and
     # outline are all fixed there), while low-noise steps only sharpen what is already drawn.
@@ -302,11 +309,16 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Ten
 class Progress:
     """Steps, loss and ETA on stderr; one CSV row per logged step."""
 
-    def __init__(self, log_path: Path | None, stream=sys.stderr, every: int = 10):
+    def __init__(self, log_path: Path | None, stream=sys.stderr, every: int = 10, keep_existing: bool = False):
+        """``keep_existing``: start from the rows already in ``log_path`` (a resumed run
+        continues its log instead of replacing it)."""
         self.log_path = log_path
         self.stream = stream
         self.every = every
         self.rows: list[dict] = []
+        if keep_existing and log_path is not None and log_path.is_file():
+            with open(log_path, newline="", encoding="utf-8") as f:
+                self.rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
     def start(self, stage: str, total: int) -> None:
         self.stage, self.total, self.t0, self.smoothed = stage, total, time.perf_counter(), None
@@ -818,7 +830,7 @@ def build_model(recipe: Recipe, workdir: Path, progress: Progress, monitor: bool
 
 def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]:
     """The file's metadata beyond what Kiln's writer derives from the model itself (it adds
-    kiln.unet/text_encoder.num_attention_heads and kiln.vae.scaling_factor)."""
+    kiln.unet/text_encoder.num_attention_heads, kiln.unet.norm_num_groups and kiln.vae.scaling_factor)."""
     recipe_json = {**built.recipe.to_json(), "steps_scale": steps_scale, "schedule": SCHEDULE}
     return {
         "kiln.recipe": json.dumps(recipe_json, sort_keys=True),
@@ -828,7 +840,7 @@ def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]
         "modelspec.prediction_type": "v",
         "modelspec.resolution": f"{world.IMAGE_SIZE}x{world.IMAGE_SIZE}",
         "modelspec.architecture": "stable-diffusion-v1",
-        "modelspec.title": "Kiln Shapes v1.1",
+        "modelspec.title": "Kiln Shapes v1.2",
         "modelspec.description": "Trained from scratch by Kiln on the procedural Shapes world (core/shapes).",
     }
 
@@ -913,7 +925,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.unet_steps is not None:
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, stop_after=args.unet_steps))
     workdir = args.workdir or (DEFAULT_WORKDIR if args.steps_scale == 1.0 else args.out.parent / (args.out.stem + "-work"))
-    progress = Progress(args.out.with_suffix(".loss.csv"))
+    # A work folder with finished stages or snapshots is a resumed run: keep its log.
+    resuming = workdir.is_dir() and any(workdir.iterdir())
+    progress = Progress(args.out.with_suffix(".loss.csv"), keep_existing=resuming)
     started = time.process_time()
     built = build_model(recipe, workdir, progress, monitor=not args.no_monitor)
     progress.note("trained", cpu_seconds=round(time.process_time() - started, 1))
