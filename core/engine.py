@@ -107,7 +107,7 @@ class Engine:
                 ztsnr = entry is not None and is_zero_terminal_snr_from_header(entry.path)
             except ModelFileError:
                 ztsnr = False
-        return ZTSNR_RESCALE_CFG if ztsnr else 0.0
+        return rescale_cfg_default(ztsnr)
 
     def tokenizer(self):
         """The CLIP tokenizer Kiln ships; no model load needed (token counter while typing)."""
@@ -229,6 +229,11 @@ class Engine:
             device = self.settings.device_policy().device_for("esrgan")
             self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
         return self._upscalers
+
+
+def rescale_cfg_default(zero_terminal_snr: bool) -> float:
+    """The Rescale CFG a model starts with: 0.7 for zero-terminal-SNR models, else 0 (off)."""
+    return ZTSNR_RESCALE_CFG if zero_terminal_snr else 0.0
 
 
 def is_zero_terminal_snr_from_header(path: str | Path) -> bool:

@@ -269,13 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from core.engine import ZTSNR_RESCALE_CFG
+    from core.engine import rescale_cfg_default
     from core.models.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.model)
     rescale_cfg = args.rescale_cfg
     if rescale_cfg is None:
-        rescale_cfg = ZTSNR_RESCALE_CFG if model.spec.zero_terminal_snr else 0.0
+        rescale_cfg = rescale_cfg_default(model.spec.zero_terminal_snr)
     generate = sampler_generate_fn(model, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                                    rescale_cfg=rescale_cfg)
     report = evaluate(generate)
