@@ -91,14 +91,20 @@ def _set_number(page, elem_id: str, value: int) -> None:
     box.press("Enter")
 
 
-def test_generate_in_the_browser(server, browser):
-    from PIL import Image
-
+def _open_txt2img(server, browser):
+    """A fresh page on the txt2img tab, ready for input."""
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
     page.set_default_timeout(30_000)
     page.goto(server + "/", wait_until="load")
     page.wait_for_selector("#txt2img-generate")
+    return page
+
+
+def test_generate_in_the_browser(server, browser):
+    from PIL import Image
+
+    page = _open_txt2img(server, browser)
     assert page.locator("#kiln-checkpoint input").input_value() != ""  # a checkpoint is selected
 
     page.locator("#txt2img-prompt textarea").fill(PROMPT)
@@ -148,11 +154,7 @@ def test_generate_in_the_browser(server, browser):
 
 
 def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(server, browser):
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
-    page.set_default_timeout(30_000)
-    page.goto(server + "/", wait_until="load")
-    page.wait_for_selector("#txt2img-generate")
+    page = _open_txt2img(server, browser)
     # Beside CFG Scale, in the same row (Forge's place for it).
     row = page.locator("#txt2img-cfg-row")
     page.wait_for_selector("#txt2img-cfg-row #txt2img-rescale-cfg input[type=number]")
