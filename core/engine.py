@@ -96,8 +96,8 @@ class Engine:
         """Rescale CFG default for the UI: 0.7 for a zero-terminal-SNR model, else 0 (off).
 
         Forge's slider starts at 0 for every model; at CFG 7 a zero-terminal-SNR model then
-        burns its colours (the built-in model's backgrounds read right 0.92 of the time, 1.00
-        with 0.7), and 0.7 is the value Lin et al. found for such models. The infotext records
+        burns its colours (the built-in model's shape colours read right 0.86 of the time,
+        0.98 with 0.7), and 0.7 is the value Lin et al. found for such models. The infotext records
         the value, so a pasted picture still reproduces exactly."""
         if self._model is not None:
             ztsnr = bool(self._model.spec.zero_terminal_snr)
