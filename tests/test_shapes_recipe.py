@@ -187,3 +187,11 @@ def test_a_resumed_run_keeps_the_rows_of_its_loss_log(tmp_path):
     fresh = R.Progress(log, stream=io.StringIO(), every=1)
     fresh.note("latents", count=3)
     assert len(log.read_text().splitlines()) == 2  # a run from nothing starts a new log
+
+
+@pytest.mark.parametrize("value", ["16,20", "a,b,c,d", "20,16,3,10", "30,31,3,10"])
+def test_a_bad_jitter_option_stops_with_a_message(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        R.main(["--out", str(tmp_path / "m.safetensors"), "--jitter", value])
+    assert stop.value.code == 2 and "--jitter" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

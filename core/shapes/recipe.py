@@ -884,6 +884,23 @@ def save_built(built: BuiltModel, out: Path, steps_scale: float) -> Path:
     return save_checkpoint(model, out, metadata=checkpoint_metadata(built, steps_scale), dtype=torch.float16)
 
 
+def _parse_jitter(parser: argparse.ArgumentParser, text: str) -> world.Jitter:
+    """``SIZE_MIN,SIZE_MAX,OFFSET,ROTATION``; a bad value stops with a message, not a traceback."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"--jitter {text!r}: expected four numbers SIZE_MIN,SIZE_MAX,OFFSET,ROTATION, e.g. 16,20,3,10")
+    if len(values) != 4:
+        parser.error(f"--jitter {text!r}: expected four numbers SIZE_MIN,SIZE_MAX,OFFSET,ROTATION, got {len(values)}")
+    size_min, size_max, offset, rotation = values
+    if not 0 < size_min <= size_max or offset < 0 or rotation < 0:
+        parser.error(f"--jitter {text!r}: needs 0 < SIZE_MIN <= SIZE_MAX and OFFSET, ROTATION >= 0")
+    if size_max * world.TRIANGLE_SCALE + offset >= world.IMAGE_SIZE / 2:
+        parser.error(f"--jitter {text!r}: a triangle of circumradius {size_max * world.TRIANGLE_SCALE:g} px "
+                     f"moved {offset:g} px would leave the {world.IMAGE_SIZE}-px picture")
+    return world.Jitter(size_min, size_max, offset, rotation)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.shapes.recipe", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors checkpoint to write")
@@ -917,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             recipe, unet=dataclasses.replace(recipe.unet, text_encoder_lr_scale=args.text_encoder_lr_scale)
         )
     if args.jitter is not None:
-        recipe = dataclasses.replace(recipe, jitter=world.Jitter(*(float(v) for v in args.jitter.split(","))))
+        recipe = dataclasses.replace(recipe, jitter=_parse_jitter(parser, args.jitter))
     if args.unet_norm_groups is not None:
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, norm_num_groups=args.unet_norm_groups))
     if args.frozen_text_encoder:
