@@ -7,15 +7,20 @@ rest are cheap queries safe from any thread (the web server's handlers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import KilnError, ModelFileError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the page must serve before torch loads
+    from core.generation.context import GenerationContext
     from core.generation.params import GenerationParams, GenerationResult
+    from core.generation.run_options import RunOptions
     from core.jobs import JobContext
     from core.models.checkpoint import LoadedModel
     from core.models.registry import ModelEntry
@@ -43,15 +48,17 @@ class Engine:
         self._lock = threading.RLock()
         self._model: LoadedModel | None = None
         self._model_entry: ModelEntry | None = None
-        self._vae_choice: str | None = None
         self._tokenizer = None
         self._extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
-        self.vae_path: Path | None = None  # the external VAE file in use, None = the checkpoint's own
+        self._vaes: Any = None  # core.models.vae_swap.ExternalVAEs, built with the model
         self._upscalers = None
         # --ckpt wins at startup (WebUI); a choice made in the UI/API replaces it afterwards.
         self._checkpoint_choice: str | None = settings.startup_checkpoint()
         self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
         self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
+        # Checkpoints that failed to load, path → why; listed as such and skipped as defaults.
+        self.checkpoint_errors: dict[str, str] = {}
+        self.fallback_note: str | None = None  # "X failed (why); using Y" after a fallback
 
     # ------------------------------------------------------------------ queries --
     def refresh_models(self) -> None:
@@ -62,16 +69,26 @@ class Engine:
         never reads gigabytes; a checkpoint gets its hash when it is first loaded (as the WebUI)."""
         return [e.title for e in self.registry.checkpoints()]
 
+    def checkpoint_error(self, entry: ModelEntry) -> str | None:
+        return self.checkpoint_errors.get(str(entry.path))
+
+    def _builtin_first(self) -> list[ModelEntry]:
+        entries = self.registry.checkpoints()
+        builtin = [e for e in entries if Path(e.name).name.startswith(BUILTIN_CHECKPOINT_PREFIX)]
+        return builtin + [e for e in entries if e not in builtin]
+
     def selected_checkpoint(self) -> ModelEntry | None:
-        """The checkpoint the next job will use: the setting, then --ckpt, then the built-in one."""
+        """The checkpoint the next job will use: the choice (setting or --ckpt), else the built-in
+        one, else the first. A choice that failed to load gives way to the model that is loaded."""
         wanted = self._checkpoint_choice
         if wanted:
             entry = self.registry.find_checkpoint(wanted)
             if entry is not None:
+                if self.checkpoint_error(entry) and self._model_entry is not None:
+                    return self._model_entry
                 return entry
-        entries = self.registry.checkpoints()
-        builtin = [e for e in entries if Path(e.name).name.startswith(BUILTIN_CHECKPOINT_PREFIX)]
-        return (builtin or entries or [None])[0]
+        usable = [e for e in self._builtin_first() if not self.checkpoint_error(e)]
+        return (usable or self._builtin_first() or [None])[0]
 
     def loaded_checkpoint(self) -> ModelEntry | None:
         return self._model_entry
@@ -128,6 +145,27 @@ class Engine:
         return (f"No checkpoint found. Put a .safetensors checkpoint into {self.paths.ckpt_dir} "
                 "and press 🔄 next to the checkpoint list.")
 
+    def run_options(self, overrides: dict[str, Any] | None = None) -> RunOptions:
+        """The options a job submitted now runs with (any thread): the settings as they are,
+        the checkpoint selected now, ``overrides`` (the API's override_settings) on top."""
+        from core.errors import InvalidParameterError
+        from core.generation.run_options import snapshot
+
+        entry = self.selected_checkpoint()
+        options = snapshot(self.settings.options, entry.title if entry is not None else None, overrides)
+        # Files the overrides name must exist now: a 422 at submit, not a failed job later.
+        if options.checkpoint_explicit and self.registry.find_checkpoint(options.checkpoint) is None:
+            self.refresh_models()
+            if self.registry.find_checkpoint(options.checkpoint) is None:
+                raise InvalidParameterError("override_settings.sd_model_checkpoint",
+                                            f"checkpoint {options.checkpoint!r} not found",
+                                            hint=f"see GET /sdapi/v1/sd-models or put it into {self.paths.ckpt_dir}")
+        if "sd_vae" in (overrides or {}) and options.sd_vae not in ("", "Automatic", "None") \
+                and self.registry.find("vae", options.sd_vae) is None:
+            raise InvalidParameterError("override_settings.sd_vae", f"VAE {options.sd_vae!r} not found",
+                                        hint=f"see GET /sdapi/v1/sd-vae or put it into {self.paths.vae_dir}")
+        return options
+
     # ------------------------------------------------------------------- worker --
     def select_checkpoint(self, name: str) -> ModelEntry:
         """Make ``name`` the checkpoint for the next jobs and persist the choice (no load yet)."""
@@ -141,38 +179,79 @@ class Engine:
         self.settings.save()
         return entry
 
-    def ensure_model(self, name: str | None = None) -> LoadedModel:
-        """worker: load the wanted checkpoint unless it is already loaded; free the old one first."""
+    def switch_checkpoint(self, name: str) -> LoadedModel:
+        """worker: load ``name`` and make it the choice. If it fails, the previous model stays
+        loaded and selected (the choice is stored only after a successful load)."""
+        model = self.ensure_model(name, fallback=False)
+        self.select_checkpoint(name)
+        return model
+
+    def ensure_model(self, name: str | None = None, *, fallback: bool | None = None) -> LoadedModel:
+        """worker: load the wanted checkpoint unless it is already loaded; free the old one first.
+
+        ``name`` None means the selected checkpoint. When that default fails to load (a
+        half-downloaded file, say), the next loadable one is used, the built-in model first,
+        and ``fallback_note`` says which failed and why. A named checkpoint that fails raises,
+        and the model that was loaded before is loaded again. ``fallback`` forces either rule.
+        """
+        fallback = name is None if fallback is None else fallback
         entry = self.registry.find_checkpoint(name) if name else self.selected_checkpoint()
         if entry is None:
             if name:
                 raise KilnError(f"checkpoint {name!r} not found",
                                 hint=f"put it into {self.paths.ckpt_dir} and refresh the list")
             raise KilnError(self.no_checkpoint_message())
-        vae_choice = self.settings.options.sd_vae
         with self._lock:
             if self._model is not None and self._model_entry is not None and self._model_entry.path == entry.path:
-                if vae_choice != self._vae_choice:
-                    self._apply_vae(vae_choice)
                 return self._model
-            self.unload()
-            from core.models.checkpoint import load_checkpoint
+            previous = self._model_entry
+            try:
+                return self._load(entry)
+            except Exception as exc:
+                failure = _failure_message(exc)
+                self.checkpoint_errors[str(entry.path)] = failure
+                log.warning("checkpoint %s failed to load: %s", entry.path, failure)
+                if fallback:
+                    for other in self._builtin_first():
+                        if other.path == entry.path or self.checkpoint_error(other):
+                            continue
+                        try:
+                            model = self._load(other)
+                        except Exception as other_exc:
+                            self.checkpoint_errors[str(other.path)] = _failure_message(other_exc)
+                            continue
+                        self.fallback_note = f"{entry.name} could not be loaded ({failure}); using {other.name}"
+                        self.load_warnings.append(self.fallback_note)
+                        return model
+                elif previous is not None and previous.path != entry.path:
+                    try:
+                        self._load(previous)
+                    except Exception:  # the previous file broke meanwhile: nothing loaded, say why below
+                        log.exception("could not reload %s", previous.path)
+                raise
 
-            policy = self.settings.device_policy()
-            log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)
-            model = load_checkpoint(entry.path, device=policy.device_for("sd"), dtype=policy.torch_dtype())
-            from core.models.memory import place_model
+    def _load(self, entry: ModelEntry) -> LoadedModel:
+        self.unload()
+        from core.models.checkpoint import load_checkpoint
+        from core.models.memory import place_model
 
-            self.load_warnings = [*policy.warnings, *place_model(model, policy)]
-            self.autocast = bool(policy.autocast)
-            self._model, self._model_entry = model, entry
-            self.registry.sha256(entry)  # the title gains its short hash, the infotext its Model hash
-            self._vae_choice = None
-            self._apply_vae(vae_choice)
-            from core.generation.extras import ExtraNetworks
+        policy = self.settings.device_policy()
+        log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)
+        model = load_checkpoint(entry.path, device=policy.device_for("sd"), dtype=policy.torch_dtype())
+        self.load_warnings = [*policy.warnings, *place_model(model, policy)]
+        self.autocast = bool(policy.autocast)
+        self.registry.sha256(entry)  # the title gains its short hash, the infotext its Model hash
+        from core.generation.extras import ExtraNetworks
+        from core.models.vae_swap import ExternalVAEs
 
-            self._extras = ExtraNetworks(model, self.paths, hash_cache=self.hash_cache)
-            return model
+        self._extras = ExtraNetworks(model, self.paths, hash_cache=self.hash_cache)
+        self._vaes = ExternalVAEs(model)
+        self._model, self._model_entry = model, entry
+        self.checkpoint_errors.pop(str(entry.path), None)
+        if self.fallback_note and self._checkpoint_choice and self.registry.find_checkpoint(
+                self._checkpoint_choice) == entry:
+            self.fallback_note = None
+        return model
 
     def unload(self) -> None:
         """worker: drop the loaded model and give its memory back."""
@@ -182,6 +261,7 @@ class Engine:
             self._model = None
             self._model_entry = None
             self._extras = None
+            self._vaes = None
         import gc
 
         gc.collect()
@@ -193,32 +273,149 @@ class Engine:
         except ImportError:
             pass
 
-    def _apply_vae(self, choice: str | None) -> None:
-        from core.models.vae import apply_vae, find_vae_for_checkpoint
+    def vae_file(self, choice: str | None) -> Path | None:
+        """The external VAE file a ``sd_vae`` choice names for the loaded checkpoint (None: its own)."""
+        from core.models.vae import find_vae_for_checkpoint
 
-        assert self._model is not None and self._model_entry is not None
-        path = None
         if choice in (None, "", "Automatic"):
-            path = find_vae_for_checkpoint(self._model_entry.path, self.paths.vae_dir)
-        elif choice != "None":
-            vae = self.registry.find("vae", choice)
-            if vae is None:
-                raise KilnError(f"VAE {choice!r} not found", hint=f"put it into {self.paths.vae_dir} or choose Automatic")
-            path = vae.path
-        apply_vae(self._model, path)
-        self._vae_choice = choice
-        self.vae_path = Path(path) if path else None
+            if self._model_entry is None:
+                return None
+            return find_vae_for_checkpoint(self._model_entry.path, self.paths.vae_dir)
+        if choice == "None":
+            return None
+        vae = self.registry.find("vae", choice)
+        if vae is None:
+            raise KilnError(f"VAE {choice!r} not found", hint=f"put it into {self.paths.vae_dir} or choose Automatic")
+        return vae.path
 
-    def txt2img(self, params: GenerationParams, ctx: JobContext) -> GenerationResult:
+    @contextmanager
+    def job_model(self, options: RunOptions, tags: dict[str, list[Any]], *,
+                  checkpoint: str | None = None) -> Iterator[GenerationContext]:
+        """worker: the job's model with its patch set (VAE, LoRAs, hypernetworks) applied, for the
+        ``with`` block only. On exit, also after an error or an Interrupt, the shared model is the
+        base checkpoint again, bit for bit."""
+        from core.generation.context import GenerationContext
+        from core.generation.extras import Activation
+
+        explicit = checkpoint is not None or options.checkpoint_explicit
+        with self._lock:
+            base = self.ensure_model(checkpoint or options.checkpoint, fallback=not explicit)
+            vae_path = self.vae_file(options.sd_vae)
+            view = self._vaes.view(vae_path) if self._vaes is not None else base
+            extras = self._extras
+            if extras is not None:
+                patches, resolved = extras.resolve(tags)
+                applied = extras.applied(patches)
+            else:
+                resolved = Activation(warnings=["extra networks are not available for this model; tags ignored"]
+                                      if any(tags.values()) else [])
+                applied = contextlib.nullcontext(Activation())
+            entry = self._model_entry
+            with applied as activation:
+                yield GenerationContext(
+                    model=view, options=options,
+                    model_name=Path(entry.name).stem if entry else None,
+                    model_hash=self.registry.sha256(entry)[:10] if entry else None,
+                    vae_name=vae_path.name if vae_path else None,
+                    vae_hash=self.hash_cache.sha256(vae_path, kind="vae")[:10] if vae_path else None,
+                    embeddings=extras.embeddings if extras is not None else None,
+                    network_infotext=activation.infotext,
+                    warnings=[*self.load_warnings, *resolved.warnings, *activation.warnings],
+                    output_root=self.paths.resolve_output, upscale_image=self.upscale_image,
+                    autocast=self.autocast)
+
+    def generate(self, run_mode: Callable[..., GenerationResult], params: Any, ctx: JobContext,
+                 options: RunOptions | None = None) -> GenerationResult:
+        """worker: one generation job of any mode (``run_txt2img``, ``run_img2img``) with its options."""
+        from core.prompts.extra_networks import parse_extra_networks
+
+        options = options or self.run_options()
+        _, tags = parse_extra_networks(params.prompt)
+        _, negative_tags = parse_extra_networks(params.negative_prompt)
+        for kind, items in negative_tags.items():
+            tags.setdefault(kind, []).extend(items)
+        with self.job_model(options, tags, checkpoint=params.checkpoint) as gc:
+            return run_mode(gc, params, ctx)
+
+    def txt2img(self, params: GenerationParams, ctx: JobContext, options: RunOptions | None = None
+                ) -> GenerationResult:
         """worker: one txt2img job, from parameters to saved PNGs."""
         from core.generation.txt2img import run_txt2img
 
-        model = self.ensure_model(params.checkpoint)
-        return run_txt2img(self, model, params, ctx)
+        return self.generate(run_txt2img, params, ctx, options)
+
+    def img2img(self, params: Any, ctx: JobContext, options: RunOptions | None = None) -> GenerationResult:
+        """worker: one img2img / inpaint job."""
+        from core.generation.img2img import run_img2img
+
+        return self.generate(run_img2img, params, ctx, options)
+
+    @contextmanager
+    def lease(self, name: str | None = None, *, dtype: Any = None, trainable: bool = False
+              ) -> Iterator[LoadedModel]:
+        """worker: the base checkpoint, unpatched, for work outside the pipeline (a trainer).
+
+        - ``trainable=False`` and the loaded dtype: the shared model itself, frozen, for the
+          ``with`` block. If anything in it changed when the block ends (a weight written, a
+          layer added), the engine drops it and the next job loads the file again.
+        - ``trainable=True`` or another ``dtype``: the engine hands the model over (it no longer
+          holds it), in that dtype, ``train()`` with gradients on when trainable; the next job
+          loads the checkpoint afresh. No generation can ever see the trainer's weights.
+        """
+        import torch
+
+        model = self.ensure_model(name, fallback=False if name else None)
+        parts = [model.unet, model.vae, *model.text_encoders]
+        wanted = dtype or model.dtype
+        with self._lock:
+            if self._extras is not None:
+                self._extras.restore()
+            if trainable or wanted != model.dtype:
+                self.unload()  # the trainer owns it now
+                if wanted != model.dtype:
+                    for part in parts:
+                        torch.nn.Module.to(part, dtype=wanted)
+                    model.dtype = wanted
+                for part in parts:
+                    part.requires_grad_(trainable)
+                    part.train(trainable)
+                yield model
+                return
+            before = _fingerprint(model)
+            try:
+                yield model
+            finally:
+                for part in parts:
+                    part.eval()
+                    part.requires_grad_(False)
+                if _fingerprint(model) != before:
+                    log.warning("a leased model came back changed; it is reloaded from %s for the next job",
+                                model.path)
+                    self.unload()
+
+    def upscale_image(self, image: Any, name: str, width: int, height: int) -> Any:
+        """worker: a picture resized by a plain resampler or a model upscaler from the ESRGAN folder."""
+        from core.errors import InvalidParameterError
+        from core.generation.upscale import IMAGE_RESAMPLERS, resize_image
+
+        if name in IMAGE_RESAMPLERS:
+            return resize_image(image, name, width, height)
+        if name not in self.upscalers.names():
+            raise InvalidParameterError("hr_upscaler", f"unknown upscaler {name!r}",
+                                        hint="see GET /sdapi/v1/upscalers for the names")
+        return self.upscalers.upscale(image, name, width, height)
 
     @property
     def extras(self):
         return self._extras
+
+    @property
+    def vae_path(self) -> Path | None:
+        """The external VAE the stored ``sd_vae`` option means for the loaded checkpoint."""
+        try:
+            return self.vae_file(self.settings.options.sd_vae)
+        except KilnError:
+            return None
 
     @property
     def upscalers(self):
@@ -229,6 +426,21 @@ class Engine:
             device = self.settings.device_policy().device_for("esrgan")
             self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
         return self._upscalers
+
+
+def _failure_message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, KilnError) else f"{type(exc).__name__}: {exc}"
+
+
+def _fingerprint(model: LoadedModel) -> list[tuple]:
+    """Every tensor's identity, storage and in-place version counter: any write, cast, move or
+    added layer shows, at the cost of a walk over the names (no tensor data is read)."""
+    out = []
+    for prefix, module in (("unet", model.unet), ("vae", model.vae),
+                           *((f"te{i}", te) for i, te in enumerate(model.text_encoders))):
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            out.append((prefix, name, id(tensor), tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
+    return out
 
 
 def rescale_cfg_default(zero_terminal_snr: bool) -> float:

@@ -1,8 +1,15 @@
-"""The one GPU worker: a FIFO queue of jobs with progress, live preview, Interrupt and Skip.
+"""The one GPU worker: a queue of jobs with kinds and owners, per-job progress and control.
 
 The UI and the REST API submit to the same queue, so a generation from a script waits its
 turn behind one from the browser instead of fighting it for VRAM. Job functions run on the
 worker thread and never on the web server's event loop.
+
+Every job has a kind (generate, train, tag, merge, load...), an owner (who may see and stop
+it) and a submit time. Its progress, live preview, metrics (loss, lr, epoch) and artifacts
+(saved files, sample images) belong to it alone; Interrupt, Skip and "stop and save" name a
+job (or the owner's current job), never "whatever runs". A long job calls
+``ctx.pause_point()`` at safe places (between epochs, say): queued short jobs run right
+there, then the long job goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from core.errors import JobInterrupted, JobSkipped, KilnError
 
 log = logging.getLogger(__name__)
 
+# Kinds a long job's pause point lets through: quick, and done with the model when they end.
+SHORT_KINDS = frozenset({"generate", "load", "tag", "refresh"})
+MAX_METRICS = 100_000  # one row a step for a long training run; older rows are dropped past this
+
 
 @dataclass
 class ProgressSnapshot:
@@ -28,29 +39,49 @@ class ProgressSnapshot:
 
     job_id: str | None = None
     description: str = ""
-    state: str = "idle"  # idle | queued | running | done | failed | interrupted
+    kind: str = ""
+    owner: str | None = None
+    state: str = "idle"  # idle | queued | running | paused | done | failed | interrupted
     step: int = 0
     total_steps: int = 0
     job_no: int = 0  # images finished so far (the WebUI's state.job_no)
     job_count: int = 0
+    submitted_at: float | None = None
     started_at: float | None = None
     eta_seconds: float | None = None
     preview: Any = None  # PIL image or None
     preview_step: int = 0
     textinfo: str = ""
     queue_length: int = 0
+    position: int = -1  # 0 = running, n = n jobs ahead, -1 = finished / none
 
     @property
     def fraction(self) -> float:
         return self.step / self.total_steps if self.total_steps else 0.0
 
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running", "paused")
+
+
+@dataclass
+class Artifact:
+    """Something a job made that people look at: a saved file or an in-memory image."""
+
+    kind: str  # "image" | "model" | "sample" | "log" | ...
+    label: str
+    path: str | None = None
+    image: Any = None
+    step: int | None = None
+
 
 class JobContext:
-    """Handed to a running job: report steps, publish previews, honour Interrupt/Skip."""
+    """Handed to a running job: report steps, previews and metrics; honour Interrupt/Skip/Stop."""
 
-    def __init__(self, job: Job, preview_every: int = 0):
+    def __init__(self, job: Job, queue: JobQueue | None = None, preview_every: int = 0):
         self.job = job
         self.preview_every = preview_every
+        self._queue = queue
         self._lock = threading.Lock()
 
     # -- progress -----------------------------------------------------------------
@@ -67,7 +98,7 @@ class JobContext:
         p = self.job.progress
         with self._lock:
             p.step = min(p.step + steps, max(p.total_steps, p.step + steps))
-            elapsed = time.monotonic() - (self.job.started_monotonic or time.monotonic())
+            elapsed = self.job.running_seconds()
             if p.step and p.total_steps:
                 p.eta_seconds = elapsed / p.step * (p.total_steps - p.step)
         self.check()
@@ -82,10 +113,31 @@ class JobContext:
         self.job.progress.preview = image
         self.job.progress.preview_step = self.job.progress.step
 
+    # -- metrics and artifacts ------------------------------------------------------
+    def report(self, **metrics: float) -> None:
+        """Numbers beside the step count (loss, lr, epoch): a row in the job's metrics."""
+        row = {"step": self.job.progress.step, "time": time.time(), **metrics}
+        with self._lock:
+            self.job.metrics.append(row)
+            if len(self.job.metrics) > MAX_METRICS:
+                del self.job.metrics[: len(self.job.metrics) - MAX_METRICS]
+
+    def add_artifact(self, kind: str, label: str, *, path: str | None = None, image: Any = None) -> Artifact:
+        artifact = Artifact(kind=kind, label=label, path=None if path is None else str(path), image=image,
+                            step=self.job.progress.step)
+        with self._lock:
+            self.job.artifacts.append(artifact)
+        return artifact
+
     # -- stopping -----------------------------------------------------------------
     @property
     def interrupted(self) -> bool:
         return self.job.interrupt_event.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """"Stop and save": the job should finish what it can keep (save, write files) and end."""
+        return self.job.stop_event.is_set() or self.job.interrupt_event.is_set()
 
     def check(self) -> None:
         if self.job.interrupt_event.is_set():
@@ -94,21 +146,38 @@ class JobContext:
             self.job.skip_event.clear()
             raise JobSkipped()
 
+    def pause_point(self) -> int:
+        """Let queued short jobs run now, on this thread, then come back; returns how many ran.
+
+        Call it only where the job holds nothing the short jobs need (no model lease, no
+        patched weights): between epochs, between tagging folders.
+        """
+        if self._queue is None:
+            return 0
+        return self._queue._run_short_jobs_for(self.job)
+
 
 @dataclass
 class Job:
     id: str
     description: str
     fn: Callable[[JobContext], Any]
+    kind: str = "generate"
     owner: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+    options: Any = None  # the RunOptions snapshot taken at submit (core.generation.run_options)
     result: Any = None
     error: BaseException | None = None
     error_message: str | None = None
     progress: ProgressSnapshot = field(default_factory=ProgressSnapshot)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
     done_event: threading.Event = field(default_factory=threading.Event)
     interrupt_event: threading.Event = field(default_factory=threading.Event)
     skip_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: threading.Event = field(default_factory=threading.Event)
     started_monotonic: float | None = None
+    paused_seconds: float = 0.0  # time spent running other jobs at this job's pause points
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise its error."""
@@ -122,24 +191,32 @@ class Job:
     def done(self) -> bool:
         return self.done_event.is_set()
 
+    def running_seconds(self) -> float:
+        if self.started_monotonic is None:
+            return 0.0
+        return max(time.monotonic() - self.started_monotonic - self.paused_seconds, 0.0)
+
 
 class JobQueue:
-    """FIFO queue served by one worker thread (the only one that touches the GPU)."""
+    """Jobs served in submission order by one worker thread (the only one that touches the GPU)."""
 
-    def __init__(self, preview_every: int | Callable[[], int] = 0):
+    def __init__(self, preview_every: int | Callable[[], int] = 0, *, history: int = 50):
         self._preview_every = preview_every
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
-        self._current: Job | None = None
-        self._last: Job | None = None
+        self._running: list[Job] = []  # a stack: a long job paused under the short jobs it lets run
+        self._finished: deque[Job] = deque(maxlen=history)
         self._ids = itertools.count(1)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="kiln-gpu-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[JobContext], Any], description: str = "", owner: str | None = None) -> Job:
-        job = Job(id=f"job-{next(self._ids)}", description=description, fn=fn, owner=owner)
-        job.progress = ProgressSnapshot(job_id=job.id, description=description, state="queued")
+    def submit(self, fn: Callable[[JobContext], Any], description: str = "", owner: str | None = None, *,
+               kind: str = "generate", options: Any = None) -> Job:
+        job = Job(id=f"job-{next(self._ids)}", description=description, fn=fn, kind=kind, owner=owner,
+                  options=options)
+        job.progress = ProgressSnapshot(job_id=job.id, description=description, kind=kind, owner=owner,
+                                        state="queued", submitted_at=job.submitted_at)
         with self._cond:
             if self._stopping:
                 raise KilnError("the server is shutting down; the job was not queued")
@@ -148,49 +225,101 @@ class JobQueue:
         return job
 
     def run(self, fn: Callable[[JobContext], Any], description: str = "", owner: str | None = None,
-            timeout: float | None = None) -> Any:
+            timeout: float | None = None, *, kind: str = "generate", options: Any = None) -> Any:
         """Submit and wait: the convenient form for the API and tests."""
-        return self.submit(fn, description, owner).wait(timeout)
+        return self.submit(fn, description, owner, kind=kind, options=options).wait(timeout)
+
+    # -- finding jobs ---------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self._cond:
+            for job in (*self._running, *self._pending, *self._finished):
+                if job.id == job_id:
+                    return job
+        return None
+
+    def jobs(self, owner: str | None = None) -> list[Job]:
+        """Running, then queued, then recently finished jobs (all, or one owner's)."""
+        with self._cond:
+            every = [*reversed(self._running), *self._pending, *reversed(self._finished)]
+        return [j for j in every if owner is None or j.owner == owner]
+
+    def current(self, owner: str | None = None) -> Job | None:
+        """The owner's (or anyone's) job that runs now, else their first queued one."""
+        with self._cond:
+            for job in (*reversed(self._running), *self._pending):
+                if owner is None or job.owner == owner:
+                    return job
+        return None
 
     # -- control ------------------------------------------------------------------
-    def interrupt(self, job_id: str | None = None) -> bool:
-        """Stop the running job (keeping finished images) or drop a queued one."""
-        with self._cond:
-            if job_id is not None:
-                for job in self._pending:
-                    if job.id == job_id:
-                        job.interrupt_event.set()
-                        return True
-            job = self._current
-        if job is not None and (job_id is None or job.id == job_id):
-            job.interrupt_event.set()
-            return True
-        return False
+    def _target(self, job_id: str | None, owner: str | None) -> Job | None:
+        if job_id is not None:
+            job = self.get(job_id)
+            if job is None or job.done or (owner is not None and job.owner != owner):
+                return None
+            return job
+        return self.current(owner)
 
-    def skip(self) -> bool:
-        """Skip the current batch of the running job; the job goes on with the next one."""
-        job = self._current
+    def interrupt(self, job_id: str | None = None, *, owner: str | None = None) -> bool:
+        """Stop a running job (it keeps what it finished) or drop a queued one.
+
+        ``job_id`` names the job; without it, the owner's current job (anyone's with no owner).
+        With both, the job must be the owner's: nobody stops somebody else's work.
+        """
+        job = self._target(job_id, owner)
         if job is None:
+            return False
+        job.interrupt_event.set()
+        return True
+
+    def skip(self, job_id: str | None = None, *, owner: str | None = None) -> bool:
+        """Skip the current batch of a running job; the job goes on with the next one."""
+        job = self._target(job_id, owner)
+        if job is None or job.progress.state not in ("running", "paused"):
             return False
         job.skip_event.set()
         return True
 
-    def progress(self) -> ProgressSnapshot:
+    def stop(self, job_id: str | None = None, *, owner: str | None = None) -> bool:
+        """"Stop and save": ask the job to keep what it has (a trainer saves) and end."""
+        job = self._target(job_id, owner)
+        if job is None:
+            return False
+        if job.progress.state == "queued":
+            job.interrupt_event.set()  # nothing to save yet
+        else:
+            job.stop_event.set()
+        return True
+
+    def progress(self, owner: str | None = None, job_id: str | None = None) -> ProgressSnapshot:
+        """A copy of one job's progress: ``job_id``'s, else the owner's current or last job."""
         with self._cond:
-            job = self._current or self._last
             queued = len(self._pending)
+            job = None
+            if job_id is not None:
+                job = next((j for j in (*self._running, *self._pending, *self._finished) if j.id == job_id), None)
+            else:
+                for candidate in (*reversed(self._running), *self._pending, *reversed(self._finished)):
+                    if owner is None or candidate.owner == owner:
+                        job = candidate
+                        break
+            position = self._position_locked(job) if job is not None else -1
         snap = ProgressSnapshot() if job is None else _copy(job.progress)
         snap.queue_length = queued
+        snap.position = position
         return snap
 
     def position(self, job: Job) -> int:
         """0 = running, n = n jobs ahead of it; -1 when finished."""
         with self._cond:
-            if job is self._current:
-                return 0
-            for i, queued in enumerate(self._pending):
-                if queued is job:
-                    return i + 1
+            return self._position_locked(job)
+
+    def _position_locked(self, job: Job) -> int:
+        if job in self._running:
+            return 0
+        for i, queued in enumerate(self._pending):
+            if queued is job:
+                return i + 1
         return -1
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -198,9 +327,10 @@ class JobQueue:
             self._stopping = True
             for job in self._pending:
                 job.interrupt_event.set()
+            running = list(self._running)
             self._cond.notify_all()
-        if self._current is not None:
-            self._current.interrupt_event.set()
+        for job in running:
+            job.interrupt_event.set()
         self._thread.join(timeout)
 
     # -- worker -------------------------------------------------------------------
@@ -212,42 +342,66 @@ class JobQueue:
                 if self._stopping and not self._pending:
                     return
                 job = self._pending.popleft()
-                self._current = job
             self._execute(job)
+
+    def _run_short_jobs_for(self, long_job: Job) -> int:
+        """Run every queued short job now (called from ``long_job``'s pause point)."""
+        if threading.current_thread() is not self._thread:
+            return 0
+        ran = 0
+        while True:
             with self._cond:
-                self._current = None
-                self._last = job
+                short = next((j for j in self._pending if j.kind in SHORT_KINDS), None)
+                if short is None or self._stopping:
+                    break
+                self._pending.remove(short)
+            started = time.monotonic()
+            state = long_job.progress.state
+            long_job.progress.state = "paused"
+            try:
+                self._execute(short)
+            finally:
+                long_job.progress.state = state
+                long_job.paused_seconds += time.monotonic() - started
+            ran += 1
+        return ran
 
     def _execute(self, job: Job) -> None:
         p = job.progress
-        if job.interrupt_event.is_set():  # cancelled while queued
-            p.state = "interrupted"
-            job.error = JobInterrupted()
-            job.done_event.set()
-            return
-        period = self._preview_every() if callable(self._preview_every) else self._preview_every
-        ctx = JobContext(job, preview_every=period)
-        p.state = "running"
-        p.started_at = time.time()
-        job.started_monotonic = time.monotonic()
+        with self._cond:
+            self._running.append(job)
         try:
-            job.result = job.fn(ctx)
-            p.state = "interrupted" if job.interrupt_event.is_set() else "done"
-        except JobInterrupted as exc:
-            job.error = exc
-            p.state = "interrupted"
-        except KilnError as exc:
-            job.error = exc
-            job.error_message = exc.message
-            p.state = "failed"
-            log.warning("job %s failed: %s", job.id, exc.message)
-        except Exception as exc:  # the worker must survive anything a job does
-            job.error = exc
-            job.error_message = f"{type(exc).__name__}: {exc}"
-            p.state = "failed"
-            log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
+            if job.interrupt_event.is_set():  # cancelled while queued
+                p.state = "interrupted"
+                job.error = JobInterrupted()
+                return
+            period = self._preview_every() if callable(self._preview_every) else self._preview_every
+            options_period = getattr(job.options, "preview_every", None)
+            ctx = JobContext(job, self, preview_every=period if options_period is None else options_period)
+            p.state = "running"
+            p.started_at = time.time()
+            job.started_monotonic = time.monotonic()
+            try:
+                job.result = job.fn(ctx)
+                p.state = "interrupted" if job.interrupt_event.is_set() else "done"
+            except JobInterrupted as exc:
+                job.error = exc
+                p.state = "interrupted"
+            except KilnError as exc:
+                job.error = exc
+                job.error_message = exc.message
+                p.state = "failed"
+                log.warning("job %s failed: %s", job.id, exc.message)
+            except Exception as exc:  # the worker must survive anything a job does
+                job.error = exc
+                job.error_message = f"{type(exc).__name__}: {exc}"
+                p.state = "failed"
+                log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
         finally:
             p.eta_seconds = 0.0
+            with self._cond:
+                self._running.remove(job)
+                self._finished.append(job)
             job.done_event.set()
 
 

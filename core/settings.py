@@ -10,6 +10,7 @@ starts from defaults with a warning.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -34,8 +35,16 @@ class Options:
     CLIP_stop_at_last_layers: int = 1  # clip skip: 1 uses the last layer, 2 skips one
     randn_source: str = "GPU"  # where initial noise is drawn: "GPU" | "CPU" | "NV"
     eta_ancestral: float = 1.0  # eta for ancestral samplers
+    eta_ddim: float = 0.0  # eta for DDIM (0 = deterministic)
     eta_noise_seed_delta: int = 0  # ENSD: added to the seed for ancestral noise
+    s_churn: float = 0.0  # Euler / Heun / DPM2 "sigma churn"
+    s_tmin: float = 0.0  # sigma tmin
+    s_tmax: float = 0.0  # sigma tmax; 0 = infinity, as in the WebUI
     s_noise: float = 1.0  # noise multiplier for ancestral / SDE samplers
+    img2img_fix_steps: bool = False  # "do exactly the amount of steps the slider specifies"
+    initial_noise_multiplier: float = 1.0  # img2img: noise multiplier for the init latent
+    inpainting_mask_weight: float = 1.0  # "Conditional mask weight" for inpainting checkpoints
+    img2img_background_color: str = "#ffffff"  # fills transparent parts of img2img inputs
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10  # live preview period in steps; -1 = only at the end
     samples_save: bool = True  # always save generated images
@@ -77,6 +86,18 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": SAMPLE_FORMATS,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1}
+# The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
+_RANGES: dict[str, tuple[float, float]] = {
+    "CLIP_stop_at_last_layers": (1, 12),
+    "eta_ancestral": (0.0, 1.0),
+    "eta_ddim": (0.0, 1.0),
+    "s_churn": (0.0, 100.0),
+    "s_tmin": (0.0, 10.0),
+    "s_tmax": (0.0, 999.0),
+    "s_noise": (0.0, 1.1),
+    "initial_noise_multiplier": (0.0, 1.5),
+    "inpainting_mask_weight": (0.0, 1.0),
+}
 
 
 def _check_option(key: str, value: Any, default: Any) -> Any:
@@ -96,17 +117,24 @@ def _check_option(key: str, value: Any, default: Any) -> Any:
         value = int(value)
         if key in _MINIMUM and value < _MINIMUM[key]:
             raise ValueError(f"{value} is below the minimum {_MINIMUM[key]}")
-        return value
+        return _in_range(key, value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{value!r} is not a number")
-        return float(value)
+        return _in_range(key, float(value))
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not text")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ValueError(f"{value!r} is not one of {', '.join(_CHOICES[key])}")
         return value
+    return value
+
+
+def _in_range(key: str, value: float) -> Any:
+    low, high = _RANGES.get(key, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise ValueError(f"{value} is outside {low:g}..{high:g}")
     return value
 
 
@@ -294,3 +322,11 @@ class Settings:
             mps_available=bool(mps and mps.is_available()),
             xformers_available=importlib.util.find_spec("xformers") is not None,
         )
+
+
+OPTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Options) if f.default is not MISSING}
+
+
+def checked_option(key: str, value: Any) -> Any:
+    """``value`` checked for the Kiln option ``key`` (KeyError: not an option Kiln has; ValueError: why not)."""
+    return _check_option(key, value, OPTION_DEFAULTS[key])

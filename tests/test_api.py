@@ -16,12 +16,14 @@ from core.api.models import Txt2ImgRequest
 from core.api.paste import fields_from_infotext
 from core.errors import InvalidParameterError
 from core.generation.params import GeneratedImage, GenerationParams, GenerationResult, HiresParams
+from core.generation.run_options import snapshot
 from core.jobs import JobQueue, ProgressSnapshot
+from core.settings import Options
 
 
 def test_webui_defaults_carry_over():
     values = Txt2ImgRequest().model_dump()
-    p = convert.params_from_request(values, {})
+    p = convert.params_from_request(values)
     # The WebUI's API defaults: 50 steps, sampler_index "Euler", 512x512, cfg 7, no saving.
     assert (p.steps, p.sampler_name, p.width, p.height, p.cfg_scale) == (50, "Euler", 512, 512, 7.0)
     assert p.seed == -1 and p.subseed == -1 and p.seed_resize_from_w == 0 and p.seed_resize_from_h == 0
@@ -35,20 +37,23 @@ def test_fields_map_one_to_one():
                          hr_scale=1.5, hr_upscaler="Lanczos", hr_second_pass_steps=4, denoising_strength=0.4,
                          hr_sampler_name="Use same sampler", hr_scheduler="Karras", save_images=True,
                          override_settings={"CLIP_stop_at_last_layers": 2, "sd_model_checkpoint": "m [abc]"})
-    p = convert.params_from_request(req.model_dump(), {})
+    p = convert.params_from_request(req.model_dump())
     assert (p.prompt, p.negative_prompt, p.sampler_name, p.scheduler) == ("a cat", "blurry", "Euler a", "Karras")
     assert (p.steps, p.cfg_scale, p.width, p.height) == (12, 5.5, 320, 256)
     assert (p.seed, p.subseed, p.subseed_strength) == (7, 9, 0.3)
     assert (p.seed_resize_from_w, p.seed_resize_from_h, p.batch_count, p.batch_size) == (64, 96, 3, 2)
-    assert p.clip_skip == 2 and p.checkpoint == "m [abc]" and p.save_images is True
+    assert p.save_images is True and p.checkpoint is None
+    # override_settings belong to the job's options, not to its parameters.
+    options = snapshot(Options(), "base.safetensors", convert.overrides_from_request(req.model_dump()))
+    assert options.clip_skip == 2 and options.checkpoint == "m [abc]" and options.checkpoint_explicit
     h = p.hires
     assert (h.enabled, h.scale, h.upscaler, h.steps, h.denoising_strength) == (True, 1.5, "Lanczos", 4, 0.4)
     assert h.sampler_name is None and h.scheduler == "Karras"
 
 
 def test_sampler_name_wins_over_sampler_index():
-    assert convert.params_from_request({"sampler_index": "DDIM"}, {}).sampler_name == "DDIM"
-    assert convert.params_from_request({"sampler_name": "Heun", "sampler_index": "DDIM"}, {}).sampler_name == "Heun"
+    assert convert.params_from_request({"sampler_index": "DDIM"}).sampler_name == "DDIM"
+    assert convert.params_from_request({"sampler_name": "Heun", "sampler_index": "DDIM"}).sampler_name == "Heun"
 
 
 @pytest.mark.parametrize("values, field", [
@@ -57,18 +62,39 @@ def test_sampler_name_wins_over_sampler_index():
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"alwayson_scripts": {"controlnet": {"args": []}}}, "alwayson_scripts"),
     ({"hr_checkpoint_name": "other.safetensors"}, "hr_checkpoint_name"),
-    ({"override_settings": {"sd_vae": "other.vae.pt"}}, "override_settings.sd_vae"),
-    ({"override_settings": {"CLIP_stop_at_last_layers": "two"}}, "override_settings.CLIP_stop_at_last_layers"),
 ])
 def test_missing_features_are_refused_with_the_field_named(values, field):
     with pytest.raises(InvalidParameterError) as info:
-        convert.params_from_request(values, {"sd_vae": "Automatic"})
+        convert.params_from_request(values)
     assert info.value.field == field
 
 
-def test_override_equal_to_the_current_option_is_accepted():
-    p = convert.params_from_request({"override_settings": {"sd_vae": "Automatic"}}, {"sd_vae": "Automatic"})
-    assert p.checkpoint is None
+@pytest.mark.parametrize("overrides, field", [
+    ({"CLIP_stop_at_last_layers": "two"}, "override_settings.CLIP_stop_at_last_layers"),
+    ({"CLIP_stop_at_last_layers": 1e308}, "override_settings.CLIP_stop_at_last_layers"),
+    ({"eta_ancestral": float("nan")}, "override_settings.eta_ancestral"),
+    ({"randn_source": "TPU"}, "override_settings.randn_source"),
+    ({"some_extension_option": 3}, "override_settings.some_extension_option"),
+])
+def test_bad_overrides_are_refused_with_the_key_named(overrides, field):
+    with pytest.raises(InvalidParameterError) as info:
+        snapshot(Options(), None, overrides)
+    assert info.value.field == field
+
+
+def test_every_option_that_changes_output_can_be_overridden_for_one_job():
+    stored = Options()
+    overrides = {"sd_vae": "other.vae.pt", "CLIP_stop_at_last_layers": 2, "eta_noise_seed_delta": 31337,
+                 "randn_source": "CPU", "eta_ddim": 0.5, "eta_ancestral": 0.8, "s_churn": 1.0, "s_tmin": 0.1,
+                 "s_noise": 0.9, "outdir_txt2img_samples": "outputs/elsewhere", "samples_save": False}
+    options = snapshot(stored, "base.safetensors", overrides)
+    for key, value in overrides.items():
+        assert getattr(options, key) == value, key
+    assert options.checkpoint == "base.safetensors" and not options.checkpoint_explicit
+    assert Options().to_json() == stored.to_json()  # the stored options did not change
+    # An option Kiln lacks is accepted when it asks for nothing different.
+    stored.extra["some_extension_option"] = 3
+    assert snapshot(stored, None, {"some_extension_option": 3}).checkpoint is None
 
 
 def test_infotext_fills_fields_the_client_left_out():
@@ -369,7 +395,7 @@ def test_progress_and_interrupt_while_generating(model_api):
 
 def test_rescale_cfg_api_field_infotext_and_paste_round_trip(model_api):
     client, _engine = model_api
-    assert convert.params_from_request(Txt2ImgRequest().model_dump(), {}).rescale_cfg == 0.0
+    assert convert.params_from_request(Txt2ImgRequest().model_dump()).rescale_cfg == 0.0
     request = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler",
                "cfg_scale": 7}
     plain = client.post("/sdapi/v1/txt2img", json=request).json()

@@ -19,6 +19,7 @@ from ui.common import (
     notice_html,
     progress_html,
     refreshed_checkpoint_choices,
+    ui_owner,
     watch_job,
 )
 from ui.extra_networks import build_extra_networks, i18n_tables
@@ -80,8 +81,6 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
 
 
 def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings, checkpoint_pick) -> None:
-    from core.errors import KilnError
-
     width, height = txt2img.fields["width"], txt2img.fields["height"]
     rescale_cfg = txt2img.fields["rescale_cfg"]
     settings_ckpt = settings.fields["sd_model_checkpoint"]
@@ -94,16 +93,14 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
                       show_progress="hidden")
 
     def select(title: str | None, request: gr.Request):
-        """Make the choice persistent, then load it on the queue like the WebUI does."""
+        """Load the choice on the queue like the WebUI does; it is stored once it has loaded.
+        A file that fails to load leaves the previous checkpoint loaded and selected."""
         if not title:
             return
-        try:
-            engine.select_checkpoint(title)
-        except KilnError as exc:
-            gr.Warning(exc.message)
-            yield {txt2img.error: error_html(exc.message, request)}
-            return
-        job = queue.submit(lambda _ctx: engine.ensure_model(), description="load checkpoint", owner="ui")
+        if engine.registry.find_checkpoint(title) is None:
+            engine.refresh_models()
+        job = queue.submit(lambda _ctx: engine.switch_checkpoint(title), description="load checkpoint",
+                           owner=ui_owner(request), kind="load")
         for status in watch_job(queue, job):
             yield {txt2img.progress: progress_html(status, request)}
         message = job_error_message(job)
@@ -112,12 +109,15 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
         size = engine.native_size()
         choice = checkpoint_choices(engine)  # the loaded file's title now carries its hash
         yield {txt2img.error: error_html(message, request), txt2img.progress: "", width: size, height: size,
-               rescale_cfg: engine.recommended_rescale_cfg(), settings_ckpt: choice, top.dropdown: choice}
+               rescale_cfg: engine.recommended_rescale_cfg(), settings_ckpt: choice, top.dropdown: choice,
+               top.notice: notice_html(engine, request)}
 
     top.dropdown.input(select, inputs=top.dropdown,
-                       outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown],
+                       outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown,
+                                top.notice],
                        show_progress="minimal")
     # A click on a checkpoint card in the Extra networks panel switches like the dropdown.
     checkpoint_pick.change(select, inputs=checkpoint_pick,
-                           outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown],
+                           outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown,
+                                top.notice],
                            show_progress="minimal")

@@ -36,11 +36,20 @@ def watch_job(queue: JobQueue, job: Job, interval: float = POLL_SECONDS) -> Iter
     Waits on the job's own event, so the last status comes as soon as the job is done.
     """
     while not job.done:
-        position = queue.position(job)
-        snap = queue.progress()
-        yield JobStatus(job, position, snap if snap.job_id == job.id else None)
+        snap = queue.progress(job_id=job.id)
+        yield JobStatus(job, snap.position if snap.job_id == job.id else queue.position(job),
+                        snap if snap.job_id == job.id and snap.state != "queued" else None)
         job.done_event.wait(interval)
     yield JobStatus(job, -1, job.progress)
+
+
+def ui_owner(request: Any) -> str:
+    """Who a browser's jobs belong to: the login name, else this page's session (one browser tab)."""
+    username = getattr(request, "username", None) if request is not None else None
+    if username:
+        return f"user:{username}"
+    session = getattr(request, "session_hash", None) if request is not None else None
+    return f"ui:{session or 'anonymous'}"
 
 
 def job_error_message(job: Job) -> str | None:
@@ -128,23 +137,36 @@ def checkpoint_value(engine: Engine) -> str | None:
     return entry.title if entry is not None else None
 
 
+def checkpoint_labels(engine: Engine) -> list[tuple[str, str]]:
+    """(label, title) pairs for the dropdown: a file that failed to load stays listed, marked."""
+    return [(f"{e.title} ⚠" if engine.checkpoint_error(e) else e.title, e.title)
+            for e in engine.registry.checkpoints()]
+
+
 def checkpoint_choices(engine: Engine) -> dict[str, Any]:
     """A dropdown update with the current titles and selection (titles gain a hash on first load)."""
-    return gr.update(choices=engine.checkpoint_titles(), value=checkpoint_value(engine))
+    return gr.update(choices=checkpoint_labels(engine), value=checkpoint_value(engine))
 
 
 def notice_html(engine: Engine, request: Any = None) -> str:
-    """Where to put a checkpoint, when there is none (in the browser's language)."""
-    if engine.registry.checkpoints():
+    """Beside the checkpoint list: where to put a checkpoint when there is none, and which
+    files failed to load and why (in the browser's language)."""
+    if not engine.registry.checkpoints():
+        text = translate(NO_CHECKPOINT, request).format(folder=engine.paths.ckpt_dir)
+        return f'<div class="kiln-notice">{html.escape(text)}</div>'
+    failed = [(e, engine.checkpoint_error(e)) for e in engine.registry.checkpoints() if engine.checkpoint_error(e)]
+    if not failed:
         return ""
-    text = translate(NO_CHECKPOINT, request).format(folder=engine.paths.ckpt_dir)
-    return f'<div class="kiln-notice">{html.escape(text)}</div>'
+    lines = [f"{translate('Could not load', request)} {e.name}: {why}" for e, why in failed]
+    if engine.fallback_note and engine.loaded_checkpoint() is not None:
+        lines.append(f"{translate('Using', request)} {engine.loaded_checkpoint().name}")
+    return f'<div class="kiln-notice kiln-warning">{html.escape(chr(10).join(lines))}</div>'
 
 
 def build_checkpoint_row(engine: Engine) -> CheckpointRow:
     with gr.Row(elem_id="kiln-top-row"):
         dropdown = gr.Dropdown(
-            label=t("Stable Diffusion checkpoint"), choices=engine.checkpoint_titles(),
+            label=t("Stable Diffusion checkpoint"), choices=checkpoint_labels(engine),
             value=checkpoint_value(engine), elem_id="kiln-checkpoint", scale=4, min_width=320,
             allow_custom_value=False,
         )

@@ -22,6 +22,7 @@ from ui.common import (
     infotext_html,
     job_error_message,
     progress_html,
+    ui_owner,
     warning_html,
     watch_job,
 )
@@ -231,12 +232,14 @@ def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: d
     try:
         from core.generation.params import validate
 
-        params = validate(params_from_request(values, engine.settings.options.to_json()))
+        params = validate(params_from_request(values))
+        options = engine.run_options(values.get("override_settings"))
     except KilnError as exc:
         gr.Warning(exc.message)
         yield {tab.error: error_html(exc.message, request), tab.progress: ""}
         return
-    job = queue.submit(lambda ctx: engine.txt2img(params, ctx), description="txt2img", owner="ui")
+    job = queue.submit(lambda ctx: engine.txt2img(params, ctx, options), description="txt2img",
+                       owner=ui_owner(request), kind="generate", options=options)
     yield {tab.error: "", tab.preview: None}
     shown_preview = -1
     for status in watch_job(queue, job):
@@ -292,11 +295,11 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     tab.generate.click(generate, inputs=inputs, outputs=outputs, concurrency_limit=None,
                        show_progress="hidden")
 
-    def interrupt() -> None:
-        queue.interrupt()
+    def interrupt(request: gr.Request) -> None:
+        queue.interrupt(owner=ui_owner(request))  # this browser's job only
 
-    def skip() -> None:
-        queue.skip()
+    def skip(request: gr.Request) -> None:
+        queue.skip(owner=ui_owner(request))
 
     tab.interrupt.click(interrupt, queue=False, show_progress="hidden")
     tab.skip.click(skip, queue=False, show_progress="hidden")

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from core.generation.params import GenerationParams, GenerationResult
     from core.jobs import ProgressSnapshot
 
-# WebUI options a request may override for itself (override_settings), and the params field each sets.
-OVERRIDABLE_OPTIONS = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip"}
 SAME_CHECKPOINT = ("", "Use same checkpoint")
 # Keys ``create_infotext`` writes from the job's own fields; everything else in a parsed
 # infotext is an "extra generation parameter" (hires, Lora hashes, ...), as in Processed.js().
@@ -61,7 +59,15 @@ def request_fields(req: Txt2ImgRequest, parse_infotext: Callable[[str], dict[str
     return values
 
 
-def params_from_request(values: dict[str, Any], current_options: dict[str, Any]) -> GenerationParams:
+def overrides_from_request(values: dict[str, Any]) -> dict[str, Any]:
+    """The request's ``override_settings`` for its one job ("Use same checkpoint" means none)."""
+    overrides = dict(values.get("override_settings") or {})
+    if overrides.get("sd_model_checkpoint") in SAME_CHECKPOINT:
+        overrides.pop("sd_model_checkpoint")
+    return overrides
+
+
+def params_from_request(values: dict[str, Any]) -> GenerationParams:
     """``GenerationParams`` for a txt2img request (fields as ``request_fields`` returns them).
 
     Raises InvalidParameterError naming the field for features Kiln does not have, so a client
@@ -86,23 +92,6 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
     for name in values.get("alwayson_scripts") or {}:
         raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
 
-    overrides: dict[str, Any] = {}
-    for key, value in (values.get("override_settings") or {}).items():
-        if key in OVERRIDABLE_OPTIONS:
-            overrides[OVERRIDABLE_OPTIONS[key]] = value
-        elif current_options.get(key) != value:
-            # Options are shared by all jobs; changing one for a single request would race.
-            raise InvalidParameterError(
-                f"override_settings.{key}", "per-request overrides of this option are not supported",
-                hint="set it with POST /sdapi/v1/options")
-    clip_skip = overrides.get("clip_skip")
-    if clip_skip is not None:
-        try:
-            clip_skip = int(clip_skip)
-        except (TypeError, ValueError):
-            raise InvalidParameterError("override_settings.CLIP_stop_at_last_layers",
-                                        f"{clip_skip!r} is not a whole number") from None
-
     sampler = values.get("sampler_name") or values.get("sampler_index") or "Euler"
     hr_sampler = values.get("hr_sampler_name")
     hr_scheduler = values.get("hr_scheduler")
@@ -119,7 +108,6 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
         prompt=get("hr_prompt", ""),
         negative_prompt=get("hr_negative_prompt", ""),
     )
-    checkpoint = overrides.get("checkpoint")
     return GenerationParams(
         prompt=get("prompt", ""),
         negative_prompt=get("negative_prompt", ""),
@@ -138,11 +126,12 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
         seed_resize_from_h=max(int(get("seed_resize_from_h", 0)), 0),
         batch_count=int(get("n_iter", 1)),
         batch_size=int(get("batch_size", 1)),
-        clip_skip=clip_skip,
         eta=values.get("eta"),
+        s_churn=values.get("s_churn"),
+        s_tmin=values.get("s_tmin"),
+        s_tmax=values.get("s_tmax"),
         s_noise=values.get("s_noise"),
         hires=hires,
-        checkpoint=str(checkpoint) if checkpoint else None,
         save_images=bool(get("save_images", False)) and not values.get("do_not_save_samples"),
         styles=list(values.get("styles") or []),
     )
@@ -239,7 +228,7 @@ def result_info(result: GenerationResult, started_at: float | None,
 
 def progress_body(snap: ProgressSnapshot, encode_image: Callable[[Any], str], skip_image: bool) -> dict[str, Any]:
     """/sdapi/v1/progress for a queue snapshot; idle looks like the WebUI's idle (job_count 0)."""
-    active = snap.state in ("running", "queued")
+    active = snap.active
     started = datetime.fromtimestamp(snap.started_at) if snap.started_at else None
     state = {
         "skipped": False,

@@ -26,11 +26,15 @@ from core.api.models import (
     UpscalerItem,
 )
 from core.errors import InvalidParameterError, JobInterrupted
+from core.settings import OPTION_DEFAULTS
 
 if TYPE_CHECKING:
     from core.engine import Engine
     from core.jobs import JobQueue
 
+# Who API jobs belong to until logins name each caller: every API client shares this owner, and
+# none of them sees or stops a browser's jobs (nor a browser theirs).
+API_OWNER = "api"
 # The WebUI's built-in upscalers that need no model file (shared.sd_upscalers; scale 4 is its default).
 PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
 
@@ -50,36 +54,57 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     settings = engine.settings
 
+    def run_generation(mode: str, values: dict[str, Any], params: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Queue one generation job with the options of this moment (override_settings on top) and
+        answer as the WebUI does; an Interrupt returns what was made up to then."""
+        overrides = convert.overrides_from_request(values)
+        options = engine.run_options(overrides)
+        run = engine.txt2img if mode == "txt2img" else engine.img2img
+        job = queue.submit(lambda ctx: run(params, ctx, options), description=mode, owner=API_OWNER,
+                           kind="generate", options=options)
+        try:
+            result = job.wait()
+        except JobInterrupted:
+            # Interrupted while still queued: nothing was made, which is not an error.
+            return {"images": [], "parameters": parameters, "info": convert.info_json({"interrupted": True})}
+        if overrides and values.get("override_settings_restore_afterwards") is False:
+            keep_overrides(overrides)
+        images = []
+        if values.get("send_images", True):
+            images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
+        info = convert.result_info(result, job.progress.started_at, _parse_infotext)
+        return {"images": images, "parameters": parameters, "info": convert.info_json(info)}
+
+    def keep_overrides(overrides: dict[str, Any]) -> None:
+        """``override_settings_restore_afterwards: false``: the job's overrides become the settings."""
+        changes = {k: v for k, v in overrides.items() if k in OPTION_DEFAULTS and k != "sd_model_checkpoint"}
+        if changes:
+            settings.update(**changes)
+            settings.save()
+        if overrides.get("sd_model_checkpoint"):
+            engine.select_checkpoint(str(overrides["sd_model_checkpoint"]))
+
     @router.post("/txt2img", response_model=TextToImageResponse)
     def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
         from core.generation.params import validate
 
         values = convert.request_fields(req, _parse_infotext)
-        params = validate(convert.params_from_request(values, settings.options.to_json()))
-        job = queue.submit(lambda ctx: engine.txt2img(params, ctx), description="txt2img", owner="api")
-        try:
-            result = job.wait()
-        except JobInterrupted:
-            # Interrupted while still queued: nothing was made, which is not an error.
-            return {"images": [], "parameters": req.model_dump(), "info": convert.info_json({"interrupted": True})}
-        images = []
-        if values.get("send_images", True):
-            images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
-        info = convert.result_info(result, job.progress.started_at, _parse_infotext)
-        return {"images": images, "parameters": req.model_dump(), "info": convert.info_json(info)}
+        params = validate(convert.params_from_request(values))
+        return run_generation("txt2img", values, params, req.model_dump())
 
     @router.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
-        return convert.progress_body(queue.progress(), convert.encode_png_base64, skip_current_image)
+        # The caller's job (the WebUI's /progress semantics, for the caller alone).
+        return convert.progress_body(queue.progress(owner=API_OWNER), convert.encode_png_base64, skip_current_image)
 
     @router.post("/interrupt")
     def interrupt() -> dict[str, Any]:
-        queue.interrupt()
+        queue.interrupt(owner=API_OWNER)
         return {}
 
     @router.post("/skip")
     def skip() -> dict[str, Any]:
-        queue.skip()
+        queue.skip(owner=API_OWNER)
         return {}
 
     @router.get("/options")
@@ -105,12 +130,10 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             raise InvalidParameterError(rejected[0], f"invalid value {changes[rejected[0]]!r}")
         settings.save()
         if checkpoint is not None:
-            # Through the queue: a running generation finishes on the model it started with.
-            def switch(_ctx):
-                engine.select_checkpoint(str(checkpoint))
-                engine.ensure_model()
-
-            queue.run(switch, description="load checkpoint", owner="api")
+            # Through the queue: a running generation finishes on the model it started with. A file
+            # that fails to load leaves the previous model loaded and selected (500 with the reason).
+            queue.run(lambda _ctx: engine.switch_checkpoint(str(checkpoint)), description="load checkpoint",
+                      owner=API_OWNER, kind="load")
         return None
 
     @router.get("/samplers", response_model=list[SamplerItem])

@@ -7,6 +7,8 @@ only names what was really applied.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,23 @@ from core.errors import ModelFileError
 from core.networks import hypernetworks as hn
 from core.networks.embeddings import EmbeddingDatabase, expected_dims_for
 from core.networks.lora import NetworkManager, NetworkRequest, find_networks, read_safetensors_metadata
+
+
+@dataclass(eq=False)
+class NetworkPatches:
+    """A job's extra networks, declared: which LoRAs / hypernetworks at which weights.
+
+    Applied for one job by ``ExtraNetworks.applied`` and taken off when it ends; the shared
+    model itself never keeps them (ComfyUI's ModelPatcher idea)."""
+
+    loras: tuple[NetworkRequest, ...] = ()
+    lora_names: tuple[str, ...] = ()  # as the prompt named them (Lora hashes)
+    hypernets: tuple[tuple[hn.Hypernetwork, float], ...] = ()
+    hypernet_names: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.loras and not self.hypernets
 
 
 @dataclass
@@ -44,6 +63,7 @@ class ExtraNetworks:
         self._expected_dims = expected_dims_for(model.text_encoders)
         self._aliases: dict[tuple[Path, float], str] = {}
         self._hypernets: dict[Path, tuple[float, hn.Hypernetwork]] = {}
+        self.last_apply_seconds = 0.0
         self.refresh_embeddings()
 
     # -- folders ----------------------------------------------------------------------
@@ -75,19 +95,39 @@ class ExtraNetworks:
             self._aliases[key] = value if isinstance(value, str) else ""
         return self._aliases[key] or None
 
-    # -- activation -------------------------------------------------------------------
-    def activate(self, tags: dict[str, list[Any]]) -> Activation:
-        """Apply exactly the networks named in this job's prompt (restoring the previous set)."""
+    # -- patches ----------------------------------------------------------------------
+    def resolve(self, tags: dict[str, list[Any]]) -> tuple[NetworkPatches, Activation]:
+        """The patch set a job's prompt tags ask for (files read, nothing applied yet)."""
         out = Activation()
         self.refresh_embeddings()
-        self._activate_loras(tags.get("lora", []), out)
-        self._activate_hypernets(tags.get("hypernet", []), out)
+        loras, lora_names = self._resolve_loras(tags.get("lora", []), out)
+        hypernets, hypernet_names = self._resolve_hypernets(tags.get("hypernet", []), out)
         for kind in tags:
             if kind not in ("lora", "hypernet"):
                 out.warnings.append(f"unknown extra network type <{kind}:...>; tag ignored")
+        return NetworkPatches(tuple(loras), tuple(lora_names), tuple(hypernets), tuple(hypernet_names)), out
+
+    @contextmanager
+    def applied(self, patches: NetworkPatches) -> Iterator[Activation]:
+        """Apply ``patches`` for the duration of one job; the base model comes back on exit,
+        whatever happens inside (an error, an Interrupt): LoRA merges restored bit for bit,
+        hypernetwork attention hooks removed, a LoRA's bundled embeddings forgotten."""
+        out = Activation()
+        try:
+            self._apply_loras(patches, out)
+            self._apply_hypernets(patches, out)
+            yield out
+        finally:
+            self.restore()
+
+    def activate(self, tags: dict[str, list[Any]]) -> Activation:
+        """Resolve and apply, leaving the networks on until ``restore`` (tests, one-off tools)."""
+        patches, out = self.resolve(tags)
+        self._apply_loras(patches, out)
+        self._apply_hypernets(patches, out)
         return out
 
-    def _activate_loras(self, items: list[Any], out: Activation) -> None:
+    def _resolve_loras(self, items: list[Any], out: Activation) -> tuple[list[NetworkRequest], list[str]]:
         requests: list[NetworkRequest] = []
         mentioned: list[str] = []
         index = self.lora_index() if items else {}
@@ -113,20 +153,26 @@ class ExtraNetworks:
                 continue
             requests.append(NetworkRequest(net, te, unet, dyn))
             mentioned.append(name)
+        return requests, mentioned
+
+    def _apply_loras(self, patches: NetworkPatches, out: Activation) -> None:
+        requests = list(patches.loras)
         report = self.networks.apply(requests)
         out.warnings.extend(report.warnings)
+        self.last_apply_seconds = report.seconds
         bundled = {}
         for request in requests:
             bundled.update(_bundled_for(request.network))
         # Always called, also with none: it removes the previous job's bundled embeddings.
         for skipped in self.embeddings.set_bundled(bundled, self._expected_dims):
             out.warnings.append(f"embedding {skipped.name} in {skipped.filename} skipped: {skipped.reason}")
-        applied = [(m, r) for m, r, rep in zip(mentioned, requests, report.networks) if rep.modules_changed]
+        applied = [(m, r) for m, r, rep in zip(patches.lora_names, requests, report.networks) if rep.modules_changed]
         if applied:
             out.infotext["Lora hashes"] = ", ".join(
                 f"{m.replace(':', '').replace(',', '')}: {r.network.shorthash}" for m, r in applied)
 
-    def _activate_hypernets(self, items: list[Any], out: Activation) -> None:
+    def _resolve_hypernets(self, items: list[Any], out: Activation
+                           ) -> tuple[list[tuple[hn.Hypernetwork, float]], list[str]]:
         chosen: list[tuple[hn.Hypernetwork, float]] = []
         names: list[str] = []
         index = hn.find_hypernetworks(self.paths.hypernetwork_dir) if items else {}
@@ -148,10 +194,13 @@ class ExtraNetworks:
                 names.append(name)
             except ModelFileError as e:
                 out.warnings.append(f"hypernetwork {name}: {e.message}")
-        if chosen:
-            hn.install(self.model.unet, chosen)
-            first, multiplier = chosen[0]
-            out.infotext["Hypernet"] = names[0]  # the name a prompt uses (file stem), not the embedded one
+        return chosen, names
+
+    def _apply_hypernets(self, patches: NetworkPatches, out: Activation) -> None:
+        if patches.hypernets:
+            hn.install(self.model.unet, list(patches.hypernets))
+            first, multiplier = patches.hypernets[0]
+            out.infotext["Hypernet"] = patches.hypernet_names[0]  # the name a prompt uses (file stem)
             out.infotext["Hypernet hash"] = first.shorthash
             out.infotext["Hypernet strength"] = multiplier
         else:
@@ -166,9 +215,10 @@ class ExtraNetworks:
         return cached[1]
 
     def restore(self) -> None:
-        """Base weights back, hooks off (before unloading or switching models)."""
+        """Base weights back, hooks off, no bundled embeddings (after each job, before unloading)."""
         self.networks.restore()
         hn.uninstall(self.model.unet)
+        self.embeddings.set_bundled({}, self._expected_dims)
 
 
 def _bundled_for(network) -> dict:

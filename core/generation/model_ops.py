@@ -27,6 +27,15 @@ def sdxl_time_ids(width: int, height: int, device, dtype) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
 
 
+def model_device(model: LoadedModel) -> torch.device:
+    return next(model.unet.parameters()).device
+
+
+def is_inpainting(model: LoadedModel) -> bool:
+    """An inpainting checkpoint (sd-v1-5-inpainting layout): 9 U-Net input channels, 4 latent ones."""
+    return int(model.spec.unet_config.get("in_channels", 4)) == latent_channels(model) + 5
+
+
 def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None, *, autocast: bool = False
             ) -> Callable[..., torch.Tensor]:
     """``fn(x, t, context, pooled=None) -> raw prediction`` in float32, whatever the U-Net's dtype."""
@@ -39,7 +48,9 @@ def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None, *, autocast
         time_ids = sdxl_time_ids(width, height, device, dtype)
 
     def fn(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor | None = None,
-           **_: torch.Tensor) -> torch.Tensor:
+           c_concat: torch.Tensor | None = None, **_: torch.Tensor) -> torch.Tensor:
+        if c_concat is not None:  # an inpainting checkpoint: mask + masked-image latents beside x
+            x = torch.cat([x, c_concat.to(x)], dim=1)
         added = None
         if time_ids is not None:
             added = {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.expand(x.shape[0], -1)}
@@ -51,7 +62,9 @@ def unet_fn(model: LoadedModel, size: tuple[int, int] | None = None, *, autocast
     return fn
 
 
-@torch.inference_mode()
+# no_grad rather than inference_mode: latents made here may feed a training step later
+# (a latent cache), and inference tensors cannot be saved for backward.
+@torch.no_grad()
 def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     """Latents → images in [0, 1], NCHW float32 (fp32 retry when fp16 decoding gives NaNs)."""
     from core.models.vae import decode_latents
@@ -59,7 +72,7 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     return decode_latents(model.vae, latents, model.spec.vae_scaling_factor, upcast_on_nan=True).float()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def encode(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] NCHW → scaled latents (the distribution's mode: deterministic)."""
     vae = model.vae

@@ -7,6 +7,7 @@ REST layer maps onto these one to one).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,10 @@ class GenerationParams:
     batch_count: int = 1  # the API's n_iter
     batch_size: int = 1
     clip_skip: int | None = None  # None = the Settings value (CLIP_stop_at_last_layers)
-    eta: float | None = None
+    eta: float | None = None  # None = the job's option (eta_ancestral / eta_ddim)
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
     s_noise: float | None = None
     hires: HiresParams = field(default_factory=HiresParams)
     checkpoint: str | None = None  # override_settings sd_model_checkpoint; None = current
@@ -118,6 +122,12 @@ def validate(params: GenerationParams) -> GenerationParams:
         raise InvalidParameterError("rescale_cfg", f"must be between 0 and 1, got {p.rescale_cfg}")
     if not 0.0 <= p.subseed_strength <= 1.0:
         raise InvalidParameterError("subseed_strength", f"must be between 0 and 1, got {p.subseed_strength}")
+    for name in ("cfg_scale", "rescale_cfg", "subseed_strength", "eta", "s_churn", "s_tmin", "s_tmax", "s_noise"):
+        value = getattr(p, name)
+        if value is not None and not math.isfinite(value):
+            raise InvalidParameterError(name, f"must be a finite number, got {value}")
+    if p.eta is not None and not 0.0 <= p.eta <= 1.0:
+        raise InvalidParameterError("eta", f"must be between 0 and 1, got {p.eta}")
     if p.clip_skip is not None and not 1 <= p.clip_skip <= 12:
         raise InvalidParameterError("clip_skip", f"must be between 1 and 12, got {p.clip_skip}")
     for name in ("width", "height"):
