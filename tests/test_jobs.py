@@ -121,3 +121,93 @@ def test_interrupting_a_queued_job_cancels_it(queue):
     running.wait(5)
     with pytest.raises(JobInterrupted):
         queued.wait(5)
+
+
+# --- kinds, owners, per-job control ------------------------------------------------------------
+
+
+def test_jobs_carry_kind_owner_submit_time_and_options(queue):
+    job = queue.submit(lambda ctx: "ok", description="tag folder", owner="alice", kind="tag", options="opts")
+    assert job.wait(5) == "ok"
+    assert (job.kind, job.owner, job.options) == ("tag", "alice", "opts") and job.submitted_at > 0
+    snap = queue.progress(owner="alice")
+    assert (snap.job_id, snap.kind, snap.owner, snap.state) == (job.id, "tag", "alice", "done")
+    assert queue.progress(owner="bob").job_id is None  # bob sees nothing of alice's
+
+
+def test_nobody_interrupts_or_skips_somebody_elses_job(queue):
+    started, gate = threading.Event(), threading.Event()
+
+    def work(ctx):
+        started.set()
+        gate.wait(5)
+        ctx.check()
+        return "finished"
+
+    alice = queue.submit(work, owner="alice")
+    started.wait(5)
+    assert not queue.interrupt(owner="bob") and not queue.skip(owner="bob")
+    assert not queue.interrupt(alice.id, owner="bob")
+    assert queue.progress(owner="bob").job_id is None
+    gate.set()
+    assert alice.wait(5) == "finished"
+    started.clear()
+    gate.clear()
+    again = queue.submit(work, owner="alice")
+    started.wait(5)
+    assert queue.interrupt(owner="alice")
+    gate.set()
+    with pytest.raises(JobInterrupted):
+        again.wait(5)
+
+
+def test_stop_and_save_is_not_cancel(queue):
+    started = threading.Event()
+
+    def trainer(ctx):
+        ctx.set_total(1000)
+        saved = []
+        for step in range(1000):
+            started.set()
+            if ctx.stop_requested:
+                saved.append(f"checkpoint at step {step}")
+                ctx.add_artifact("model", "last.safetensors", path="/tmp/last.safetensors")
+                return saved
+            ctx.report(loss=1.0 / (step + 1), lr=1e-4)
+            ctx.advance()
+            time.sleep(0.005)
+        return saved
+
+    job = queue.submit(trainer, kind="train", owner="alice")
+    started.wait(5)
+    time.sleep(0.05)
+    assert queue.stop(job.id, owner="alice")
+    result = job.wait(5)
+    assert result and result[0].startswith("checkpoint at step")
+    assert job.progress.state == "done"  # stopped cleanly, with its files
+    assert job.metrics and {"step", "loss", "lr", "time"} <= job.metrics[-1].keys()
+    assert job.artifacts[0].kind == "model" and job.artifacts[0].path == "/tmp/last.safetensors"
+
+
+def test_a_long_job_lets_queued_short_jobs_run_at_its_pause_points(queue):
+    order = []
+    started, submitted = threading.Event(), threading.Event()
+
+    def long_job(ctx):
+        for epoch in range(3):
+            if epoch == 1:
+                started.set()
+                submitted.wait(5)
+                ctx.pause_point()
+            order.append(f"epoch {epoch}")
+        return "trained"
+
+    train = queue.submit(long_job, kind="train", owner="alice")
+    started.wait(5)
+    short = queue.submit(lambda ctx: order.append("bob's picture") or "picture", kind="generate", owner="bob")
+    other_train = queue.submit(lambda ctx: order.append("another training"), kind="train", owner="carol")
+    submitted.set()
+    assert short.wait(5) == "picture" and train.wait(5) == "trained"
+    other_train.wait(5)
+    # The short job ran inside the first one's pause; the other long job waited its turn.
+    assert order == ["epoch 0", "bob's picture", "epoch 1", "epoch 2", "another training"]

@@ -52,8 +52,9 @@ def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]
     """(the ``parameters`` text or None, its parsed form) for an image file."""
     if not path:
         return None, {}
-    from core.generation.infotext import parse_generation_parameters, read_png_infotext
     from PIL import Image
+
+    from core.generation.infotext import parse_generation_parameters, read_png_infotext
 
     with Image.open(path) as image:
         text = read_png_infotext(image)

@@ -137,6 +137,39 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
     )
 
 
+def img2img_params_from_request(values: dict[str, Any]) -> Any:
+    """``Img2ImgParams`` for an img2img request: the txt2img mapping plus pictures and mask."""
+    import dataclasses
+
+    from core.generation.img2img import Img2ImgParams
+
+    base = params_from_request({**values, "enable_hr": False})
+    images = [decode_base64_image(text, "init_images") for text in values.get("init_images") or []]
+    mask_text = values.get("mask")
+    mask = decode_base64_image(mask_text, "mask") if isinstance(mask_text, str) and mask_text.strip() else None
+    if values.get("latent_mask"):
+        raise _unsupported("latent_mask", "a separate latent mask")
+    blur = values.get("mask_blur")
+    blur_x = int(blur if blur is not None else values.get("mask_blur_x") if values.get("mask_blur_x") is not None else 4)
+    blur_y = int(blur if blur is not None else values.get("mask_blur_y") if values.get("mask_blur_y") is not None else 4)
+
+    def get(name: str, default: Any) -> Any:
+        value = values.get(name)
+        return default if value is None else value
+
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return Img2ImgParams(
+        **fields, init_images=images, mask=mask,
+        denoising_strength=float(get("denoising_strength", 0.75)), resize_mode=int(get("resize_mode", 0)),
+        image_cfg_scale=values.get("image_cfg_scale"), mask_blur_x=blur_x, mask_blur_y=blur_y,
+        mask_round=bool(get("mask_round", True)), inpainting_fill=int(get("inpainting_fill", 0)),
+        inpaint_full_res=bool(get("inpaint_full_res", True)),
+        inpaint_full_res_padding=int(get("inpaint_full_res_padding", 0)),
+        inpainting_mask_invert=int(get("inpainting_mask_invert", 0)),
+        initial_noise_multiplier=values.get("initial_noise_multiplier"),
+    )
+
+
 def _number(text: Any) -> Any:
     """"20" → 20, "0.7" → 0.7, anything else unchanged (extra params keep the WebUI's native types)."""
     if not isinstance(text, str):
@@ -212,14 +245,15 @@ def result_info(result: GenerationResult, started_at: float | None,
         "sd_vae_hash": parsed.get("VAE hash"),
         "seed_resize_from_w": p.seed_resize_from_w or -1,
         "seed_resize_from_h": p.seed_resize_from_h or -1,
-        "denoising_strength": p.hires.denoising_strength if p.hires.enabled else None,
+        "denoising_strength": p.denoising_strength if hasattr(p, "init_images") else (
+            p.hires.denoising_strength if p.hires.enabled else None),
         "extra_generation_params": extra_generation_params(parsed, infotexts[0] if infotexts else None),
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": list(p.styles),
         "job_timestamp": timestamp.strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(_number(clip_skip)) if str(clip_skip).isdigit() else 1,
-        "is_using_inpainting_conditioning": False,
+        "is_using_inpainting_conditioning": bool(getattr(result, "inpainting_conditioning", False)),
         "version": parsed.get("Version"),
         "warnings": list(result.warnings),
         "interrupted": result.interrupted,

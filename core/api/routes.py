@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 
 from core.api import convert
 from core.api.models import (
+    ImageToImageResponse,
+    Img2ImgRequest,
     LatentUpscalerModeItem,
     PNGInfoRequest,
     PNGInfoResponse,
@@ -91,6 +93,20 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         values = convert.request_fields(req, _parse_infotext)
         params = validate(convert.params_from_request(values))
         return run_generation("txt2img", values, params, req.model_dump())
+
+    @router.post("/img2img", response_model=ImageToImageResponse)
+    def img2img(req: Img2ImgRequest) -> dict[str, Any]:
+        from core.generation.img2img import validate_img2img
+
+        if req.init_images is None:
+            raise HTTPException(status_code=404, detail="Init image not found")
+        values = convert.request_fields(req, _parse_infotext)
+        params = validate_img2img(convert.img2img_params_from_request(values))
+        parameters = req.model_dump()
+        if not req.include_init_images:
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return run_generation("img2img", values, params, parameters)
 
     @router.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:

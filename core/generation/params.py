@@ -174,6 +174,7 @@ class GenerationResult:
     params: GenerationParams
     warnings: list[str] = field(default_factory=list)
     interrupted: bool = False
+    inpainting_conditioning: bool = False  # an inpainting checkpoint got mask + masked-image latents
 
     @property
     def infotexts(self) -> list[str]:

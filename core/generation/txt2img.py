@@ -143,7 +143,7 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
             continue
         for i, image in enumerate(decode(model, latents)):
             info = create_infotext(p.prompt, p.negative_prompt,
-                                   {**base_infotext, "Seed": seeds[i], **_variation(p, subseeds[i])})
+                                   {**base_infotext, "Seed": seeds[i], **variation_infotext(p, subseeds[i])})
             path = None
             if p.save_images and options.samples_save:
                 path = str(save_png(image, folder, seeds[i], prompt, info))
@@ -172,7 +172,7 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def _variation(p: GenerationParams, subseed: int) -> dict[str, object]:
+def variation_infotext(p: GenerationParams, subseed: int) -> dict[str, object]:
     if p.subseed_strength == 0:
         return {}
     return {"Variation seed": subseed, "Variation seed strength": p.subseed_strength}

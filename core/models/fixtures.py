@@ -227,6 +227,19 @@ def write_tiny_checkpoint(out_dir: str | Path, family: str) -> Path:
     return save_checkpoint(tiny_model(family), path, dtype=FIXTURE_DTYPE)
 
 
+def write_tiny_inpainting_checkpoint(out_dir: str | Path, seed: int = SEED + 3) -> Path:
+    """An SD1 inpainting checkpoint in the sd-v1-5-inpainting layout: 9 U-Net input channels
+    (4 latent + 1 mask + 4 masked-picture latent), told apart from tensor shapes alone."""
+    import dataclasses
+
+    spec = tiny_spec("sd1")
+    spec = dataclasses.replace(spec, unet_config={**spec.unet_config, "in_channels": 9})
+    model = random_models(spec, seed)
+    model.passthrough = real_file_extras(spec, seed + 100)
+    path = Path(out_dir) / "models" / "Stable-diffusion" / "tiny-sd1-inpainting.safetensors"
+    return save_checkpoint(model, path, dtype=FIXTURE_DTYPE)
+
+
 def write_tiny_vae(out_dir: str | Path, seed: int = SEED + 7) -> Path:
     """A standalone VAE file (A1111 layout: no prefix) with weights unlike the checkpoints' own."""
     from safetensors.torch import save_file
