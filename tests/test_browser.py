@@ -203,6 +203,8 @@ def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(se
 
 
 def test_extra_networks_cards_without_a_picture_are_compact_tiles(server, browser):
+    from ui.extra_networks import COMPACT_TILE_FILE
+
     page = _open_txt2img(server, browser)
     tabs = page.locator("#kiln-en-tabs")
     tabs.get_by_role("tab", name="Lora", exact=True).click()
@@ -218,7 +220,9 @@ def test_extra_networks_cards_without_a_picture_are_compact_tiles(server, browse
     if SHAPES_MODEL.exists():  # the built-in model's card shows its committed preview picture
         shapes = page.locator("#kiln-en-gallery-checkpoint .thumbnail-item", has_text="kiln-shapes-v1")
         shapes.locator("img").wait_for(state="visible")
-        assert shapes.locator("img").evaluate("img => img.naturalWidth") > 0
+        page.wait_for_function("""() => [...document.querySelectorAll('#kiln-en-gallery-checkpoint .thumbnail-item')]
+            .filter((b) => b.innerText.includes('kiln-shapes-v1')).some((b) => b.querySelector('img').naturalWidth > 0)""")
+        assert not shapes.locator("img").get_attribute("src").endswith(COMPACT_TILE_FILE)
         picture = shapes.bounding_box()
         assert picture["height"] > 3 * tile["height"], (picture, tile)
     page.locator("#kiln-extra-networks").screenshot(path=str(ARTIFACTS / "extra-networks-checkpoints.png"))
