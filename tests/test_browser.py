@@ -26,6 +26,7 @@ SHAPES_MODEL = REPO / "models" / "Stable-diffusion" / "kiln-shapes-v1.safetensor
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 PROMPT = "a red circle on a blue background"
+NO_PREVIEW_LORA = "kiln_no_preview"
 
 
 def _free_port() -> int:
@@ -48,6 +49,17 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, timeout: float) -> Non
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+def _write_lora_without_preview(path: Path) -> None:
+    """A small kohya LoRA file (one down/up pair, kohya's metadata) with no picture beside it."""
+    import torch
+
+    from core.networks.fixtures import kohya_metadata, save_safetensors
+
+    key = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_safetensors(path, {f"{key}.lora_down.weight": torch.zeros(4, 32), f"{key}.lora_up.weight": torch.zeros(32, 4),
+                            f"{key}.alpha": torch.tensor(4.0)}, kohya_metadata(NO_PREVIEW_LORA, "sd1", 4, 4.0))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """app.py on a free port over a fresh data folder holding one small checkpoint."""
@@ -56,6 +68,7 @@ def server(tmp_path_factory):
         from core.models.fixtures import write_tiny_checkpoint
 
         write_tiny_checkpoint(data, "sd1")
+    _write_lora_without_preview(data / "models" / "Lora" / f"{NO_PREVIEW_LORA}.safetensors")
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), "--api"],
@@ -186,4 +199,37 @@ def test_rescale_cfg_slider_reaches_the_infotext_and_comes_back_from_png_info(se
     page.locator("#pnginfo-send-to-txt2img").click()
     page.wait_for_function(
         "() => document.querySelector('#txt2img-rescale-cfg input[type=number]').value === '0.45'")
+    page.close()
+
+
+def test_extra_networks_cards_without_a_picture_are_compact_tiles(server, browser):
+    from ui.extra_networks import COMPACT_TILE_FILE
+
+    page = _open_txt2img(server, browser)
+    tabs = page.locator("#kiln-en-tabs")
+    tabs.get_by_role("tab", name="Lora", exact=True).click()
+    card = page.locator("#kiln-en-gallery-lora .thumbnail-item", has_text=NO_PREVIEW_LORA)
+    card.wait_for(state="visible")
+    assert card.inner_text().split() == ["LoRA", NO_PREVIEW_LORA]  # type over name, not a blank tile
+    assert card.locator("img").is_hidden()
+    tile = card.bounding_box()
+    assert tile["height"] < 70 and tile["width"] > 2 * tile["height"], tile
+    page.locator("#kiln-extra-networks").screenshot(path=str(ARTIFACTS / "extra-networks-lora.png"))
+
+    tabs.get_by_role("tab", name="Checkpoints", exact=True).click()
+    if SHAPES_MODEL.exists():  # the built-in model's card shows its committed preview picture
+        shapes = page.locator("#kiln-en-gallery-checkpoint .thumbnail-item", has_text="kiln-shapes-v1")
+        shapes.locator("img").wait_for(state="visible")
+        page.wait_for_function("""() => [...document.querySelectorAll('#kiln-en-gallery-checkpoint .thumbnail-item')]
+            .filter((b) => b.innerText.includes('kiln-shapes-v1')).some((b) => b.querySelector('img').naturalWidth > 0)""")
+        assert not shapes.locator("img").get_attribute("src").endswith(COMPACT_TILE_FILE)
+        picture = shapes.bounding_box()
+        assert picture["height"] > 3 * tile["height"], (picture, tile)
+    page.locator("#kiln-extra-networks").screenshot(path=str(ARTIFACTS / "extra-networks-checkpoints.png"))
+
+    # A compact tile is a card like any other: a click puts its tag into the prompt.
+    tabs.get_by_role("tab", name="Lora", exact=True).click()
+    card.click()
+    page.wait_for_function(
+        f"() => document.querySelector('#txt2img-prompt textarea').value.includes('<lora:{NO_PREVIEW_LORA}:1>')")
     page.close()

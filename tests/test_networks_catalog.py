@@ -22,6 +22,7 @@ from core.networks.catalog import (
     checkpoint_text_widths,
     format_weight,
     lora_prompt_tag,
+    lora_type_label,
     network_type_from_keys,
 )
 from core.networks.lora import read_safetensors_metadata
@@ -68,6 +69,19 @@ def test_every_tab_lists_the_fixture_files_with_webui_prompt_text(catalog):
     assert tis["kiln_png"].preview == tis["kiln_png"].path  # an image embedding previews itself
     [hn] = catalog.cards(HYPERNETWORK)
     assert hn.prompt_tag == "<hypernet:kiln_hypernet:1>"
+
+
+def test_cards_say_what_kind_of_file_they_are(catalog):
+    """The type a card without a preview shows: LyCORIS for files LyCORIS wrote, LoRA for the rest."""
+    assert {c.type_label for c in catalog.cards(CHECKPOINT)} == {"Checkpoint"}
+    assert {c.name: c.type_label for c in catalog.cards(LORA)} == {
+        "kiln_style_v1": "LoRA", "kiln_peft": "LoRA", "kiln_locon": "LyCORIS", "kiln_loha": "LyCORIS",
+        "kiln_lokr": "LyCORIS", "kiln_ia3": "LyCORIS", "kiln_full": "LyCORIS", "kiln_dora": "LyCORIS"}
+    assert {c.type_label for c in catalog.cards(EMBEDDING)} == {"Textual Inversion"}
+    assert {c.type_label for c in catalog.cards(HYPERNETWORK)} == {"Hypernetwork"}
+    # kohya's LoCon module and an unreadable header (no keys, no metadata).
+    assert lora_type_label({"ss_network_module": "lycoris.kohya"}, ["x.lora_down.weight"]) == "LyCORIS"
+    assert lora_type_label({}, []) == "LoRA"
 
 
 def test_previews_follow_the_webui_file_names(catalog, data):

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
+from PIL import Image
 
 from core.cli import parse_flags
 from core.engine import Engine
+from core.networks.catalog import CHECKPOINT, HYPERNETWORK, LORA, NetworkCatalog
 from core.settings import Settings
+from ui.common import CSS
 from ui.extra_networks import (
+    COMPACT_TILE_FILE,
     PICKER_ROWS,
     STRINGS,
+    _Thumbnails,
     apply_picker,
     build_extra_networks,
+    gallery_item,
     i18n_tables,
     picker_tags,
-    placeholder_tile,
     tr,
 )
 from ui.i18n import EN
+
+ZH_REQUEST = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9,en;q=0.8"})
 
 
 def test_picker_tags_from_enabled_rows():
@@ -48,12 +56,6 @@ def test_strings_have_both_languages_and_unknown_keys_fail():
     assert all(EN[k] == tables["en"][k] for k in set(EN) & set(tables["en"]))
 
 
-def test_placeholder_tile_is_a_portrait_card():
-    tile = placeholder_tile("a_very_long_lora_name_that_wraps_over_lines")
-    assert tile.size == (192, 256)
-    assert len(tile.getcolors(maxcolors=1 << 16)) > 1  # the name is drawn
-
-
 @pytest.fixture()
 def engine(fixture_models_dir, tmp_path) -> Engine:
     data = tmp_path / "data"
@@ -62,6 +64,31 @@ def engine(fixture_models_dir, tmp_path) -> Engine:
     settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--ckpt", "tiny-sd1.safetensors"]), data)
     settings.paths.builtin_checkpoint_dir = data / "models" / "Stable-diffusion"
     return Engine(settings)
+
+
+def test_cards_without_a_picture_are_compact_tiles_naming_file_and_type(engine):
+    catalog, thumbs = NetworkCatalog(engine), _Thumbnails()
+    lora_dir = Path(engine.paths.lora_dir)
+    Image.new("RGB", (960, 1280), "red").save(lora_dir / "kiln_locon.preview.png")
+    (lora_dir / "kiln_ia3.png").write_bytes(b"not a png")  # a preview that cannot be read
+    items = {card.name: gallery_item(card, thumbs.get(card.preview), thumbs.tile()) for card in catalog.cards(LORA)}
+    # A card with a picture: the picture (at most twice the card size), captioned with the name.
+    picture, caption = items["kiln_locon"]
+    assert isinstance(picture, Image.Image) and picture.size == (384, 512) and caption == "kiln_locon"
+    # Without one (or with an unreadable one): the compact tile, its caption the type over the name.
+    for name, kind in (("kiln_style_v1", "LoRA"), ("kiln_peft", "LoRA"), ("kiln_loha", "LyCORIS"),
+                       ("kiln_ia3", "LyCORIS")):
+        tile, caption = items[name]
+        assert Path(tile).name == COMPACT_TILE_FILE and Path(tile).is_file()
+        assert caption == f"{kind}\n{name}"
+    # The type follows the browser's language; an error mark stays on the name.
+    [hypernet] = catalog.cards(HYPERNETWORK)
+    assert gallery_item(hypernet, None, thumbs.tile(), ZH_REQUEST)[1] == "超网络 (Hypernetwork)\nkiln_hypernet"
+    checkpoint = catalog.cards(CHECKPOINT)[0]
+    checkpoint.error = "cannot read"
+    assert gallery_item(checkpoint, None, thumbs.tile(), ZH_REQUEST)[1] == "模型\n⚠ tiny-sd1.safetensors"
+    # The page's CSS finds the tiles by that file name.
+    assert f'img[src$="{COMPACT_TILE_FILE}"]' in CSS
 
 
 def _fn(demo: gr.Blocks, name: str):
@@ -82,7 +109,8 @@ def test_panel_builds_and_lists_the_fixture_cards(engine):
     assert [name for name, _ in checkpoint_shown] == ["tiny-sd1.safetensors", "tiny-sd2-v.safetensors",
                                                       "tiny-sdxl.safetensors"]
     assert dict(lora_shown)["kiln_style_v1"] == "<lora:kiln_style:1>"
-    assert [caption for _, caption in lora_items] == [name for name, _ in lora_shown]
+    assert [caption.split("\n")[-1] for _, caption in lora_items] == [name for name, _ in lora_shown]
+    assert all(Path(tile).name == COMPACT_TILE_FILE for tile, _ in lora_items)  # no previews: compact tiles
     assert out[-1]["choices"][0] == "None" and "kiln_style_v1" in out[-1]["choices"]
     filtered = _fn(demo, "show")("hypernet", "name", "Descending")
     assert filtered[1] == [] and filtered[7] == [("kiln_hypernet", "<hypernet:kiln_hypernet:1>")]

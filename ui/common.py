@@ -204,6 +204,24 @@ CSS = """
 /* Message boxes take no room while they have nothing to say. */
 #txt2img-error:not(:has(.kiln-error)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
 #txt2img-progress:not(:has(.kiln-progress)) { display: none; }
+/* Extra networks cards (ui/extra_networks.py): a grid of 56px rows. A card with a preview spans
+   four (a portrait picture card, as the WebUI's); a card without one is a compact tile one row
+   high: its image (src ends in kiln-card-tile.png) is hidden and the caption, type over name, is
+   the tile. The galleries are as tall as their cards, up to a scroll height. */
+#kiln-extra-networks .kiln-en-gallery { height: auto !important; }
+#kiln-extra-networks .kiln-en-gallery .grid-wrap { height: auto !important; max-height: 340px; }
+#kiln-extra-networks .kiln-en-gallery .grid-container { grid-template-rows: none; grid-auto-rows: 56px; }
+#kiln-extra-networks .kiln-en-gallery .gallery-item { grid-row: span 4; }
+#kiln-extra-networks .kiln-en-gallery .thumbnail-item { aspect-ratio: auto; }
+#kiln-extra-networks .kiln-en-gallery .gallery-item:has(img[src$="kiln-card-tile.png"]) { grid-row: span 1; }
+#kiln-extra-networks .kiln-en-gallery .thumbnail-item:has(img[src$="kiln-card-tile.png"]) img { display: none; }
+#kiln-extra-networks .kiln-en-gallery .thumbnail-item:has(img[src$="kiln-card-tile.png"]) .caption-label {
+  position: static; max-width: none; width: 100%; max-height: 100%; box-sizing: border-box; border: 0;
+  border-radius: 0; background: transparent; color: var(--body-text-color); opacity: 1; padding: 0 10px;
+  font-size: 13px; line-height: 15px; text-align: left; white-space: pre-line; overflow-wrap: anywhere;
+  overflow: hidden; display: -webkit-box; -webkit-box-orient: vertical; -webkit-line-clamp: 3; }
+#kiln-extra-networks .kiln-en-gallery .thumbnail-item:has(img[src$="kiln-card-tile.png"]) .caption-label::first-line {
+  font-size: 11px; color: color-mix(in srgb, var(--body-text-color) 62%, transparent); }
 """
 
 # The WebUI's keys in a prompt box: Ctrl/Cmd+Enter generates, Alt+Enter skips, Esc interrupts.

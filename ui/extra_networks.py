@@ -4,7 +4,9 @@
 returns its components. Cards come from ``core.networks.catalog``; a click on a card puts its
 text into the prompt at the cursor (a small JS step after the server handler, because only the
 browser knows ``selectionStart``); clicking a card whose tag is already in the prompt takes it
-out again, as in the WebUI. The picker rows become ``<lora:name:weight>`` tags through
+out again, as in the WebUI. A card with a preview picture is a portrait picture card; one without
+is a compact tile (a row high) that names the file and its type (``gallery_item``, CSS in
+ui/common.py). The picker rows become ``<lora:name:weight>`` tags through
 ``apply_picker`` when the job is built.
 
 Strings: ``STRINGS`` below holds this module's English and Chinese texts; ``i18n_tables()``
@@ -14,23 +16,27 @@ hands them to ``ui/i18n.py`` (see the report on how they are merged).
 from __future__ import annotations
 
 import html
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from gradio.i18n import I18nData
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from core.errors import KilnError
-from core.networks.catalog import CHECKPOINT, KINDS, LORA, TAB_TITLES, NetworkCatalog
+from core.networks.catalog import CHECKPOINT, KINDS, LORA, TAB_TITLES, Card, NetworkCatalog
 
 if TYPE_CHECKING:
     from core.engine import Engine
 
 PICKER_ROWS = 5
 PICKER_NONE = "None"
-TILE_SIZE = (192, 256)  # portrait cards, as the WebUI's
+TILE_SIZE = (192, 256)  # picture cards are portrait, as the WebUI's
+# The image a card without a preview shows. ui/common.py's CSS finds compact tiles by this file
+# name in the <img> src, hides the image and shows the caption (type, then name) as the tile.
+COMPACT_TILE_FILE = "kiln-card-tile.png"
 SORT_CHOICES = (("Name", "name"), ("Date modified", "date_modified"), ("Path", "path"))
 ASCENDING, DESCENDING = "Ascending", "Descending"
 
@@ -109,6 +115,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "Hash (Lora hashes)": "哈希 (Lora hashes)",
         "File size": "文件大小",
         "File": "文件",
+        # card types, on tiles without a preview picture (Card.type_label)
+        "Checkpoint": "模型",
+        "LoRA": "LoRA",
+        "LyCORIS": "LyCORIS",
+        "Hypernetwork": "超网络 (Hypernetwork)",
     },
 }
 STRINGS["en"] = {key: key for key in STRINGS["zh-CN"]}
@@ -202,56 +213,53 @@ def apply_picker(prompt: str, *values: Any) -> str:
 
 
 # ---------------------------------------------------------------------- tiles --
-def placeholder_tile(name: str) -> Image.Image:
-    """A neutral card with the name written on it, for files without a preview image."""
-    image = Image.new("RGB", TILE_SIZE, (222, 222, 226))
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=18)
-    lines, line = [], ""
-    for ch in name:
-        if draw.textlength(line + ch, font=font) > TILE_SIZE[0] - 24:
-            lines.append(line)
-            line = ""
-        line += ch
-    lines.append(line)
-    y = (TILE_SIZE[1] - 24 * len(lines)) // 2
-    for text in lines[:8]:
-        width = draw.textlength(text, font=font)
-        draw.text(((TILE_SIZE[0] - width) / 2, y), text, fill=(70, 70, 80), font=font)
-        y += 24
-    return image
-
-
 class _Thumbnails:
-    """Card images, made once per preview file version (the gallery re-sends them on every search)."""
+    """Card pictures, made once per preview file version (the gallery re-sends them on every search)."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, Image.Image] = {}
+        self._cache: dict[tuple, Image.Image | None] = {}
+        self._tile: Path | None = None
 
-    def get(self, name: str, preview: Path | None) -> Image.Image:
-        key: tuple
+    def get(self, preview: Path | None) -> Image.Image | None:
+        """The preview scaled for a card; None when there is none or it cannot be read."""
         if preview is None:
-            key = ("tile", name)
-        else:
-            try:
-                key = ("file", str(preview), preview.stat().st_mtime_ns)
-            except OSError:
-                key = ("tile", name)
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._load(name, preview) if key[0] == "file" else placeholder_tile(name)
-            self._cache[key] = hit
-        return hit
+            return None
+        try:
+            key = (str(preview), preview.stat().st_mtime_ns)
+        except OSError:
+            return None
+        if key not in self._cache:
+            self._cache[key] = self._load(preview)
+        return self._cache[key]
 
     @staticmethod
-    def _load(name: str, preview: Path) -> Image.Image:
+    def _load(preview: Path) -> Image.Image | None:
         try:
             with Image.open(preview) as img:
                 img = img.convert("RGB")
                 img.thumbnail((TILE_SIZE[0] * 2, TILE_SIZE[1] * 2))
                 return img
-        except OSError:
-            return placeholder_tile(name)
+        except (OSError, ValueError, Image.DecompressionBombError):  # unreadable or not a picture
+            return None
+
+    def tile(self) -> Path:
+        """The compact tiles' image: a file (gradio serves it from the temp folder) whose name the
+        CSS recognises; a plain light strip, so a browser without ``:has()`` still shows a tile."""
+        if self._tile is None or not self._tile.is_file():
+            path = Path(tempfile.mkdtemp(prefix="kiln-cards-")) / COMPACT_TILE_FILE
+            Image.new("RGB", (16, 4), (228, 228, 232)).save(path)
+            self._tile = path
+        return self._tile
+
+
+def gallery_item(card: Card, picture: Image.Image | None, tile: Path, request: Any = None) -> tuple[Any, str]:
+    """(image, caption) for one card: its picture and name, or, without a picture, the compact
+    tile whose caption is the card's type (in the browser's language) above its name."""
+    name = ("⚠ " if card.error else "") + card.name
+    if picture is not None:
+        return picture, name
+    kind = translate(card.type_label or TAB_TITLES.get(card.kind, card.kind), request)
+    return str(tile), f"{kind}\n{name}"
 
 
 # ------------------------------------------------------------------ rendering --
@@ -295,9 +303,12 @@ def build_extra_networks(engine: Engine, prompt_box: gr.Textbox, catalog: Networ
         with gr.Tabs(elem_id="kiln-en-tabs"):
             for kind in KINDS:
                 with gr.Tab(tr(TAB_TITLES[kind]), id=f"kiln-en-{kind}"):
+                    # fit_columns=False: two cards stay card-sized, not half the panel each;
+                    # buttons=[]: no "download all" button over the first row of cards.
                     c["galleries"][kind] = gr.Gallery(
                         show_label=False, columns=6, height=330, allow_preview=False, object_fit="cover",
-                        interactive=False, elem_id=f"kiln-en-gallery-{kind}", elem_classes=["kiln-en-gallery"])
+                        fit_columns=False, buttons=[], interactive=False, elem_id=f"kiln-en-gallery-{kind}",
+                        elem_classes=["kiln-en-gallery"])
                     c["shown"][kind] = gr.State([])  # [(name, prompt tag)] in gallery order
         c["message"] = gr.HTML("", elem_id="kiln-en-message")
         c["pending_tag"] = gr.Textbox(visible="hidden", elem_id="kiln-en-pending")
@@ -355,12 +366,12 @@ def _wire(c: dict[str, Any], catalog: NetworkCatalog, thumbs: _Thumbnails, elem_
     view_inputs = [c["search"], c["sort"], c["order"]]
     gallery_outputs = [x for kind in KINDS for x in (galleries[kind], shown[kind])]
 
-    def listing(search: str, sort: str, order: str) -> list[Any]:
+    def listing(search: str, sort: str, order: str, request: Any = None) -> list[Any]:
         out: list[Any] = []
+        tile = thumbs.tile()
         for kind in KINDS:
             cards = catalog.cards(kind, search or "", sort or "name", order == DESCENDING)
-            items = [(thumbs.get(card.name, card.preview), ("⚠ " if card.error else "") + card.name)
-                     for card in cards]
+            items = [gallery_item(card, thumbs.get(card.preview), tile, request) for card in cards]
             out += [items, [(card.name, card.prompt_tag) for card in cards]]
         return out
 
@@ -368,12 +379,12 @@ def _wire(c: dict[str, Any], catalog: NetworkCatalog, thumbs: _Thumbnails, elem_
         names = [PICKER_NONE] + [card.name for card in catalog.cards(LORA)]
         return [gr.update(choices=names) for _ in c["picker_models"]]
 
-    def show(search: str, sort: str, order: str):
-        return listing(search, sort, order)
+    def show(search: str, sort: str, order: str, request: gr.Request = None):
+        return listing(search, sort, order, request)
 
-    def refresh(search: str, sort: str, order: str):
+    def refresh(search: str, sort: str, order: str, request: gr.Request = None):
         catalog.refresh()
-        return [*listing(search, sort, order), *picker_choices()]
+        return [*listing(search, sort, order, request), *picker_choices()]
 
     page_load_outputs = gallery_outputs + c["picker_models"]
     for event in (c["sort"].change, c["order"].change):
@@ -436,7 +447,7 @@ def _wire(c: dict[str, Any], catalog: NetworkCatalog, thumbs: _Thumbnails, elem_
         except KilnError as e:
             return [_error_html(e.message), *[gr.skip()] * len(gallery_outputs)]
         done = f'<div class="kiln-infotext">{html.escape(translate("Saved.", request))}</div>'
-        return [done, *listing(search, sort, order)]
+        return [done, *listing(search, sort, order, request)]
 
     c["save"].click(save, inputs=[c["selected_name"], c["description"], c["activation"], c["weight"], c["notes"],
                                   *view_inputs],

@@ -2,7 +2,7 @@
 
 What the WebUI's "Extra networks" panel shows, without gradio: one ``Card`` per file with its
 preview (``name.png`` / ``name.preview.png``, also .jpg/.jpeg/.webp, as A1111
-``ui_extra_networks.find_preview``), the text a click puts into the prompt, search and sort
+``ui_extra_networks.find_preview``), its type (Checkpoint, LoRA, LyCORIS, ...), the text a click puts into the prompt, search and sort
 keys; plus a LoRA's training metadata (kohya ``ss_*`` keys decoded into tables) and the user
 notes kept in ``name.json`` beside the model file (A1111 ``ui_extra_networks_user_metadata``).
 
@@ -35,6 +35,11 @@ TAB_TITLES = {CHECKPOINT: "Checkpoints", LORA: "Lora", EMBEDDING: "Textual Inver
 SORT_KEYS = ("name", "date_modified", "path")
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 DEFAULT_MULTIPLIER = 1.0  # A1111 opts.extra_networks_default_multiplier
+# What a card says it is when it has no picture (the kinds the WebUI's users name files by).
+TYPE_CHECKPOINT, TYPE_LORA, TYPE_LYCORIS = "Checkpoint", "LoRA", "LyCORIS"
+TYPE_EMBEDDING, TYPE_HYPERNETWORK = "Textual Inversion", "Hypernetwork"
+# network_type_from_keys results that only LyCORIS writes (DoRA: LyCORIS's dora_wd; kohya has none).
+_LYCORIS_TYPES = ("LoHa", "LoKr", "IA3", "Full", "DoRA")
 # Names the WebUI never uses as a LoRA alias in a prompt (networks.forbidden_network_aliases).
 _FORBIDDEN_ALIASES = ("none", "addams")
 # A1111 network.py metadata_tags_order: these keys come first in the metadata view.
@@ -60,6 +65,7 @@ class Card:
     description: str = ""
     alias: str = ""
     sd_version: str = ""
+    type_label: str = ""  # TYPE_CHECKPOINT / TYPE_LORA / TYPE_LYCORIS / TYPE_EMBEDDING / TYPE_HYPERNETWORK
     error: str | None = None
 
     def sort_key(self, by: str) -> Any:
@@ -169,6 +175,15 @@ def network_type_from_keys(keys: list[str]) -> str:
     if "diff" in parts:
         return "Full"
     return "Unknown"
+
+
+def lora_type_label(metadata: dict[str, Any], keys: list[str]) -> str:
+    """TYPE_LYCORIS for files LyCORIS wrote (``ss_network_module`` lycoris.*, or LoHa / LoKr / IA3 /
+    full / DoRA keys), else TYPE_LORA (kohya, PEFT, and files whose header says nothing)."""
+    module = str(metadata.get("ss_network_module") or "")
+    if module.startswith("lycoris") or network_type_from_keys(keys) in _LYCORIS_TYPES:
+        return TYPE_LYCORIS
+    return TYPE_LORA
 
 
 def tag_frequency_rows(metadata: dict[str, Any]) -> list[tuple[str, str, int]]:
@@ -389,7 +404,7 @@ class NetworkCatalog:
         for e in self.engine.registry.checkpoints():
             user, error = self._read_user(e.path)
             cards.append(self._base_card(CHECKPOINT, e.name, e.path, e.relative or e.name, e.title, user,
-                                         [e.title], error=error))
+                                         [e.title], type_label=TYPE_CHECKPOINT, error=error))
         return cards
 
     def _lora_aliases(self, entries) -> dict[str, str]:
@@ -420,6 +435,7 @@ class NetworkCatalog:
             extra = [alias, version, str(info.metadata.get("ss_sd_model_name") or "")]
             cards.append(self._base_card(LORA, e.name, e.path, e.relative or e.name, lora_prompt_tag(alias, user),
                                          user, extra, alias=alias, sd_version=version,
+                                         type_label=lora_type_label(info.metadata, info.keys),
                                          error=info.error or user_error))
         return cards
 
@@ -433,14 +449,15 @@ class NetworkCatalog:
             if name in state.skipped:
                 error = f"skipped: {state.skipped[name][1]}"
             relative = _relative(path, folder)
-            card = self._base_card(EMBEDDING, name, path, relative, name, user, [path.stem], error=error or user_error)
+            card = self._base_card(EMBEDDING, name, path, relative, name, user, [path.stem],
+                                   type_label=TYPE_EMBEDDING, error=error or user_error)
             if path.suffix.lower() in (".png", ".webp") and card.preview is None:
                 card.preview = path  # an image embedding is its own preview (A1111 does the same)
             cards.append(card)
         for file, message in state.errors.items():
             path = Path(file)
             cards.append(self._base_card(EMBEDDING, path.stem, path, _relative(path, folder), path.stem, {}, [],
-                                         error=message))
+                                         type_label=TYPE_EMBEDDING, error=message))
         return cards
 
     def _hypernetwork_cards(self) -> list[Card]:
@@ -449,7 +466,7 @@ class NetworkCatalog:
             user, error = self._read_user(e.path)
             tag = f"<hypernet:{e.name}:{format_weight(DEFAULT_MULTIPLIER)}>"
             cards.append(self._base_card(HYPERNETWORK, e.name, e.path, e.relative or e.name, tag, user, [],
-                                         error=error))
+                                         type_label=TYPE_HYPERNETWORK, error=error))
         return cards
 
     # -- LoRA metadata ------------------------------------------------------------
