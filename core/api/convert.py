@@ -137,16 +137,22 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
     )
 
 
-def img2img_params_from_request(values: dict[str, Any]) -> Any:
-    """``Img2ImgParams`` for an img2img request: the txt2img mapping plus pictures and mask."""
+def img2img_params_from_request(values: dict[str, Any], *, init_images: list[Any] | None = None,
+                                mask: Any = None) -> Any:
+    """``Img2ImgParams`` for an img2img request: the txt2img mapping plus pictures and mask.
+
+    The API sends base64 text in ``values``; the UI passes PIL pictures as ``init_images`` / ``mask``.
+    """
     import dataclasses
 
     from core.generation.img2img import Img2ImgParams
 
     base = params_from_request({**values, "enable_hr": False})
-    images = [decode_base64_image(text, "init_images") for text in values.get("init_images") or []]
-    mask_text = values.get("mask")
-    mask = decode_base64_image(mask_text, "mask") if isinstance(mask_text, str) and mask_text.strip() else None
+    if init_images is None:
+        init_images = [decode_base64_image(text, "init_images") for text in values.get("init_images") or []]
+        mask_text = values.get("mask")
+        mask = decode_base64_image(mask_text, "mask") if isinstance(mask_text, str) and mask_text.strip() else None
+    images = list(init_images)
     if values.get("latent_mask"):
         raise _unsupported("latent_mask", "a separate latent mask")
     blur = values.get("mask_blur")
