@@ -24,7 +24,7 @@ from PIL import Image
 from core.errors import InvalidParameterError, JobInterrupted, JobSkipped
 from core.generation import model_ops
 from core.generation.cond_schedule import ConditioningCache, PromptSchedule, build_schedule, expand_batch
-from core.sampling.cfg import CFGDenoiser, StepConditioning
+from core.sampling.cfg import CFGDenoiser, StepConditioning, pad_tokens_with_last
 from core.sampling.plan import (
     img2img_plan,
     make_denoiser,
@@ -52,7 +52,7 @@ class SamplingPass:
     scheduler: str  # the Schedule type label really used ("Automatic" resolved)
     steps: int
     cfg_scale: float
-    cond: PromptSchedule
+    cond: PromptSchedule | list[PromptSchedule]  # one for the batch, or one per picture
     uncond: PromptSchedule
     empty_context: torch.Tensor  # the encoding of "" (pads cond/uncond to equal length)
     rescale_cfg: float = 0.0
@@ -174,10 +174,11 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
 
     def conditioning_at(step: int) -> StepConditioning:
         # The same object while the schedule doesn't change, so CFGDenoiser batches it once.
-        parts, uncond = sp.cond.at(step), sp.uncond.at(step)[0][0]
-        key = (*(id(c) for c, _ in parts), id(uncond))
+        per_image = [c.at(step) for c in sp.cond] if isinstance(sp.cond, list) else [sp.cond.at(step)]
+        uncond = sp.uncond.at(step)[0][0]
+        key = (*(id(c) for parts in per_image for c, _ in parts), id(uncond))
         if key not in built:
-            conds = [(with_concat(expand_batch(c, batch)), w) for c, w in parts]
+            conds = [(with_concat(cond), w) for cond, w in batch_conditioning(per_image, batch)]
             built[key] = StepConditioning(conds=conds, uncond=with_concat(expand_batch(uncond, batch)))
         return built[key]
 
@@ -196,6 +197,27 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
     if latents is not None and keep is not None and init_latent is not None:
         latents = latents * (1 - keep) + init_latent * keep
     return Denoised(latents, stopped)
+
+
+def batch_conditioning(per_image: list[list[tuple[Any, float]]], batch: int) -> list[tuple[dict, float]]:
+    """Model kwargs for each AND part: one prompt repeated over the batch, or one prompt per
+    picture stacked (shorter ones padded with their last token, as the WebUI's batches)."""
+    if len(per_image) == 1:
+        return [(expand_batch(c, batch), w) for c, w in per_image[0]]
+    if len(per_image) != batch:
+        raise InvalidParameterError("prompt", f"{len(per_image)} prompts for a batch of {batch}")
+    weights = [w for _, w in per_image[0]]
+    if any([w for _, w in parts] != weights for parts in per_image):
+        raise InvalidParameterError("prompt", "the prompts of one batch need the same AND parts and weights")
+    out = []
+    for j, weight in enumerate(weights):
+        conds = [parts[j][0] for parts in per_image]
+        tokens = max(c.context.shape[1] for c in conds)
+        entry = {"context": torch.cat([pad_tokens_with_last(c.context, tokens) for c in conds])}
+        if getattr(conds[0], "pooled", None) is not None:
+            entry["pooled"] = torch.cat([c.pooled for c in conds])
+        out.append((entry, weight))
+    return out
 
 
 # --------------------------------------------------------------------------- pixels --

@@ -118,100 +118,55 @@ def sampler_generate_fn(
     negative_prompt: str = "",
     batch_size: int = 16,
 ) -> GenerateFn:
-    """Generation through Kiln's own sampling stack (``core.sampling``) with a LoadedModel:
-    the default sampler unless ``sampler`` names another, CFG, the WebUI's seeded noise."""
-    from core.generation.model_ops import decode, latent_channels, unet_fn, vae_downscale
+    """Generation through Kiln's one pipeline (``core.generation.pipeline``) with a LoadedModel:
+    the default sampler unless ``sampler`` names another, CFG, the WebUI's seeded noise, one
+    prompt per picture in each batch."""
+    from core.generation import pipeline
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
+    from core.generation.model_ops import latent_channels, vae_downscale
+    from core.prompts.conditioning import PromptEncoder
+    from core.sampling.rng import ImageRNG
+    from core.sampling.samplers import DEFAULT_SAMPLER
+    from core.sampling.schedule import NoiseSchedule
 
+    info = pipeline.resolve_sampler(sampler) if sampler else DEFAULT_SAMPLER
+    label = pipeline.resolve_scheduler(scheduler, info)
     size = model.spec.native_size
     factor = vae_downscale(model)
-    return sampling_generate_fn(
-        unet_fn(model),
-        lambda latent: decode(model, latent),
-        model.text_encoders[0],
-        model.tokenizers[0] if model.tokenizers else _shipped_tokenizer(),
-        (latent_channels(model), size // factor, size // factor),
-        prediction_type=model.spec.prediction_type,
-        zero_terminal_snr=model.spec.zero_terminal_snr,
-        sampler=sampler,
-        scheduler=scheduler,
-        steps=steps,
-        cfg_scale=cfg_scale,
-        rescale_cfg=rescale_cfg,
-        negative_prompt=negative_prompt,
-        batch_size=batch_size,
-    )
+    shape = (latent_channels(model), size // factor, size // factor)
+    schedule = NoiseSchedule.from_config(zero_terminal_snr=model.spec.zero_terminal_snr,
+                                         prediction_type=model.spec.prediction_type)
+    tokenizers = model.tokenizers or [_shipped_tokenizer()]
+    cache = ConditioningCache(PromptEncoder(tokenizers, model.text_encoders, model.spec.family), clip_skip=1)
+
+    def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        images: list[Image.Image] = []
+        uncond = build_schedule(cache, negative_prompt, steps, split_and=False)
+        for start in range(0, len(prompts), batch_size):
+            batch_prompts, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+            sp = pipeline.SamplingPass(
+                sampler=info, scheduler=label, steps=steps, cfg_scale=cfg_scale, rescale_cfg=rescale_cfg,
+                cond=[build_schedule(cache, p, steps, split_and=True) for p in batch_prompts], uncond=uncond,
+                empty_context=cache.get("").context)
+            rng = ImageRNG(shape, batch_seeds, latent_factor=factor, device=model.device)
+            out = pipeline.denoise(model, sp, schedule, rng, rng.first(), size=(size, size))
+            images += pipeline.decode(model, out.latents)
+        return images
+
+    return generate
 
 
 def components_generate_fn(unet, vae, text_encoder, tokenizer, scaling_factor: float, **options) -> GenerateFn:
     """The same generation from bare diffusers/transformers parts (the recipe's training
     monitor, before a checkpoint file exists): a v-prediction, zero-terminal-SNR model."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    size = int(vae.config.sample_size)
+    from core.models.checkpoint import LoadedModel
+    from core.shapes.recipe import model_spec_from_parts
 
-    def model_fn(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return unet(x, t, encoder_hidden_states=context).sample.float()
-
-    def decode_fn(latent: torch.Tensor) -> torch.Tensor:
-        return (vae.decode(latent / scaling_factor).sample.float() + 1) / 2
-
-    options = {"prediction_type": "v_prediction", "zero_terminal_snr": True, **options}
-    shape = (int(unet.config.in_channels), size // factor, size // factor)
-    return sampling_generate_fn(model_fn, decode_fn, text_encoder, tokenizer, shape, **options)
-
-
-def sampling_generate_fn(
-    model_fn: Callable[..., torch.Tensor],
-    decode_fn: Callable[[torch.Tensor], torch.Tensor],
-    text_encoder,
-    tokenizer,
-    latent_shape: tuple[int, int, int],
-    *,
-    prediction_type: str,
-    zero_terminal_snr: bool,
-    sampler: str | None = None,
-    scheduler: str = "Automatic",
-    steps: int = 20,
-    cfg_scale: float = 7.0,
-    rescale_cfg: float = 0.0,
-    negative_prompt: str = "",
-    batch_size: int = 16,
-) -> GenerateFn:
-    """``model_fn(x, t, context) -> raw prediction``; ``decode_fn(latents) -> images in [0, 1]``."""
-    from core.sampling.cfg import CFGDenoiser, StepConditioning
-    from core.sampling.plan import make_denoiser, noise_for, sampler_kwargs, sampler_sigmas, txt2img_start
-    from core.sampling.rng import ImageRNG
-    from core.sampling.samplers import DEFAULT_SAMPLER, find_sampler
-    from core.sampling.schedule import NoiseSchedule
-
-    info = find_sampler(sampler) if sampler else DEFAULT_SAMPLER
-    schedule = NoiseSchedule.from_config(zero_terminal_snr=zero_terminal_snr, prediction_type=prediction_type)
-    sigmas = sampler_sigmas(info, scheduler, steps, schedule)
-    denoiser = make_denoiser(info, model_fn, schedule)
-    factor = 64 // latent_shape[-1]
-
-    def encode(texts: list[str]) -> torch.Tensor:
-        ids = torch.tensor([token_ids(tokenizer, t) for t in texts], device=next(text_encoder.parameters()).device)
-        return text_encoder(input_ids=ids).last_hidden_state.float()
-
-    @torch.inference_mode()
-    def generate(prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        images: list[Image.Image] = []
-        for start in range(0, len(prompts), batch_size):
-            batch_prompts, batch_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
-            n = len(batch_prompts)
-            cond = encode(batch_prompts)
-            uncond = encode([negative_prompt]).expand(n, -1, -1)
-            step = StepConditioning(conds=[({"context": cond}, 1.0)], uncond={"context": uncond})
-            rng = ImageRNG((n, *latent_shape), batch_seeds, latent_factor=factor)
-            x = txt2img_start(info, rng.first(), sigmas)
-            cfg = CFGDenoiser(denoiser, lambda _i, step=step: step, cfg_scale, sigmas=sigmas, rescale_cfg=rescale_cfg)
-            latent = info.function(cfg, x, sigmas, noise_sampler=noise_for(info, rng, x, sigmas), **sampler_kwargs(info))
-            pixels = decode_fn(latent)
-            array = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            images += [Image.fromarray(a) for a in array]
-        return images
-
-    return generate
+    spec = model_spec_from_parts(unet, vae, text_encoder, scaling_factor)
+    device = next(unet.parameters()).device
+    model = LoadedModel(spec=spec, unet=unet, vae=vae, text_encoders=[text_encoder], tokenizers=[tokenizer],
+                        dtype=next(unet.parameters()).dtype, device=device)
+    return sampler_generate_fn(model, **options)
 
 
 def _shipped_tokenizer():

@@ -847,10 +847,15 @@ def checkpoint_metadata(built: BuiltModel, steps_scale: float) -> dict[str, str]
 
 def model_spec(built: BuiltModel):
     """The ModelSpec Kiln's loader will detect from the saved file."""
+    return model_spec_from_parts(built.unet, built.vae, built.text_encoder, built.scaling_factor)
+
+
+def model_spec_from_parts(unet, vae, text_encoder, scaling_factor: float):
+    """The ModelSpec of a Shapes model from its diffusers / transformers parts."""
     from core.models import architecture as arch
 
     text_config = {
-        key: built.text_encoder.config.to_dict()[key]
+        key: text_encoder.config.to_dict()[key]
         for key in (
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "max_position_embeddings", "hidden_act", "layer_norm_eps", "bos_token_id", "eos_token_id",
@@ -861,11 +866,11 @@ def model_spec(built: BuiltModel):
         prediction_type="v_prediction",
         zero_terminal_snr=True,
         native_size=world.IMAGE_SIZE,
-        unet_config=_plain_config(built.unet),
-        vae_config={**_plain_config(built.vae), "scaling_factor": built.scaling_factor},
+        unet_config=_plain_config(unet),
+        vae_config={**_plain_config(vae), "scaling_factor": scaling_factor},
         text_encoder_configs=[{**text_config, "architectures": ["CLIPTextModel"]}],
         clip_pad_token=arch.PAD_CLIP_L,
-        vae_scaling_factor=built.scaling_factor,
+        vae_scaling_factor=scaling_factor,
         clip_pad_tokens=[arch.PAD_CLIP_L],
         text_encoder_prefixes=[arch.SD1_CLIP],
         text_encoder_formats=["hf"],
