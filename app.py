@@ -138,7 +138,8 @@ def preload_when_serving(server, engine: Engine, queue: JobQueue) -> None:
     while not server.started and not server.should_exit:
         time.sleep(0.1)
     if server.started:
-        queue.submit(lambda _ctx: engine.ensure_model(), description="load checkpoint", owner="startup")
+        # A default that fails to load falls back to the next loadable checkpoint (built-in first).
+        queue.submit(lambda _ctx: engine.ensure_model(), description="load checkpoint", owner="startup", kind="load")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,8 @@ def progress_html(status: JobStatus | None, request: Any = None) -> str:
         state = {"interrupted": "Interrupted", "failed": "Error"}.get(snap.state if snap else "", "Done")
         fraction = 1.0 if state == "Done" or snap is None else snap.fraction
         return _bar(fraction, translate(state, request))
+    if snap is not None and snap.state == "paused":
+        return _bar(snap.fraction, translate("Paused", request))
     if snap is None or not snap.total_steps:
         text = (snap.textinfo if snap is not None else "") or translate("Loading checkpoint", request)
         return _bar(0.0, text)
