@@ -11,7 +11,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from core.errors import InvalidParameterError
-from core.prompts.conditioning import PromptEncoder, pad_with_empty, stack_conds
+from core.prompts.conditioning import PromptEncoder
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "core" / "models" / "clip_tokenizer"
 BOS, EOS = 49406, 49407
@@ -277,17 +277,6 @@ def test_bad_arguments(tokenizer, clip_l):
         PromptEncoder([tokenizer], [clip_l], "sd1").encode([])
 
 
-def test_pad_with_empty_and_stack_conds():
-    context = torch.ones(2, 77, 4)
-    empty = torch.zeros(1, 77, 4)
-    padded = pad_with_empty(context, 231, empty)
-    assert padded.shape == (2, 231, 4) and padded[:, 77:].abs().sum() == 0
-    assert pad_with_empty(padded, 77, empty) is padded
-    stacked = stack_conds([torch.arange(4.0).reshape(2, 2), torch.ones(1, 2)])
-    assert stacked.shape == (2, 2, 2)
-    assert stacked[1].tolist() == [[1.0, 1.0], [1.0, 1.0]]
-
-
 @torch.no_grad()
 def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
     from core.networks.embeddings import Embedding, EmbeddingDatabase
@@ -304,19 +293,19 @@ def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
 
 
 @torch.no_grad()
-def test_learned_conditioning_schedules_and_and_parts(tokenizer, clip_l):
-    from core.prompts.conditioning import cond_at_step, learned_conditioning, multicond_learned_conditioning
+def test_build_schedule_encodes_each_variant_once_and_keeps_and_weights(tokenizer, clip_l):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
 
     encoder = PromptEncoder([tokenizer], [clip_l], "sd1")
-    conds, extra = learned_conditioning(encoder, ["a [cat:dog:2]", "x", "a [cat:dog:2]"], 4)
-    assert [[c.end_at_step for c in s] for s in conds] == [[2, 4], [4], [2, 4]]
-    assert conds[0] is conds[2] and extra == {}
-    # the schedule's variants are encoded as one batch, like the WebUI
-    torch.testing.assert_close(conds[0][1].context, encoder.encode(["a cat", "a dog"]).context[1])
-    # sampler steps count from 0: the first variant covers steps 0..2
-    assert [cond_at_step(conds[0], step).end_at_step for step in range(6)] == [2, 2, 2, 4, 4, 2]
+    cache = ConditioningCache(encoder, clip_skip=1)
+    edited = build_schedule(cache, "a [cat:dog:2]", 4, split_and=False)
+    (part,) = edited.parts
+    assert part.end_steps == [2, 4] and edited.texts == ["a cat", "a dog"]
+    torch.testing.assert_close(part.conds[1].context, encoder.encode(["a dog"]).context)
+    # the same text is encoded once per job and shared
+    again = build_schedule(cache, "a [cat:dog:2]", 4, split_and=False)
+    assert again.parts[0].conds[0] is part.conds[0]
 
-    multi = multicond_learned_conditioning(encoder, ["a cat AND a dog:0.5"], 4)
-    (parts,) = multi.batch
-    assert [part.weight for part in parts] == [1.0, 0.5]
-    torch.testing.assert_close(parts[1].schedules[0].context, encoder.encode([" a dog"]).context[0])
+    multi = build_schedule(cache, "a cat AND a dog:0.5", 4, split_and=True)
+    assert [p.weight for p in multi.parts] == [1.0, 0.5]
+    torch.testing.assert_close(multi.parts[1].conds[0].context, encoder.encode([" a dog"]).context)
