@@ -309,3 +309,30 @@ def test_build_schedule_encodes_each_variant_once_and_keeps_and_weights(tokenize
     multi = build_schedule(cache, "a cat AND a dog:0.5", 4, split_and=True)
     assert [p.weight for p in multi.parts] == [1.0, 0.5]
     torch.testing.assert_close(multi.parts[1].conds[0].context, encoder.encode([" a dog"]).context)
+
+
+def _schedule_of(prompt: str, steps: int):
+    """build_schedule with a stand-in cache: each text "encodes" to itself."""
+    from core.generation.cond_schedule import build_schedule
+
+    class TextCache:
+        def get(self, text):
+            return text
+
+    return build_schedule(TextCache(), prompt, steps, split_and=False)
+
+
+def test_prompt_editing_switches_after_the_step_the_webui_switches_at():
+    # [cat:dog:10] of 20 steps: the schedule is [[10, "a cat"], [20, "a dog"]]; the WebUI's sampler
+    # counts steps from 0 and uses an entry while step <= end_at_step (reconstruct_cond_batch).
+    schedule = _schedule_of("a [cat:dog:10]", 20)
+    assert schedule.parts[0].end_steps == [10, 20]
+    used = [schedule.at(step)[0][0] for step in range(20)]
+    assert used == ["a cat"] * 11 + ["a dog"] * 9
+    # fractions the same way: [cat:dog:0.25] of 8 steps ends at step 2
+    assert [_schedule_of("[cat:dog:0.25]", 8).at(s)[0][0] for s in range(4)] == ["cat", "cat", "cat", "dog"]
+
+
+def test_alternation_follows_the_webui_step_count():
+    schedule = _schedule_of("[a|b]", 6)
+    assert [schedule.at(step)[0][0] for step in range(6)] == ["a", "a", "b", "a", "b", "a"]

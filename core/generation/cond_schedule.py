@@ -25,9 +25,14 @@ class PartSchedule:
     conds: list[Conditioning]
 
     def at(self, step: int) -> Conditioning:
-        # end_at_step is 1-based in the WebUI (the text is used while step < end);
-        # sampler steps are 0-based, so step i uses the first entry with end > i.
-        index = bisect_left(self.end_steps, step + 1)
+        """The conditioning of sampler step ``step`` (counted from 0), as the WebUI's
+        ``reconstruct_cond_batch`` picks it: the first entry with ``step <= end_at_step``.
+
+        The schedule's texts are those of steps 1..N while the sampler counts 0..N-1, so each
+        entry also covers the step after its end: ``[cat:dog:10]`` of 20 steps is cat for steps
+        0-10 and dog for 11-19, and ``[a|b]`` gives a, a, b, a, b, ...
+        """
+        index = bisect_left(self.end_steps, step)
         return self.conds[min(index, len(self.conds) - 1)]
 
 
