@@ -316,8 +316,8 @@ def _schedule_of(prompt: str, steps: int):
     from core.generation.cond_schedule import build_schedule
 
     class TextCache:
-        def get(self, text):
-            return text
+        def variants(self, texts, is_negative_prompt=False):
+            return list(texts)
 
     return build_schedule(TextCache(), prompt, steps, split_and=False)
 
@@ -336,3 +336,29 @@ def test_prompt_editing_switches_after_the_step_the_webui_switches_at():
 def test_alternation_follows_the_webui_step_count():
     schedule = _schedule_of("[a|b]", 6)
     assert [schedule.at(step)[0][0] for step in range(6)] == ["a", "a", "b", "a", "b", "a"]
+
+
+@torch.no_grad()
+def test_schedule_variants_are_encoded_as_one_batch_like_the_webui(tokenizer, clip_l):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
+
+    encoder = PromptEncoder([tokenizer], [clip_l], "sd1")
+    schedule = build_schedule(ConditioningCache(encoder, 1), "a [(cat:1.5):dog:2]", 4, split_and=True)
+    together = encoder.encode(["a (cat:1.5)", "a dog"]).context
+    alone = encoder.encode(["a (cat:1.5)"]).context
+    # the emphasis mean is restored over both variants (get_learned_conditioning encodes them together)
+    torch.testing.assert_close(schedule.at(0)[0][0].context, together[:1])
+    torch.testing.assert_close(schedule.at(3)[0][0].context, together[1:])
+    assert not torch.allclose(together[:1], alone)
+
+
+@torch.no_grad()
+def test_an_empty_sdxl_negative_schedule_is_zeros(tokenizer, clip_l, clip_g):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
+
+    cache = ConditioningCache(PromptEncoder([tokenizer, tokenizer], [clip_l, clip_g], "sdxl"), 1)
+    negative = build_schedule(cache, "", 4, split_and=False).at(0)[0][0]
+    assert negative.context.abs().sum() == 0 and negative.pooled.abs().sum() == 0
+    # the positive prompt and the padding chunk keep the real encoding of ""
+    assert build_schedule(cache, "", 4, split_and=True).at(0)[0][0].context.abs().sum() > 0
+    assert cache.get("").context.abs().sum() > 0
