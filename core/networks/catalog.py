@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import KilnError, ModelFileError
 from core.fileio import atomic_write_text
-from core.models.registry import natural_key
+from core.models.folders import natural_key
 from core.networks.embeddings import embedding_candidates
 
 if TYPE_CHECKING:

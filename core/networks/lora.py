@@ -10,7 +10,6 @@ bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from torch import nn
 
 from core.errors import ModelFileError
 from core.hashing import addnet_hash_safetensors, sha256_file
+from core.models.folders import walk_files
 from core.models.state_dict_io import read_safetensors_metadata as read_raw_metadata
 from core.networks.lora_formats import (
     SUPPORTED_TYPES,
@@ -374,14 +374,9 @@ def _fit_inpaint_conv_in(delta: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 
 def find_networks(lora_dir: str | Path) -> dict[str, Path]:
-    """Name (file stem) → path for every network file under ``lora_dir`` (recursive, sorted)."""
+    """Name (file stem) → path for every network file under ``lora_dir`` (folder by folder, each
+    folder's files case-insensitively; the first file of a stem wins)."""
     found: dict[str, Path] = {}
-    root = Path(lora_dir)
-    if not root.is_dir():
-        return found
-    for dirpath, _, filenames in sorted(os.walk(root, followlinks=True)):
-        for fn in sorted(filenames, key=str.lower):
-            p = Path(dirpath) / fn
-            if p.suffix.lower() in NETWORK_EXTENSIONS:
-                found.setdefault(p.stem, p)
+    for p in walk_files(lora_dir, NETWORK_EXTENSIONS, key=lambda p: (str(p.parent), p.name.lower())):
+        found.setdefault(p.stem, p)
     return found
