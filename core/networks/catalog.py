@@ -35,8 +35,6 @@ TAB_TITLES = {CHECKPOINT: "Checkpoints", LORA: "Lora", EMBEDDING: "Textual Inver
 SORT_KEYS = ("name", "date_modified", "path")
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 DEFAULT_MULTIPLIER = 1.0  # A1111 opts.extra_networks_default_multiplier
-# Names the WebUI never uses as a LoRA alias in a prompt (networks.forbidden_network_aliases).
-_FORBIDDEN_ALIASES = ("none", "addams")
 # A1111 network.py metadata_tags_order: these keys come first in the metadata view.
 WEBUI_METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3,
                         "ss_num_train_images": 10, "ss_tag_frequency": 20}
@@ -392,25 +390,12 @@ class NetworkCatalog:
                                          [e.title], error=error))
         return cards
 
-    def _lora_aliases(self, entries) -> dict[str, str]:
-        """name → the name a prompt tag uses: the ``ss_output_name`` alias unless it is shared
-        with another file's name or alias (then the file name), as A1111 ``get_alias``."""
-        seen: dict[str, int] = {}
-        aliases: dict[str, str] = {}
-        for e in entries:
-            alias = self._lora(e.path).metadata.get("ss_output_name")
-            aliases[e.name] = alias if isinstance(alias, str) and alias else e.name
-        for e in entries:
-            for key in {e.name, aliases[e.name]}:
-                seen[key.lower()] = seen.get(key.lower(), 0) + 1
-        return {name: alias if alias == name or (seen[alias.lower()] == 1 and alias.lower() not in _FORBIDDEN_ALIASES)
-                else name for name, alias in aliases.items()}
-
     def _lora_cards(self) -> list[Card]:
-        from core.networks.lora import detect_version
+        from core.networks.lora import detect_version, network_names
 
         entries = self.engine.registry.loras()
-        aliases = self._lora_aliases(entries)
+        aliases = network_names(((e.name, e.path) for e in entries),
+                                lambda path: self._lora(path).metadata.get("ss_output_name")).shown
         cards = []
         for e in entries:
             info = self._lora(e.path)
