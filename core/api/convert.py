@@ -103,7 +103,16 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
             raise InvalidParameterError("override_settings.CLIP_stop_at_last_layers",
                                         f"{clip_skip!r} is not a whole number") from None
 
-    sampler = values.get("sampler_name") or values.get("sampler_index") or "Euler"
+    # WebUI 1.10: "DPM++ 2M Karras" is sampler + schedule, aliases ("k_euler_a") name samplers too;
+    # the request's own scheduler wins unless it is unset or "Automatic".
+    from core.sampling.samplers import find_sampler, split_sampler_name
+
+    requested = values.get("sampler_name") or values.get("sampler_index") or "Euler"
+    sampler, split_schedule = split_sampler_name(requested, convert_automatic=False)
+    if find_sampler(sampler) is None:
+        raise InvalidParameterError("sampler_name", f"unknown sampler {requested!r}",
+                                    hint="see GET /sdapi/v1/samplers for the names")
+    scheduler = split_schedule if values.get("scheduler") in (None, "", "Automatic") else values["scheduler"]
     hr_sampler = values.get("hr_sampler_name")
     hr_scheduler = values.get("hr_scheduler")
     hires = HiresParams(
@@ -124,7 +133,7 @@ def params_from_request(values: dict[str, Any], current_options: dict[str, Any])
         prompt=get("prompt", ""),
         negative_prompt=get("negative_prompt", ""),
         sampler_name=sampler,
-        scheduler=get("scheduler", "Automatic"),
+        scheduler=scheduler,
         steps=int(get("steps", 50)),
         cfg_scale=float(get("cfg_scale", 7.0)),
         rescale_cfg=float(get("rescale_cfg", 0.0)),
