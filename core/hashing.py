@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from core.errors import ModelFileError
 from core.fileio import atomic_write_json
@@ -29,27 +31,44 @@ def sha256_file(path: str | Path) -> str:
         return _hash_stream(f, hashlib.sha256())
 
 
+def _addnet_hash(f: BinaryIO, size: int, path: Path | None = None) -> str:
+    head = f.read(8)
+    if len(head) < 8:
+        raise ModelFileError("too short to be a safetensors file", path=path)
+    (n,) = struct.unpack("<Q", head)
+    if 8 + n > size:
+        raise ModelFileError(f"safetensors header length {n} exceeds the file size {size}", path=path,
+                             hint="the file is truncated; download it again")
+    f.seek(8 + n)
+    return _hash_stream(f, hashlib.sha256())
+
+
 def addnet_hash_safetensors(path: str | Path) -> str:
     """SHA-256 of a safetensors file's tensor data only (kohya ``sshs_model_hash``): metadata-blind."""
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ModelFileError("too short to be a safetensors file", path=path)
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise ModelFileError(f"safetensors header length {n} exceeds the file size {size}", path=path,
-                                 hint="the file is truncated; download it again")
-        f.seek(8 + n)
-        return _hash_stream(f, hashlib.sha256())
+        return _addnet_hash(f, path.stat().st_size, path)
+
+
+def addnet_hash_bytes(data: bytes) -> str:
+    """:func:`addnet_hash_safetensors` of safetensors bytes in memory (``safetensors.torch.save``)."""
+    return _addnet_hash(io.BytesIO(data), len(data))
+
+
+def _old_hash(f: BinaryIO) -> str:
+    f.seek(_OLD_HASH_OFFSET)
+    return hashlib.sha256(f.read(_OLD_HASH_LENGTH)).hexdigest()[:8]
 
 
 def model_hash_old(path: str | Path) -> str:
     """A1111's legacy 8-hex hash: SHA-256 of 64 KiB at offset 1 MiB (empty input for small files)."""
     with open(path, "rb") as f:
-        f.seek(_OLD_HASH_OFFSET)
-        return hashlib.sha256(f.read(_OLD_HASH_LENGTH)).hexdigest()[:8]
+        return _old_hash(f)
+
+
+def model_hash_old_bytes(data: bytes) -> str:
+    """:func:`model_hash_old` of bytes in memory (kohya's ``addnet_hash_legacy``)."""
+    return _old_hash(io.BytesIO(data))
 
 
 class HashCache:

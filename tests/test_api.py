@@ -57,6 +57,28 @@ def test_sampler_name_wins_over_sampler_index():
     assert convert.params_from_request({"sampler_name": "Heun", "sampler_index": "DDIM"}).sampler_name == "Heun"
 
 
+@pytest.mark.parametrize("values, sampler, scheduler", [
+    ({"sampler_name": "DPM++ 2M Karras"}, "DPM++ 2M", "Karras"),
+    ({"sampler_name": "DPM++ 2M Karras", "scheduler": "Automatic"}, "DPM++ 2M", "Karras"),
+    ({"sampler_name": "Euler a Karras", "scheduler": "Exponential"}, "Euler a", "Exponential"),  # request wins
+    ({"sampler_index": "DPM++ 2M SDE Exponential"}, "DPM++ 2M SDE", "Exponential"),
+    ({"sampler_name": "k_euler_a"}, "Euler a", "Automatic"),
+    ({"sampler_name": "k_euler_a", "scheduler": "Karras"}, "Euler a", "Karras"),
+    ({"sampler_name": "k_dpmpp_2m_ka"}, "DPM++ 2M", "Karras"),
+    ({"sampler_name": "euler a"}, "Euler a", "Automatic"),
+])
+def test_sampler_names_with_a_schedule_and_aliases_split_like_the_webui(values, sampler, scheduler):
+    p = convert.params_from_request(values, {})
+    assert (p.sampler_name, p.scheduler) == (sampler, scheduler)
+
+
+@pytest.mark.parametrize("name", ["No Such Sampler", "No Such Sampler Karras", "Karras"])
+def test_unknown_sampler_names_are_refused_naming_sampler_name(name):
+    with pytest.raises(InvalidParameterError) as caught:
+        convert.params_from_request({"sampler_name": name}, {})
+    assert caught.value.field == "sampler_name" and name in caught.value.message
+
+
 @pytest.mark.parametrize("values, field", [
     ({"restore_faces": True}, "restore_faces"),
     ({"tiling": True}, "tiling"),

@@ -11,7 +11,6 @@ from core.generation.infotext import (
     create_infotext,
     exif_with_parameters,
     format_name_hashes,
-    get_sampler_and_scheduler,
     old_hires_fix_first_pass_dimensions,
     parse_generation_parameters,
     parse_name_hashes,
@@ -229,10 +228,14 @@ def test_old_sampler_names_are_split(written, sampler, schedule):
 def test_hires_sampler_split_and_automatic_conversion():
     res = parse_generation_parameters("p\nSteps: 20, Sampler: Euler, Seed: 1, Hires sampler: DPM++ 2M Karras")
     assert (res["Hires sampler"], res["Hires schedule type"]) == ("DPM++ 2M", "Karras")
-    # the paste-time conversion of v1.10.1: a sampler's own default scheduler shows as Automatic
-    assert get_sampler_and_scheduler("DPM++ 2M Karras", None) == ("DPM++ 2M", "Automatic")
-    assert get_sampler_and_scheduler("Euler a Karras", None) == ("Euler a", "Karras")
-    assert get_sampler_and_scheduler("DPM++ 2M", "exponential") == ("DPM++ 2M", "Exponential")
+    # parsing keeps what was written; the paste-time conversion (a sampler's own default scheduler
+    # shows as Automatic) is split_sampler_name's, tested in test_sampling_samplers.py
+    res = parse_generation_parameters("p\nSteps: 20, Sampler: k_lms_ka, Seed: 1, Hires sampler: Use same sampler")
+    assert (res["Sampler"], res["Schedule type"], res["Hires sampler"]) == ("LMS", "Karras", "Use same sampler")
+    res = parse_generation_parameters("p\nSteps: 20, Sampler: Euler a, Schedule type: Karras, Seed: 1")
+    assert (res["Sampler"], res["Schedule type"]) == ("Euler a", "Karras")
+    res = parse_generation_parameters("p\nSteps: 20, Sampler: Euler Dy Karras, Seed: 1")  # an extension's sampler
+    assert (res["Sampler"], res["Schedule type"]) == ("Euler Dy", "Karras")
 
 
 def test_old_hires_fix_first_pass_size():

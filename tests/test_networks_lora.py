@@ -481,3 +481,24 @@ def test_peft_file_alpha_from_diffusers_adapter_metadata(sd1, tmp_path):
     torch.testing.assert_close(weight(unet, UNET_Q) - w_q, b @ a * (8 / 4), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weight(unet, k_path) - w_k, b @ a * (2 / 4), rtol=1e-5, atol=1e-5)
     manager.restore()
+
+
+def test_one_naming_rule_for_prompts_and_cards():
+    from core.networks.lora import network_names
+
+    files = [("style_v1", Path("a/style_v1.safetensors")), ("style_v2", Path("b/style_v2.safetensors")),
+             ("other", Path("other.safetensors")), ("taken", Path("taken.pt")), ("nothing", Path("n.safetensors")),
+             ("loud", Path("loud.safetensors"))]
+    aliases = {"a/style_v1.safetensors": "style", "b/style_v2.safetensors": "style",
+               "other.safetensors": "Taken", "n.safetensors": "None", "loud.safetensors": "LOUD"}
+    names = network_names(files, lambda p: aliases.get(p.as_posix()))
+    # every stem and alias reaches a file; a stem wins over another file's alias, the first file
+    # wins among equal aliases
+    assert names.files["style"] == Path("a/style_v1.safetensors")
+    assert names.files["taken"] == Path("taken.pt") and names.files["Taken"] == Path("other.safetensors")
+    assert names.files["None"] == Path("n.safetensors") and names.files["LOUD"] == Path("loud.safetensors")
+    # cards show the alias only when no other file uses that name (case-insensitively) and it is allowed
+    assert names.shown == {"style_v1": "style_v1", "style_v2": "style_v2", "other": "other", "taken": "taken",
+                           "nothing": "nothing", "loud": "LOUD"}
+    # non-strings and empty aliases mean none
+    assert network_names([("x", Path("x.pt"))], lambda p: {"a": 1}).files == {"x": Path("x.pt")}

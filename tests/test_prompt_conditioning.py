@@ -11,7 +11,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from core.errors import InvalidParameterError
-from core.prompts.conditioning import PromptEncoder, pad_with_empty, stack_conds
+from core.prompts.conditioning import PromptEncoder
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "core" / "models" / "clip_tokenizer"
 BOS, EOS = 49406, 49407
@@ -277,17 +277,6 @@ def test_bad_arguments(tokenizer, clip_l):
         PromptEncoder([tokenizer], [clip_l], "sd1").encode([])
 
 
-def test_pad_with_empty_and_stack_conds():
-    context = torch.ones(2, 77, 4)
-    empty = torch.zeros(1, 77, 4)
-    padded = pad_with_empty(context, 231, empty)
-    assert padded.shape == (2, 231, 4) and padded[:, 77:].abs().sum() == 0
-    assert pad_with_empty(padded, 77, empty) is padded
-    stacked = stack_conds([torch.arange(4.0).reshape(2, 2), torch.ones(1, 2)])
-    assert stacked.shape == (2, 2, 2)
-    assert stacked[1].tolist() == [[1.0, 1.0], [1.0, 1.0]]
-
-
 @torch.no_grad()
 def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
     from core.networks.embeddings import Embedding, EmbeddingDatabase
@@ -304,19 +293,72 @@ def test_with_kiln_embedding_database(tmp_path, tokenizer, clip_l):
 
 
 @torch.no_grad()
-def test_learned_conditioning_schedules_and_and_parts(tokenizer, clip_l):
-    from core.prompts.conditioning import cond_at_step, learned_conditioning, multicond_learned_conditioning
+def test_build_schedule_encodes_each_variant_once_and_keeps_and_weights(tokenizer, clip_l):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
 
     encoder = PromptEncoder([tokenizer], [clip_l], "sd1")
-    conds, extra = learned_conditioning(encoder, ["a [cat:dog:2]", "x", "a [cat:dog:2]"], 4)
-    assert [[c.end_at_step for c in s] for s in conds] == [[2, 4], [4], [2, 4]]
-    assert conds[0] is conds[2] and extra == {}
-    # the schedule's variants are encoded as one batch, like the WebUI
-    torch.testing.assert_close(conds[0][1].context, encoder.encode(["a cat", "a dog"]).context[1])
-    # sampler steps count from 0: the first variant covers steps 0..2
-    assert [cond_at_step(conds[0], step).end_at_step for step in range(6)] == [2, 2, 2, 4, 4, 2]
+    cache = ConditioningCache(encoder, clip_skip=1)
+    edited = build_schedule(cache, "a [cat:dog:2]", 4, split_and=False)
+    (part,) = edited.parts
+    assert part.end_steps == [2, 4] and edited.texts == ["a cat", "a dog"]
+    torch.testing.assert_close(part.conds[1].context, encoder.encode(["a dog"]).context)
+    # the same text is encoded once per job and shared
+    again = build_schedule(cache, "a [cat:dog:2]", 4, split_and=False)
+    assert again.parts[0].conds[0] is part.conds[0]
 
-    multi = multicond_learned_conditioning(encoder, ["a cat AND a dog:0.5"], 4)
-    (parts,) = multi.batch
-    assert [part.weight for part in parts] == [1.0, 0.5]
-    torch.testing.assert_close(parts[1].schedules[0].context, encoder.encode([" a dog"]).context[0])
+    multi = build_schedule(cache, "a cat AND a dog:0.5", 4, split_and=True)
+    assert [p.weight for p in multi.parts] == [1.0, 0.5]
+    torch.testing.assert_close(multi.parts[1].conds[0].context, encoder.encode([" a dog"]).context)
+
+
+def _schedule_of(prompt: str, steps: int):
+    """build_schedule with a stand-in cache: each text "encodes" to itself."""
+    from core.generation.cond_schedule import build_schedule
+
+    class TextCache:
+        def variants(self, texts, is_negative_prompt=False):
+            return list(texts)
+
+    return build_schedule(TextCache(), prompt, steps, split_and=False)
+
+
+def test_prompt_editing_switches_after_the_step_the_webui_switches_at():
+    # [cat:dog:10] of 20 steps: the schedule is [[10, "a cat"], [20, "a dog"]]; the WebUI's sampler
+    # counts steps from 0 and uses an entry while step <= end_at_step (reconstruct_cond_batch).
+    schedule = _schedule_of("a [cat:dog:10]", 20)
+    assert schedule.parts[0].end_steps == [10, 20]
+    used = [schedule.at(step)[0][0] for step in range(20)]
+    assert used == ["a cat"] * 11 + ["a dog"] * 9
+    # fractions the same way: [cat:dog:0.25] of 8 steps ends at step 2
+    assert [_schedule_of("[cat:dog:0.25]", 8).at(s)[0][0] for s in range(4)] == ["cat", "cat", "cat", "dog"]
+
+
+def test_alternation_follows_the_webui_step_count():
+    schedule = _schedule_of("[a|b]", 6)
+    assert [schedule.at(step)[0][0] for step in range(6)] == ["a", "a", "b", "a", "b", "a"]
+
+
+@torch.no_grad()
+def test_schedule_variants_are_encoded_as_one_batch_like_the_webui(tokenizer, clip_l):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
+
+    encoder = PromptEncoder([tokenizer], [clip_l], "sd1")
+    schedule = build_schedule(ConditioningCache(encoder, 1), "a [(cat:1.5):dog:2]", 4, split_and=True)
+    together = encoder.encode(["a (cat:1.5)", "a dog"]).context
+    alone = encoder.encode(["a (cat:1.5)"]).context
+    # the emphasis mean is restored over both variants (get_learned_conditioning encodes them together)
+    torch.testing.assert_close(schedule.at(0)[0][0].context, together[:1])
+    torch.testing.assert_close(schedule.at(3)[0][0].context, together[1:])
+    assert not torch.allclose(together[:1], alone)
+
+
+@torch.no_grad()
+def test_an_empty_sdxl_negative_schedule_is_zeros(tokenizer, clip_l, clip_g):
+    from core.generation.cond_schedule import ConditioningCache, build_schedule
+
+    cache = ConditioningCache(PromptEncoder([tokenizer, tokenizer], [clip_l, clip_g], "sdxl"), 1)
+    negative = build_schedule(cache, "", 4, split_and=False).at(0)[0][0]
+    assert negative.context.abs().sum() == 0 and negative.pooled.abs().sum() == 0
+    # the positive prompt and the padding chunk keep the real encoding of ""
+    assert build_schedule(cache, "", 4, split_and=True).at(0)[0][0].context.abs().sum() > 0
+    assert cache.get("").context.abs().sum() > 0

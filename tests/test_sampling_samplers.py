@@ -18,7 +18,7 @@ from core.sampling.plan import (
     txt2img_start,
 )
 from core.sampling.rng import ImageRNG
-from core.sampling.samplers import SAMPLERS, find_sampler, resolve_sampler_name
+from core.sampling.samplers import SAMPLERS, find_sampler, split_sampler_name
 from core.sampling.schedule import NoiseSchedule
 from core.sampling.schedulers import SCHEDULERS
 from tests.test_sampling_toys import DATA_STD, ToyModel, constant_conditioning
@@ -186,13 +186,24 @@ def test_sampler_table_names_and_options():
         ("k_dpmpp_3m_sde_exp", None, ("DPM++ 3M SDE", "Automatic")),
         ("k_euler_a", None, ("Euler a", "Automatic")),
         ("DDIM", "Karras", ("DDIM", "Karras")),
-        ("No such sampler", None, ("DPM++ 2M", "Automatic")),
+        ("Euler a Karras", None, ("Euler a", "Karras")),
+        ("DPM++ 2M", "exponential", ("DPM++ 2M", "Exponential")),
+        ("euler A", None, ("Euler a", "Automatic")),
+        ("K_EULER_A", "Karras", ("Euler a", "Karras")),
+        ("dpm++ 2m karras", None, ("DPM++ 2M", "Automatic")),
+        ("k_dpmpp_2m Exponential", None, ("DPM++ 2M", "Exponential")),
+        ("Euler a Karras", "Exponential", ("Euler a", "Karras")),  # the written schedule wins
+        ("Euler a", "No such schedule", ("Euler a", "Automatic")),
+        # unknown samplers come back as written, less the schedule (callers check find_sampler)
+        ("No such sampler", None, ("No such sampler", "Automatic")),
+        ("Euler Dy Karras", None, ("Euler Dy", "Karras")),
         (None, None, ("DPM++ 2M", "Automatic")),
     ],
 )
-def test_resolve_sampler_name(text, scheduler, expected):
-    assert resolve_sampler_name(text, scheduler) == expected
+def test_split_sampler_name(text, scheduler, expected):
+    assert split_sampler_name(text, scheduler) == expected
 
 
-def test_resolve_without_automatic_conversion_keeps_the_schedule():
-    assert resolve_sampler_name("DPM++ 2M Karras", convert_automatic=False) == ("DPM++ 2M", "Karras")
+def test_split_without_automatic_conversion_keeps_the_schedule():
+    assert split_sampler_name("DPM++ 2M Karras", convert_automatic=False) == ("DPM++ 2M", "Karras")
+    assert split_sampler_name("DPM++ 2M SDE", "Exponential", convert_automatic=False) == ("DPM++ 2M SDE", "Exponential")

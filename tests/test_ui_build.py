@@ -77,7 +77,7 @@ def test_send_to_txt2img_values_fit_the_dropdowns():
     choices = {"sampler_name": ["DPM++ 2M", "Euler a"], "scheduler": ["Automatic", "Karras"],
                "hr_upscaler": ["Latent", "None", "Lanczos"], "hr_sampler_name": ["Use same sampler", "DPM++ 2M"],
                "hr_scheduler": ["Use same scheduler", "Karras"]}
-    values = txt2img_values(parsed, choices, {})
+    values = txt2img_values(parsed, choices)
     assert values["sampler_name"] == "DPM++ 2M" and values["scheduler"] == "Karras"
     assert (values["steps"], values["cfg_scale"], values["seed"]) == (13, 4.5, 99)
     assert (values["width"], values["height"], values["clip_skip"]) == (320, 256, 2)
@@ -85,6 +85,9 @@ def test_send_to_txt2img_values_fit_the_dropdowns():
     assert values["enable_hr"] is True and values["hr_scale"] == 1.5 and values["hr_second_pass_steps"] == 6
     assert values["denoising_strength"] == 0.45 and values["hr_sampler_name"] == "Use same sampler"
     assert "hr_upscaler" not in values  # a model upscaler this install lacks stays as it was
+    aliased = txt2img_values({**parsed, "Sampler": "k_euler_a", "Schedule type": "Karras"}, choices)
+    assert (aliased["sampler_name"], aliased["scheduler"]) == ("Euler a", "Karras")
+    assert "sampler_name" not in txt2img_values({**parsed, "Sampler": "Euler Dy Karras"}, choices)
 
 
 def test_token_counter_uses_the_shipped_tokenizer(engine):

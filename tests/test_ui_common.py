@@ -13,7 +13,6 @@ from core.jobs import JobQueue
 from ui import i18n
 from ui.common import JobStatus, format_seconds, job_error_message, progress_html, watch_job
 from ui.settings import result_text
-from ui.txt2img import resolve_sampler
 
 UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 _LITERAL_CALL = re.compile(r"""\b(?:t|translate)\(\s*(?:f?["'])([^"']+)["']""")
@@ -136,14 +135,3 @@ def test_settings_result_text():
     assert result_text([], []) == "Nothing changed."
     assert result_text(["sd_vae", "randn_source"], []) == "2 settings changed: sd_vae, randn_source"
     assert "rejected: samples_format" in result_text([], ["samples_format"])
-
-
-def test_old_combined_sampler_names_split_like_the_webui():
-    samplers = ["DPM++ 2M", "Euler a", "DPM++ 2M SDE"]
-    schedulers = ["Automatic", "Karras", "Exponential"]
-    aliases = {"k_dpmpp_2m": "DPM++ 2M"}
-    assert resolve_sampler("DPM++ 2M Karras", "Automatic", samplers, aliases, schedulers) == ("DPM++ 2M", "Karras")
-    assert resolve_sampler("DPM++ 2M SDE", "Exponential", samplers, aliases, schedulers) == (
-        "DPM++ 2M SDE", "Exponential")
-    assert resolve_sampler("k_dpmpp_2m", None, samplers, aliases, schedulers) == ("DPM++ 2M", None)
-    assert resolve_sampler("Unknown", "Karras", samplers, aliases, schedulers) == (None, "Karras")

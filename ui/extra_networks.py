@@ -84,7 +84,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "Enable": "启用",
         "Model": "模型",
         "Weight": "权重",
-        # summary labels (core.networks.catalog.lora_summary)
+        # summary labels (core.networks.kohya.lora_summary)
         "Output name": "输出名称",
         "Base model version": "底模版本",
         "Base model": "底模",

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from core.api.paste import fields_from_infotext
+from core.sampling.samplers import split_sampler_name
 from ui.i18n import t, translate
 from ui.txt2img import (
     USE_SAME_SAMPLER,
     USE_SAME_SCHEDULER,
     Txt2ImgTab,
-    resolve_sampler,
-    sampler_aliases,
     sampler_names,
     scheduler_labels,
     upscaler_names,
@@ -72,23 +71,22 @@ def table_update(parsed: dict[str, Any], request: Any = None) -> gr.Dataframe:
                         headers=[translate("Parameter", request), translate("Value", request)])
 
 
-def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]], aliases: dict[str, str]) -> dict[str, Any]:
+def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]]) -> dict[str, Any]:
     """txt2img field values (API names) for a parsed infotext; values a dropdown can't show are left out.
 
     ``choices``: dropdown field name → its choices. Clip skip comes back as ``clip_skip``.
     """
     values = fields_from_infotext(parsed)
-    schedulers = choices.get("scheduler", [])
     samplers = choices.get("sampler_name", [])
     if "sampler_name" in values:
-        sampler, scheduler = resolve_sampler(values["sampler_name"], values.get("scheduler"), samplers, aliases,
-                                             schedulers)
-        if sampler is None:
+        # Names and aliases resolve and "DPM++ 2M Karras" splits in two, as the WebUI's paste does;
+        # unlike it, a sampler's own default schedule stays as written instead of "Automatic".
+        sampler, scheduler = split_sampler_name(values["sampler_name"], values.get("scheduler"),
+                                                convert_automatic=False)
+        if sampler not in samplers:
             values.pop("sampler_name")
         else:
-            values["sampler_name"] = sampler
-            if scheduler is not None:
-                values["scheduler"] = scheduler
+            values["sampler_name"], values["scheduler"] = sampler, scheduler
     if values.get("hr_sampler_name") is None:
         values["hr_sampler_name"] = USE_SAME_SAMPLER
     if values.get("hr_scheduler") is None:
@@ -119,13 +117,12 @@ def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: En
         "hr_sampler_name": [USE_SAME_SAMPLER] + samplers,
         "hr_scheduler": [USE_SAME_SCHEDULER] + schedulers,
     }
-    aliases = sampler_aliases()
     outputs = list(f.values()) + [txt2img.hires_accordion, tabs] + ([clip_skip] if clip_skip is not None else [])
 
     def send(parsed: dict[str, Any]):
         if not parsed:
             return {tabs: gr.Tabs(selected="txt2img")}
-        values = txt2img_values(parsed, choices, aliases)
+        values = txt2img_values(parsed, choices)
         update: dict[Any, Any] = {f[name]: value for name, value in values.items() if name in f}
         update[txt2img.hires_accordion] = gr.Accordion(open=bool(values.get("enable_hr")))
         if clip_skip is not None and "clip_skip" in values:

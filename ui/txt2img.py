@@ -16,6 +16,8 @@ import gradio as gr
 
 from core.api.convert import params_from_request
 from core.errors import KilnError
+from core.sampling.samplers import sampler_names
+from core.sampling.schedulers import scheduler_labels
 from ui.common import (
     checkpoint_choices,
     error_html,
@@ -40,46 +42,11 @@ USE_SAME_SCHEDULER = "Use same scheduler"
 
 
 # ------------------------------------------------------------------- choice lists --
-def sampler_names() -> list[str]:
-    from core.sampling.samplers import SAMPLERS
-
-    return [s.name for s in SAMPLERS]
-
-
-def scheduler_labels() -> list[str]:
-    from core.sampling.schedulers import SCHEDULERS
-
-    return [s.label for s in SCHEDULERS]
-
-
 def upscaler_names(engine: Engine) -> list[str]:
     """Hires upscalers in the WebUI's order: latent modes, plain resamplers, then model files."""
     from core.generation.upscale import IMAGE_RESAMPLERS, LATENT_UPSCALE_MODES
 
     return [m.name for m in LATENT_UPSCALE_MODES] + list(IMAGE_RESAMPLERS) + engine.upscalers.names()
-
-
-def resolve_sampler(name: str, scheduler: str | None, samplers: list[str], aliases: dict[str, str],
-                    schedulers: list[str]) -> tuple[str | None, str | None]:
-    """A pasted sampler name → (sampler in our list, schedule type), like the WebUI's
-    ``get_sampler_and_scheduler``: aliases resolve, and an old combined name such as
-    "DPM++ 2M Karras" splits into sampler "DPM++ 2M" and schedule type "Karras"."""
-    if name in samplers:
-        return name, scheduler
-    if name in aliases:
-        return aliases[name], scheduler
-    for label in schedulers:
-        suffix = f" {label}"
-        if name.endswith(suffix) and name[: -len(suffix)] in samplers:
-            keep = scheduler if scheduler not in (None, "", DEFAULT_SCHEDULER) else label
-            return name[: -len(suffix)], keep
-    return None, scheduler
-
-
-def sampler_aliases() -> dict[str, str]:
-    from core.sampling.samplers import SAMPLERS
-
-    return {alias: s.name for s in SAMPLERS for alias in s.aliases}
 
 
 # --------------------------------------------------------------------------- tab --

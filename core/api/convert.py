@@ -92,7 +92,16 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
     for name in values.get("alwayson_scripts") or {}:
         raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
 
-    sampler = values.get("sampler_name") or values.get("sampler_index") or "Euler"
+    # WebUI 1.10: "DPM++ 2M Karras" is sampler + schedule, aliases ("k_euler_a") name samplers too;
+    # the request's own scheduler wins unless it is unset or "Automatic".
+    from core.sampling.samplers import find_sampler, split_sampler_name
+
+    requested = values.get("sampler_name") or values.get("sampler_index") or "Euler"
+    sampler, split_schedule = split_sampler_name(requested, convert_automatic=False)
+    if find_sampler(sampler) is None:
+        raise InvalidParameterError("sampler_name", f"unknown sampler {requested!r}",
+                                    hint="see GET /sdapi/v1/samplers for the names")
+    scheduler = split_schedule if values.get("scheduler") in (None, "", "Automatic") else values["scheduler"]
     hr_sampler = values.get("hr_sampler_name")
     hr_scheduler = values.get("hr_scheduler")
     hires = HiresParams(
@@ -112,7 +121,7 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         prompt=get("prompt", ""),
         negative_prompt=get("negative_prompt", ""),
         sampler_name=sampler,
-        scheduler=get("scheduler", "Automatic"),
+        scheduler=scheduler,
         steps=int(get("steps", 50)),
         cfg_scale=float(get("cfg_scale", 7.0)),
         rescale_cfg=float(get("rescale_cfg", 0.0)),

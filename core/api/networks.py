@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter
 
 from core.networks.catalog import NetworkCatalog
+from core.networks.lora import output_name_alias
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -45,8 +46,7 @@ def networks_router(engine: Engine, queue: JobQueue | None = None,
         items = []
         for entry in engine.registry.loras():
             metadata = cat.lora_metadata(entry.path)
-            alias = metadata.get("ss_output_name")
-            items.append({"name": entry.name, "alias": alias if isinstance(alias, str) and alias else entry.name,
+            items.append({"name": entry.name, "alias": output_name_alias(metadata, entry.name),
                           "path": str(entry.path), "metadata": metadata})
         return items
 

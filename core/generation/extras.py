@@ -16,7 +16,13 @@ from typing import Any
 from core.errors import ModelFileError
 from core.networks import hypernetworks as hn
 from core.networks.embeddings import EmbeddingDatabase, expected_dims_for
-from core.networks.lora import NetworkManager, NetworkRequest, find_networks, read_safetensors_metadata
+from core.networks.lora import (
+    NetworkManager,
+    NetworkRequest,
+    find_networks,
+    network_names,
+    read_safetensors_metadata,
+)
 
 
 @dataclass(eq=False)
@@ -71,14 +77,8 @@ class ExtraNetworks:
         return self.embeddings.load_for_model(self.family, self._expected_dims, force=force)
 
     def lora_index(self) -> dict[str, Path]:
-        """Names a prompt may use: file stems, plus `ss_output_name` aliases like the WebUI."""
-        files = find_networks(self.paths.lora_dir)
-        index = dict(files)
-        for path in files.values():
-            alias = self._alias(path)
-            if alias:
-                index.setdefault(alias, path)
-        return index
+        """Names a prompt may use: file stems and `ss_output_name` aliases (core.networks.lora.network_names)."""
+        return network_names(find_networks(self.paths.lora_dir).items(), self._alias).files
 
     def _alias(self, path: Path) -> str | None:
         if path.suffix.lower() != ".safetensors":

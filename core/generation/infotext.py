@@ -153,71 +153,6 @@ def parse_name_hashes(value: str) -> dict[str, str]:
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 
-# Scheduler labels, names and aliases of v1.10.1 (``modules/sd_schedulers.py``), in its order;
-# old infotexts glue them to the sampler name ("DPM++ 2M Karras").
-SCHEDULERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Automatic", "automatic", ()),
-    ("Uniform", "uniform", ()),
-    ("Karras", "karras", ()),
-    ("Exponential", "exponential", ()),
-    ("Polyexponential", "polyexponential", ()),
-    ("SGM Uniform", "sgm_uniform", ("SGMUniform",)),
-    ("KL Optimal", "kl_optimal", ()),
-    ("Align Your Steps", "align_your_steps", ()),
-    ("Simple", "simple", ()),
-    ("Normal", "normal", ()),
-    ("DDIM", "ddim", ()),
-    ("Beta", "beta", ()),
-)
-# v1.10.1 sampler names and the scheduler each uses under "Automatic" (None: the model's own).
-SAMPLER_DEFAULT_SCHEDULER: dict[str, str | None] = {
-    "DPM++ 2M": "karras",
-    "DPM++ SDE": "karras",
-    "DPM++ 2M SDE": "exponential",
-    "DPM++ 2M SDE Heun": "exponential",
-    "DPM++ 2S a": "karras",
-    "DPM++ 3M SDE": "exponential",
-    "Euler a": None,
-    "Euler": None,
-    "LMS": None,
-    "Heun": None,
-    "DPM2": "karras",
-    "DPM2 a": "karras",
-    "DPM fast": None,
-    "DPM adaptive": None,
-    "Restart": "karras",
-    "DDIM": None,
-    "DDIM CFG++": None,
-    "PLMS": None,
-    "UniPC": None,
-    "LCM": None,
-}
-
-
-def get_sampler_and_scheduler(
-    sampler_name: str | None, scheduler_name: str | None, *, convert_automatic: bool = True
-) -> tuple[str | None, str]:
-    """v1.10.1's ``sd_samplers.get_sampler_and_scheduler``: split ``"DPM++ 2M Karras"`` into
-    ``("DPM++ 2M", "Karras")``; with ``convert_automatic`` a scheduler equal to the sampler's own
-    default becomes ``"Automatic"``. Unlike the WebUI an unknown sampler name is kept as-is
-    (the WebUI silently substitutes its first sampler)."""
-    by_name = {label: label for label, _, _ in SCHEDULERS} | {name: label for label, name, _ in SCHEDULERS}
-    found = by_name.get(scheduler_name or "", "Automatic")
-    name = sampler_name
-    if name:
-        for label, internal, aliases in SCHEDULERS:
-            for option in (label, internal, *aliases):
-                if name.endswith(" " + option):
-                    found = label
-                    name = name[: -(len(option) + 1)]
-                    break
-    if convert_automatic and name in SAMPLER_DEFAULT_SCHEDULER:
-        default = SAMPLER_DEFAULT_SCHEDULER[name]
-        if default is not None and by_name.get(default) == found:
-            found = "Automatic"
-    return name, found
-
-
 def old_hires_fix_first_pass_dimensions(width: int, height: int) -> tuple[int, int]:
     """The pre-1.0 automatic first-pass size: about 512×512 pixels, multiples of 64."""
     scale = math.sqrt(512 * 512 / (width * height))
@@ -307,17 +242,18 @@ def _split_prompt_lines(lines: list[str]) -> tuple[str, str]:
 
 
 def _split_old_sampler_names(res: dict[str, object]) -> None:
-    """``Sampler: DPM++ 2M Karras`` (before 1.9) → ``Sampler: DPM++ 2M``, ``Schedule type: Karras``."""
-    sampler = res.get("Sampler")
-    if isinstance(sampler, str):
-        name, scheduler = get_sampler_and_scheduler(sampler, None, convert_automatic=False)
-        if name != sampler:
-            res["Sampler"], res["Schedule type"] = name, scheduler
-    hires = res.get("Hires sampler")
-    if isinstance(hires, str) and hires != "Use same sampler":
-        name, scheduler = get_sampler_and_scheduler(hires, None, convert_automatic=False)
-        if name != hires:
-            res["Hires sampler"], res["Hires schedule type"] = name, scheduler
+    """``Sampler: DPM++ 2M Karras`` (before 1.9) → ``Sampler: DPM++ 2M``, ``Schedule type: Karras``;
+    the same for ``Hires sampler``. Names without a schedule on them stay as written."""
+    from core.sampling.samplers import split_sampler_name  # the sampler table (imports torch)
+
+    for sampler_key, schedule_key, same in (("Sampler", "Schedule type", None),
+                                            ("Hires sampler", "Hires schedule type", "Use same sampler")):
+        written = res.get(sampler_key)
+        if not isinstance(written, str) or written == same:
+            continue
+        name, schedule = split_sampler_name(written, None, convert_automatic=False)
+        if schedule != "Automatic":
+            res[sampler_key], res[schedule_key] = name, schedule
 
 
 def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> dict[str, object]:
@@ -447,12 +383,9 @@ def exif_with_parameters(text: str) -> bytes:
 __all__ = [
     "FIXED_KEY_ORDER",
     "PNG_TEXT_KEY",
-    "SAMPLER_DEFAULT_SCHEDULER",
-    "SCHEDULERS",
     "create_infotext",
     "exif_with_parameters",
     "format_name_hashes",
-    "get_sampler_and_scheduler",
     "order_parameters",
     "parse_generation_parameters",
     "parse_name_hashes",

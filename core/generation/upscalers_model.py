@@ -142,10 +142,9 @@ class ModelUpscalers:
         self._loaded: tuple[Path, nn.Module, int] | None = None
 
     def entries(self) -> list[UpscalerEntry]:
-        if not self.folder.is_dir():
-            return []
-        files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in UPSCALER_EXTENSIONS and p.is_file())
-        return [UpscalerEntry(p.stem, p) for p in files]
+        from core.models.folders import walk_files
+
+        return [UpscalerEntry(p.stem, p) for p in walk_files(self.folder, UPSCALER_EXTENSIONS, key=lambda p: p)]
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.hashing import HashCache, model_hash_old
+from core.models.folders import natural_key, relative_posix, walk_files
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -47,11 +48,6 @@ class ModelEntry:
         return self.sha256[:10] if self.sha256 else None
 
 
-def natural_key(text: str) -> list:
-    """The WebUI's list order: case-insensitive, numbers compared as numbers ("m2" < "m10")."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
 def _get(paths: Any, name: str) -> Path | None:
     value = paths.get(name) if isinstance(paths, Mapping) else getattr(paths, name, None)
     return Path(value) if value is not None else None
@@ -59,23 +55,14 @@ def _get(paths: Any, name: str) -> Path | None:
 
 def scan_folder(folder: Path | None, suffixes: tuple[str, ...], *, exclude_vae: bool = False,
                 only_vae: bool = False) -> list[tuple[str, Path]]:
-    """(relative path, file) for every model file below ``folder``; hidden files and folders skipped
-    (that also skips Kiln's own half-written ``.name.tmp`` files)."""
-    if folder is None or not folder.is_dir():
-        return []
+    """(relative path, file) for every model file below ``folder`` (:func:`walk_files`, natural order)."""
     out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        lower = p.name.lower()
-        if not lower.endswith(suffixes):
-            continue
-        is_vae = any(lower.endswith(f".vae{s}") for s in suffixes)
+    for p in walk_files(folder, suffixes):
+        is_vae = any(p.name.lower().endswith(f".vae{s}") for s in suffixes)
         if (exclude_vae and is_vae) or (only_vae and not is_vae):
             continue
-        out.append((rel.as_posix(), p))
-    return sorted(out, key=lambda item: natural_key(item[0]))
+        out.append((relative_posix(p, folder), p))
+    return out
 
 
 class ModelRegistry:

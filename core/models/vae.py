@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
 from core.errors import ModelFileError
 from core.models.architecture import ModelSpec, vae_config_from_shapes
+from core.models.folders import natural_key, walk_files
 from core.models.layout import VAE_PREFIX, apply_rules_to_model, normalize_vae_ldm_key, vae_rules
 from core.models.state_dict_io import read_state_dict
 
@@ -75,23 +75,13 @@ def apply_vae(model, path: str | Path | None) -> None:
     model.vae_path = path
 
 
-def _natural_key(text: str) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
 def list_vae_files(vae_dir: str | Path | None, ckpt_dir: str | Path | None = None) -> list[Path]:
     """A1111's VAE list: ``**/*.vae.{ckpt,pt,safetensors}`` under the checkpoint folder, then every
     ``.ckpt/.pt/.safetensors`` under the VAE folder; one per file name, natural-sorted by name."""
     by_name: dict[str, Path] = {}
-    if ckpt_dir is not None and Path(ckpt_dir).is_dir():
-        for p in Path(ckpt_dir).rglob("*"):
-            if p.is_file() and any(p.name.lower().endswith(f".vae{s}") for s in VAE_SUFFIXES):
-                by_name[p.name] = p
-    if vae_dir is not None and Path(vae_dir).is_dir():
-        for p in Path(vae_dir).rglob("*"):
-            if p.is_file() and p.suffix.lower() in VAE_SUFFIXES:
-                by_name[p.name] = p
-    return [by_name[n] for n in sorted(by_name, key=_natural_key)]
+    for p in walk_files(ckpt_dir, tuple(f".vae{s}" for s in VAE_SUFFIXES)) + walk_files(vae_dir, VAE_SUFFIXES):
+        by_name[p.name] = p
+    return [by_name[n] for n in sorted(by_name, key=natural_key)]
 
 
 def find_vae_for_checkpoint(ckpt_path: str | Path, vae_dir: str | Path | None,

@@ -2,8 +2,9 @@
 
 What the WebUI's "Extra networks" panel shows, without gradio: one ``Card`` per file with its
 preview (``name.png`` / ``name.preview.png``, also .jpg/.jpeg/.webp, as A1111
-``ui_extra_networks.find_preview``), its type (Checkpoint, LoRA, LyCORIS, ...), the text a click puts into the prompt, search and sort
-keys; plus a LoRA's training metadata (kohya ``ss_*`` keys decoded into tables) and the user
+``ui_extra_networks.find_preview``), its type (Checkpoint, LoRA, LyCORIS, ...), the text a click puts
+into the prompt, search and sort keys; plus a LoRA's training metadata (kohya ``ss_*`` keys, tabled by
+core.networks.kohya) and the user
 notes kept in ``name.json`` beside the model file (A1111 ``ui_extra_networks_user_metadata``).
 
 Listing reads only safetensors headers and small embedding files, each once per file version
@@ -12,7 +13,6 @@ Listing reads only safetensors headers and small embedding files, each once per 
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 from dataclasses import dataclass, field
@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import KilnError, ModelFileError
 from core.fileio import atomic_write_text
-from core.models.registry import natural_key
+from core.models.folders import natural_key
 from core.networks.embeddings import embedding_candidates
+from core.networks.kohya import dataset_dir_rows, lora_summary, tag_frequency_rows
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -40,8 +41,6 @@ TYPE_CHECKPOINT, TYPE_LORA, TYPE_LYCORIS = "Checkpoint", "LoRA", "LyCORIS"
 TYPE_EMBEDDING, TYPE_HYPERNETWORK = "Textual Inversion", "Hypernetwork"
 # network_type_from_keys results that only LyCORIS writes (DoRA: LyCORIS's dora_wd; kohya has none).
 _LYCORIS_TYPES = ("LoHa", "LoKr", "IA3", "Full", "DoRA")
-# Names the WebUI never uses as a LoRA alias in a prompt (networks.forbidden_network_aliases).
-_FORBIDDEN_ALIASES = ("none", "addams")
 # A1111 network.py metadata_tags_order: these keys come first in the metadata view.
 WEBUI_METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3,
                         "ss_num_train_images": 10, "ss_tag_frequency": 20}
@@ -145,18 +144,6 @@ def lora_prompt_tag(alias: str, user: dict[str, Any]) -> str:
     return f"{tag} {activation}" if activation else tag
 
 
-def _date(value: Any) -> str | None:
-    try:
-        stamp = float(value)
-    except (TypeError, ValueError):
-        return None
-    return datetime.datetime.fromtimestamp(stamp, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _present(value: Any) -> bool:
-    return value is not None and str(value) not in ("", "None", "null")
-
-
 def network_type_from_keys(keys: list[str]) -> str:
     """The network kind, from tensor names alone (header only, no tensor read)."""
     parts = {part for k in keys for part in k.split(".")}
@@ -184,123 +171,6 @@ def lora_type_label(metadata: dict[str, Any], keys: list[str]) -> str:
     if module.startswith("lycoris") or network_type_from_keys(keys) in _LYCORIS_TYPES:
         return TYPE_LYCORIS
     return TYPE_LORA
-
-
-def tag_frequency_rows(metadata: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """(dataset dir, tag, count) from ``ss_tag_frequency``, each dir's tags by count, most first."""
-    rows: list[tuple[str, str, int]] = []
-    freq = metadata.get("ss_tag_frequency")
-    if not isinstance(freq, dict):
-        return rows
-    for folder, tags in freq.items():
-        if not isinstance(tags, dict):
-            continue
-        counted = []
-        for tag, count in tags.items():
-            try:
-                counted.append((str(tag).strip(), int(count)))
-            except (TypeError, ValueError):
-                continue
-        counted.sort(key=lambda tc: (-tc[1], tc[0]))
-        rows.extend((str(folder), tag, count) for tag, count in counted)
-    return rows
-
-
-def dataset_dir_rows(metadata: dict[str, Any]) -> list[tuple[str, int, int, int, str]]:
-    """(folder, repeats, images, images × repeats, "train"/"reg") from ``ss_dataset_dirs`` and
-    ``ss_reg_dataset_dirs``; from ``ss_datasets`` subsets when only those are present."""
-    rows: list[tuple[str, int, int, int, str]] = []
-    for key, kind in (("ss_dataset_dirs", "train"), ("ss_reg_dataset_dirs", "reg")):
-        dirs = metadata.get(key)
-        if not isinstance(dirs, dict):
-            continue
-        for folder, info in dirs.items():
-            if not isinstance(info, dict):
-                continue
-            repeats, images = _int(info.get("n_repeats")), _int(info.get("img_count"))
-            rows.append((str(folder), repeats, images, repeats * images, kind))
-    datasets = metadata.get("ss_datasets")
-    if not rows and isinstance(datasets, list):
-        for dataset in datasets:
-            for subset in (dataset.get("subsets") or []) if isinstance(dataset, dict) else []:
-                if not isinstance(subset, dict):
-                    continue
-                repeats, images = _int(subset.get("num_repeats")), _int(subset.get("img_count"))
-                folder = str(subset.get("image_dir") or subset.get("metadata_file") or "")
-                rows.append((folder, repeats, images, repeats * images, "reg" if subset.get("is_reg") else "train"))
-    return rows
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def bucket_resolutions(metadata: dict[str, Any]) -> list[tuple[str, int]]:
-    """("WxH", count) from ``ss_bucket_info``, most used first (counts include repeats)."""
-    info = metadata.get("ss_bucket_info")
-    counts: dict[str, int] = {}
-    if isinstance(info, dict) and isinstance(info.get("buckets"), dict):
-        for bucket in info["buckets"].values():
-            try:
-                w, h = bucket["resolution"]
-                counts[f"{int(w)}x{int(h)}"] = counts.get(f"{int(w)}x{int(h)}", 0) + int(bucket.get("count", 0))
-            except (KeyError, TypeError, ValueError):
-                continue
-    return sorted(counts.items(), key=lambda kv: -kv[1])
-
-
-def lora_summary(metadata: dict[str, Any], *, sd_version: str, network_type: str, hash12: str,
-                 file_size: int) -> list[tuple[str, str]]:
-    """The facts a user looks for first (seed tutorial: base model, dims, repeats, epochs, lr)."""
-    m = metadata
-    out: list[tuple[str, str]] = []
-
-    def add(label: str, *values: Any, sep: str = " / ") -> None:
-        shown = [str(v) for v in values if _present(v)]
-        if shown:
-            out.append((label, sep.join(shown)))
-
-    add("Output name", m.get("ss_output_name"))
-    add("Base model version", m.get("ss_base_model_version") or sd_version)
-    add("Base model", m.get("ss_sd_model_name"))
-    add("Base model hash", m.get("ss_sd_model_hash"), m.get("ss_new_sd_model_hash"))
-    add("VAE", m.get("ss_vae_name"))
-    add("Network type", network_type)
-    add("Network module", m.get("ss_network_module"))
-    add("Network dim / alpha", m.get("ss_network_dim"), m.get("ss_network_alpha"))
-    args = m.get("ss_network_args")
-    if isinstance(args, dict) and args:
-        add("Network args", ", ".join(f"{k}={v}" for k, v in args.items()))
-    add("Resolution", m.get("ss_resolution"))
-    buckets = bucket_resolutions(m)
-    if buckets:
-        add("Bucket resolutions", ", ".join(f"{r} ({n})" for r, n in buckets[:6]) + (", ..." if len(buckets) > 6 else ""))
-    add("Clip skip", m.get("ss_clip_skip"))
-    add("Epoch", m.get("ss_epoch"), m.get("ss_num_epochs"))
-    add("Steps", m.get("ss_steps"), m.get("ss_max_train_steps"))
-    add("Training images (with repeats)", m.get("ss_num_train_images"))
-    images = sum(row[2] for row in dataset_dir_rows(m) if row[4] == "train")
-    if images:
-        add("Dataset size (images)", images)
-    add("Regularization images", m.get("ss_num_reg_images") if _int(m.get("ss_num_reg_images")) else None)
-    add("Batch size", m.get("ss_batch_size_per_device") or m.get("ss_total_batch_size"))
-    lrs = [f"{name} {m.get(key)}" for name, key in (("lr", "ss_learning_rate"), ("unet", "ss_unet_lr"),
-                                                       ("text encoder", "ss_text_encoder_lr")) if _present(m.get(key))]
-    add("Learning rates", ", ".join(lrs))
-    add("Optimizer", m.get("ss_optimizer"))
-    add("LR scheduler", m.get("ss_lr_scheduler"))
-    add("Mixed precision", m.get("ss_mixed_precision"))
-    add("Noise offset", m.get("ss_noise_offset"))
-    add("Seed", m.get("ss_seed"))
-    add("Training started", _date(m.get("ss_training_started_at")))
-    add("Training finished", _date(m.get("ss_training_finished_at")))
-    add("Training comment", m.get("ss_training_comment"))
-    add("Hash (Lora hashes)", hash12)
-    add("File size", f"{file_size / 1e6:.1f} MB")
-    return out
 
 
 def checkpoint_text_widths(path: Path) -> dict[str, int] | None:
@@ -407,25 +277,12 @@ class NetworkCatalog:
                                          [e.title], type_label=TYPE_CHECKPOINT, error=error))
         return cards
 
-    def _lora_aliases(self, entries) -> dict[str, str]:
-        """name → the name a prompt tag uses: the ``ss_output_name`` alias unless it is shared
-        with another file's name or alias (then the file name), as A1111 ``get_alias``."""
-        seen: dict[str, int] = {}
-        aliases: dict[str, str] = {}
-        for e in entries:
-            alias = self._lora(e.path).metadata.get("ss_output_name")
-            aliases[e.name] = alias if isinstance(alias, str) and alias else e.name
-        for e in entries:
-            for key in {e.name, aliases[e.name]}:
-                seen[key.lower()] = seen.get(key.lower(), 0) + 1
-        return {name: alias if alias == name or (seen[alias.lower()] == 1 and alias.lower() not in _FORBIDDEN_ALIASES)
-                else name for name, alias in aliases.items()}
-
     def _lora_cards(self) -> list[Card]:
-        from core.networks.lora import detect_version
+        from core.networks.lora import detect_version, network_names
 
         entries = self.engine.registry.loras()
-        aliases = self._lora_aliases(entries)
+        aliases = network_names(((e.name, e.path) for e in entries),
+                                lambda path: self._lora(path).metadata.get("ss_output_name")).shown
         cards = []
         for e in entries:
             info = self._lora(e.path)

@@ -23,6 +23,7 @@ import torch
 
 from core.errors import ModelFileError
 from core.hashing import sha256_file
+from core.models.folders import walk_files
 
 EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors", ".png", ".webp", ".jxl", ".avif")
 IMAGE_EXTENSIONS = (".png", ".webp", ".jxl", ".avif")
@@ -225,28 +226,20 @@ class SkippedEmbedding:
 def embedding_candidates(folder: Path) -> list[Path]:
     """Embedding files as the WebUI's database walks them: recursive, no ``*.preview.*`` images,
     no empty files; an image named like another embedding file beside it is that file's preview."""
-    from core.models.registry import natural_key
-
+    files = walk_files(folder, EMBEDDING_EXTENSIONS)
+    data_files = {(p.parent, p.stem) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS}
     out: list[Path] = []
-    if not folder.is_dir():
-        return out
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
-        data_stems = {Path(fn).stem for fn in filenames
-                      if Path(fn).suffix.lower() in EMBEDDING_EXTENSIONS and Path(fn).suffix.lower() not in IMAGE_EXTENSIONS}
-        for fn in filenames:
-            path = Path(dirpath) / fn
-            ext = path.suffix.lower()
-            if ext not in EMBEDDING_EXTENSIONS or fn.startswith("."):
+    for path in files:
+        if path.suffix.lower() in IMAGE_EXTENSIONS and (
+                Path(path.stem).suffix.lower() == ".preview" or (path.parent, path.stem) in data_files):
+            continue
+        try:
+            if path.stat().st_size == 0:
                 continue
-            if ext in IMAGE_EXTENSIONS and (Path(path.stem).suffix.lower() == ".preview" or path.stem in data_stems):
-                continue
-            try:
-                if path.stat().st_size == 0:
-                    continue
-            except OSError:
-                continue
-            out.append(path)
-    return sorted(out, key=lambda p: natural_key(p.as_posix()))
+        except OSError:
+            continue
+        out.append(path)
+    return out
 
 
 @dataclass

@@ -4,7 +4,8 @@
 (``models/Lora``, ``embeddings``, ``models/hypernetworks``) with one small file per format:
 kohya LoRA (real ``ss_*`` metadata), LoCon, LoHa, LoKr, IA3, full diff, DoRA, a PEFT/diffusers
 LoRA, textual inversions (``.pt``, ``.safetensors``, ``.bin``, PNG, SDXL ``clip_l``/``clip_g``) and
-a hypernetwork. Values are seeded, so the files are the same on every run.
+a hypernetwork. Values are seeded, so the files are the same on every run. kohya's names and
+its ``ss_*`` writer are core.networks.kohya's, as the trainer's.
 """
 
 from __future__ import annotations
@@ -19,57 +20,7 @@ import torch
 from torch import nn
 
 from core.fileio import atomic_save_with, atomic_write_bytes
-
-KOHYA_UNET_PREFIX = "lora_unet_"
-
-
-# --- kohya names ------------------------------------------------------------------------------
-
-def kohya_unet_names(unet: nn.Module, family: str, unet_config: dict | None) -> dict[str, str]:
-    """diffusers module path → kohya ``lora_unet_*`` name (SGM/LDM names for SDXL, as kohya)."""
-    names = {}
-    inverse: dict[str, str] = {}
-    if family == "sdxl":
-        from core.models.layout import unet_key_map
-
-        config = unet_config if unet_config is not None else dict(unet.config)
-        inverse = {d[: -len(".weight")]: ldm[: -len(".weight")]
-                   for ldm, d in unet_key_map(config).items() if d.endswith(".weight")}
-    for name, _ in unet.named_modules():
-        if family == "sdxl":
-            if name in inverse:
-                names[name] = KOHYA_UNET_PREFIX + inverse[name].replace(".", "_")
-        else:
-            names[name] = KOHYA_UNET_PREFIX + name.replace(".", "_")
-    return names
-
-
-def kohya_te_prefixes(family: str, count: int) -> list[str]:
-    return ["lora_te1_", "lora_te2_"][:count] if family == "sdxl" else ["lora_te_"]
-
-
-def kohya_te_name(prefix: str, module_name: str) -> str:
-    """transformers 5.x module path → the 4.x-style kohya name (``..._text_model_encoder_...``)."""
-    if not module_name.startswith("text_model."):
-        module_name = "text_model." + module_name
-    return prefix + module_name.replace(".", "_")
-
-
-def lora_target_modules(unet: nn.Module, text_encoders: list[nn.Module]) -> list[tuple[int, str, nn.Module]]:
-    """kohya's default LoRA targets: (component index, path, module); 0 = U-Net, 1.. = text encoders.
-
-    U-Net: Linear and 1×1 Conv2d inside the transformer blocks; text: attention and MLP linears.
-    """
-    targets = []
-    for name, module in unet.named_modules():
-        if ".attentions." in name and (isinstance(module, nn.Linear) or (
-                isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))):
-            targets.append((0, name, module))
-    for i, te in enumerate(text_encoders, start=1):
-        for name, module in te.named_modules():
-            if isinstance(module, nn.Linear) and (".self_attn." in name or ".mlp." in name):
-                targets.append((i, name, module))
-    return targets
+from core.networks import kohya
 
 
 def _io(module: nn.Module) -> tuple[int, int]:
@@ -93,42 +44,21 @@ def _save_torch(path: Path, obj) -> Path:
 def kohya_metadata(output_name: str, family: str, dim: int, alpha: float, module: str = "networks.lora",
                    network_args: dict | None = None) -> dict[str, str]:
     """A realistic subset of the ``ss_*`` metadata kohya's train_network.py writes (all strings)."""
-    base_version = {"sdxl": "sdxl_base_v1-0", "sd2": "sd_v2"}.get(family, "sd_v1")
-    meta = {
-        "ss_session_id": "1234567890", "ss_training_started_at": "1700000000.0", "ss_output_name": output_name,
-        "ss_learning_rate": "0.0001", "ss_text_encoder_lr": "5e-05", "ss_unet_lr": "0.0001",
-        "ss_num_train_images": "40", "ss_num_reg_images": "0", "ss_num_batches_per_epoch": "20",
-        "ss_num_epochs": "2", "ss_batch_size_per_device": "2", "ss_total_batch_size": "2",
-        "ss_resolution": "(512, 512)", "ss_clip_skip": "2", "ss_max_token_length": "None",
-        "ss_optimizer": "torch.optim.adamw.AdamW", "ss_lr_scheduler": "cosine", "ss_lr_warmup_steps": "0",
-        "ss_network_module": module, "ss_network_dim": str(dim), "ss_network_alpha": str(alpha),
-        "ss_network_dropout": "None", "ss_mixed_precision": "fp16", "ss_full_fp16": "False",
-        "ss_v2": str(family == "sd2"), "ss_base_model_version": base_version, "ss_seed": "42",
-        "ss_sd_model_name": "kiln-tiny.safetensors", "ss_training_comment": "None",
-        "ss_steps": "40", "ss_epoch": "2", "ss_training_finished_at": "1700000100.0",
-        "ss_enable_bucket": "True", "ss_min_bucket_reso": "256", "ss_max_bucket_reso": "1024",
-        "ss_keep_tokens": "1", "ss_shuffle_caption": "True", "ss_flip_aug": "False", "ss_color_aug": "False",
-        "ss_cache_latents": "True", "ss_caption_dropout_rate": "0.0", "ss_noise_offset": "None",
-        "ss_dataset_dirs": json.dumps({"10_sls 1girl": {"n_repeats": 10, "img_count": 4}}),
-        "ss_reg_dataset_dirs": json.dumps({}),
-        "ss_tag_frequency": json.dumps({"10_sls 1girl": {"sls": 4, "1girl": 4, "solo": 3, "red hair": 2}}),
-        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [512, 512], "count": 40}},
-                                      "mean_img_ar_error": 0.0}),
-    }
-    if network_args:
-        meta["ss_network_args"] = json.dumps(network_args)
-    return meta
-
-
-def _addnet_hash_of(tensors: dict[str, torch.Tensor]) -> str:
-    """The hash kohya stores as ``sshs_model_hash``: sha256 of the serialized tensor bytes."""
-    import hashlib
-
-    from safetensors.torch import save
-
-    data = save({k: v.contiguous() for k, v in tensors.items()})
-    header_len = int.from_bytes(data[:8], "little")
-    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+    return kohya.training_metadata(
+        output_name=output_name, family=family, network_dim=dim, network_alpha=alpha, network_module=module,
+        network_args=network_args, session_id=1234567890, training_started_at=1700000000.0,
+        learning_rate=0.0001, text_encoder_lr=5e-05, unet_lr=0.0001, num_train_images=40, num_reg_images=0,
+        num_batches_per_epoch=20, num_epochs=2, batch_size_per_device=2, total_batch_size=2, resolution=(512, 512),
+        clip_skip=2, max_token_length=None, optimizer="torch.optim.adamw.AdamW", lr_scheduler="cosine",
+        lr_warmup_steps=0, network_dropout=None, mixed_precision="fp16", full_fp16=False, seed=42,
+        sd_model_name="kiln-tiny.safetensors", training_comment=None, steps=40, epoch=2,
+        training_finished_at=1700000100.0, enable_bucket=True, min_bucket_reso=256, max_bucket_reso=1024,
+        keep_tokens=1, shuffle_caption=True, flip_aug=False, color_aug=False, cache_latents=True,
+        caption_dropout_rate=0.0, noise_offset=None,
+        dataset_dirs={"10_sls 1girl": {"n_repeats": 10, "img_count": 4}}, reg_dataset_dirs={},
+        tag_frequency={"10_sls 1girl": {"sls": 4, "1girl": 4, "solo": 3, "red hair": 2}},
+        bucket_info={"buckets": {"0": {"resolution": [512, 512], "count": 40}}, "mean_img_ar_error": 0.0},
+    )
 
 
 class NetworkFileWriter:
@@ -138,8 +68,8 @@ class NetworkFileWriter:
         self.unet = unet
         self.text_encoders = text_encoders
         self.gen = torch.Generator().manual_seed(seed)
-        self.unet_names = kohya_unet_names(unet, family, unet_config)
-        self.te_prefixes = kohya_te_prefixes(family, len(text_encoders))
+        self.unet_names = kohya.unet_names(unet, family, unet_config)
+        self.te_prefixes = kohya.te_prefixes(family, len(text_encoders))
 
     def randn(self, *shape: int, scale: float = 0.1) -> torch.Tensor:
         return torch.randn(*shape, generator=self.gen) * scale
@@ -147,10 +77,10 @@ class NetworkFileWriter:
     def kohya_name(self, component: int, name: str) -> str:
         if component == 0:
             return self.unet_names[name]
-        return kohya_te_name(self.te_prefixes[component - 1], name)
+        return kohya.te_name(self.te_prefixes[component - 1], name)
 
     def targets(self, limit_per_component: int | None = None) -> list[tuple[int, str, nn.Module]]:
-        chosen = lora_target_modules(self.unet, self.text_encoders)
+        chosen = kohya.target_modules(self.unet, self.text_encoders)
         if limit_per_component is None:
             return chosen
         counts: dict[int, int] = {}
@@ -167,12 +97,12 @@ class NetworkFileWriter:
             out_f, in_f = _io(module)
             key = self.kohya_name(c, name)
             if isinstance(module, nn.Conv2d):
-                sd[f"{key}.lora_down.weight"] = self.randn(rank, in_f, 1, 1)
-                sd[f"{key}.lora_up.weight"] = self.randn(out_f, rank, 1, 1)
+                sd[f"{key}.{kohya.LORA_DOWN}"] = self.randn(rank, in_f, 1, 1)
+                sd[f"{key}.{kohya.LORA_UP}"] = self.randn(out_f, rank, 1, 1)
             else:
-                sd[f"{key}.lora_down.weight"] = self.randn(rank, in_f)
-                sd[f"{key}.lora_up.weight"] = self.randn(out_f, rank)
-            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+                sd[f"{key}.{kohya.LORA_DOWN}"] = self.randn(rank, in_f)
+                sd[f"{key}.{kohya.LORA_UP}"] = self.randn(out_f, rank)
+            sd[f"{key}.{kohya.ALPHA}"] = torch.tensor(float(alpha))
         return sd
 
     def locon(self, rank: int, alpha: float) -> dict[str, torch.Tensor]:
@@ -380,10 +310,8 @@ def write_network_fixtures(out_dir: Path, family: str, unet: nn.Module, text_enc
     w = NetworkFileWriter(family, unet, text_encoders, unet_config, seed)
     files: dict[str, Path] = {}
 
-    kohya = w.kohya_lora(rank=4, alpha=2.0)
-    meta = kohya_metadata("kiln_style", family, 4, 2.0)
-    meta["sshs_model_hash"] = _addnet_hash_of(kohya)
-    files["kohya"] = save_safetensors(lora_dir / "kiln_style_v1.safetensors", kohya, meta)
+    files["kohya"] = kohya.save_lora(lora_dir / "kiln_style_v1.safetensors", w.kohya_lora(rank=4, alpha=2.0),
+                                     kohya_metadata("kiln_style", family, 4, 2.0))
     files["locon"] = save_safetensors(lora_dir / "kiln_locon.safetensors", w.locon(4, 4.0),
                                        kohya_metadata("kiln_locon", family, 4, 4.0, "lycoris.kohya",
                                                       {"algo": "locon", "conv_dim": "4", "conv_alpha": "4"}))

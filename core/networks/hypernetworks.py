@@ -22,6 +22,7 @@ from torch import nn
 
 from core.errors import ModelFileError
 from core.hashing import sha256_file
+from core.models.folders import walk_files
 
 
 def _activation_table() -> dict[str, type[nn.Module]]:
@@ -253,8 +254,5 @@ def uninstall(unet: nn.Module) -> None:
 
 def find_hypernetworks(hypernetwork_dir: str | Path) -> dict[str, Path]:
     """Name (file stem) → path for ``**/*.pt`` under the folder, sorted case-insensitively."""
-    root = Path(hypernetwork_dir)
-    if not root.is_dir():
-        return {}
-    found = sorted(root.rglob("*.pt"), key=lambda p: str(p).lower())
+    found = walk_files(hypernetwork_dir, (".pt",), key=lambda p: str(p).lower())
     return {p.stem: p for p in found if p.stem != "None"}

@@ -10,9 +10,9 @@ bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from core.errors import ModelFileError
 from core.hashing import addnet_hash_safetensors, sha256_file
+from core.models.folders import walk_files
 from core.models.state_dict_io import read_safetensors_metadata as read_raw_metadata
 from core.networks.lora_formats import (
     SUPPORTED_TYPES,
@@ -136,10 +137,8 @@ def load_network(path: str | Path) -> LoadedNetwork:
     stored = metadata.get("sshs_model_hash")
     file_hash = stored if isinstance(stored, str) and stored else (
         addnet_hash_safetensors(path) if is_safetensors else sha256_file(path))
-    alias = metadata.get("ss_output_name")
     return LoadedNetwork(
-        name=path.stem, path=path, mtime=path.stat().st_mtime,
-        alias=alias if isinstance(alias, str) and alias else path.stem,
+        name=path.stem, path=path, mtime=path.stat().st_mtime, alias=output_name_alias(metadata, path.stem),
         metadata=metadata, tensors=tensors, hash=file_hash, sd_version=detect_version(metadata),
         bundle_embeddings=bundles)
 
@@ -374,14 +373,55 @@ def _fit_inpaint_conv_in(delta: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 
 def find_networks(lora_dir: str | Path) -> dict[str, Path]:
-    """Name (file stem) → path for every network file under ``lora_dir`` (recursive, sorted)."""
+    """Name (file stem) → path for every network file under ``lora_dir`` (folder by folder, each
+    folder's files case-insensitively; the first file of a stem wins)."""
     found: dict[str, Path] = {}
-    root = Path(lora_dir)
-    if not root.is_dir():
-        return found
-    for dirpath, _, filenames in sorted(os.walk(root, followlinks=True)):
-        for fn in sorted(filenames, key=str.lower):
-            p = Path(dirpath) / fn
-            if p.suffix.lower() in NETWORK_EXTENSIONS:
-                found.setdefault(p.stem, p)
+    for p in walk_files(lora_dir, NETWORK_EXTENSIONS, key=lambda p: (str(p.parent), p.name.lower())):
+        found.setdefault(p.stem, p)
     return found
+
+
+# --- names a prompt may use -----------------------------------------------------------------
+
+# Aliases the WebUI never shows as a LoRA's prompt name (networks.forbidden_network_aliases).
+FORBIDDEN_ALIASES = ("none", "addams")
+
+
+def output_name_alias(metadata: Mapping[str, object], stem: str) -> str:
+    """A network's own alias: kohya's ``ss_output_name``, else the file stem (A1111 ``NetworkOnDisk.alias``)."""
+    alias = metadata.get("ss_output_name")
+    return alias if isinstance(alias, str) and alias else stem
+
+
+@dataclass(frozen=True)
+class NetworkNames:
+    files: dict[str, Path]  # every name a <lora:...> tag may use → its file
+    shown: dict[str, str]  # file stem → the name its card and inserted tag use
+
+
+def network_names(files: Iterable[tuple[str, Path]], alias_of: Callable[[Path], object]) -> NetworkNames:
+    """The one LoRA naming rule (A1111 ``networks.list_available_networks``, ``NetworkOnDisk.get_alias``).
+
+    ``files`` are (stem, path) in listing order; ``alias_of(path)`` gives the file's
+    ``ss_output_name`` (anything but a non-empty string means none). A network is reachable by its
+    stem and by its alias; a stem wins over another file's alias, and among equal stems or equal
+    aliases the first file wins (the WebUI lets the later file win, so its lookups depend on the
+    folder order). A card shows the alias unless another file's stem or alias is the same
+    (case-insensitively) or it is one of ``FORBIDDEN_ALIASES``; then it shows the stem.
+    """
+    entries = []
+    for stem, path in files:
+        alias = alias_of(path)
+        entries.append((stem, path, alias if isinstance(alias, str) and alias else stem))
+    by_name: dict[str, Path] = {}
+    for stem, path, _ in entries:
+        by_name.setdefault(stem, path)
+    for _, path, alias in entries:
+        by_name.setdefault(alias, path)
+    uses = Counter(name for stem, _, alias in entries for name in {stem.lower(), alias.lower()})
+    shown: dict[str, str] = {}
+    for stem, _, alias in entries:
+        usable = alias == stem or (uses[alias.lower()] == 1 and alias.lower() not in FORBIDDEN_ALIASES)
+        shown.setdefault(stem, alias if usable else stem)
+    return NetworkNames(by_name, shown)
+

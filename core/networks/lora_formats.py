@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.networks.kohya import SDXL_TE_PREFIXES, TE_PREFIX, UNET_PREFIX, kohya_name
+
 UNET = "unet"
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
@@ -70,19 +72,19 @@ class ModuleIndex:
         for target in self.modules:
             for prefix in self._kohya_prefixes(target.component):
                 for spelling in _text_model_spellings(target) if target.is_text_encoder else (target.module,):
-                    self.kohya.setdefault(prefix + spelling.replace(".", "_"), target)
+                    self.kohya.setdefault(kohya_name(prefix, spelling), target)
         if unet_key_map:
             self._add_ldm_unet_names(unet_key_map)
 
     def _kohya_prefixes(self, component: str) -> tuple[str, ...]:
         if component == UNET:
-            return ("lora_unet_",)
+            return (UNET_PREFIX,)
         if component == TEXT_ENCODER_2:
-            return ("lora_te2_",)
+            return (SDXL_TE_PREFIXES[1],)
         if self.family == "sdxl":
-            return ("lora_te1_",)
+            return (SDXL_TE_PREFIXES[0],)
         # SD1/SD2: kohya writes lora_te_; the WebUI also accepts lora_te1_ on SD1 models.
-        return ("lora_te_", "lora_te1_")
+        return (TE_PREFIX, SDXL_TE_PREFIXES[0])
 
     def _add_ldm_unet_names(self, unet_key_map: dict[str, str]) -> None:
         for ldm_key, diffusers_key in unet_key_map.items():
@@ -90,7 +92,7 @@ class ModuleIndex:
                 continue
             target = ModuleTarget(UNET, diffusers_key[: -len(".weight")])
             if target in self.modules:
-                self.kohya.setdefault("lora_unet_" + ldm_key[: -len(".weight")].replace(".", "_"), target)
+                self.kohya.setdefault(kohya_name(UNET_PREFIX, ldm_key[: -len(".weight")]), target)
 
     def resolve_kohya(self, base: str) -> ModuleTarget | None:
         return self.kohya.get(base)

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from core.errors import InvalidParameterError
-from core.prompts.parser import multicond_prompt_list, prompt_schedules
 from core.prompts.tokens import (
     COMMA_PADDING_BACKTRACK,
     EmbeddingLookup,
@@ -334,128 +333,9 @@ class PromptEncoder:
         return weighted * (z.mean() / new_mean)
 
 
-@dataclass
-class ScheduledCond:
-    """One prompt's conditioning up to and including sampler step ``end_at_step``."""
-
-    end_at_step: int
-    context: torch.Tensor  # [tokens, features]
-    pooled: torch.Tensor | None = None  # [projection] (SDXL)
-
-
-@dataclass
-class ComposableCond:
-    """One ``AND`` part of a prompt: its schedule and its weight."""
-
-    schedules: list[ScheduledCond]
-    weight: float = 1.0
-
-
-@dataclass
-class PromptConditioning:
-    """Per prompt, per ``AND`` part, the scheduled conditionings; plus the infotext keys."""
-
-    batch: list[list[ComposableCond]]
-    extra_generation_params: dict[str, str] = field(default_factory=dict)
-
-
-def learned_conditioning(
-    encoder: PromptEncoder,
-    prompts: list[str],
-    steps: int,
-    *,
-    hires_steps: int | None = None,
-    use_old_scheduling: bool = False,
-    clip_skip: int = 1,
-    is_negative_prompt: bool = False,
-) -> tuple[list[list[ScheduledCond]], dict[str, str]]:
-    """The WebUI's ``get_learned_conditioning``: each prompt's schedule, its variants encoded as
-    one batch (so the emphasis mean is taken over them together); identical prompts share one."""
-    schedules = prompt_schedules(prompts, steps, hires_steps, use_old_scheduling)
-    cache: dict[str, list[ScheduledCond]] = {}
-    extra: dict[str, str] = {}
-    result = []
-    for prompt, schedule in zip(prompts, schedules):
-        if prompt not in cache:
-            encoded = encoder.encode(
-                [text for _, text in schedule], clip_skip, is_negative_prompt=is_negative_prompt
-            )
-            extra.update(encoded.extra_generation_params())
-            cache[prompt] = [
-                ScheduledCond(
-                    end_step, encoded.context[i], encoded.pooled[i] if encoded.pooled is not None else None
-                )
-                for i, (end_step, _) in enumerate(schedule)
-            ]
-        result.append(cache[prompt])
-    return result, extra
-
-
-def multicond_learned_conditioning(
-    encoder: PromptEncoder,
-    prompts: list[str],
-    steps: int,
-    *,
-    hires_steps: int | None = None,
-    use_old_scheduling: bool = False,
-    clip_skip: int = 1,
-) -> PromptConditioning:
-    """The WebUI's ``get_multicond_learned_conditioning``: prompts split on ``AND`` (each distinct
-    part encoded once), every part scheduled; the sampler combines parts by weight."""
-    per_prompt, flat = multicond_prompt_list(prompts)
-    conds, extra = learned_conditioning(
-        encoder,
-        flat,
-        steps,
-        hires_steps=hires_steps,
-        use_old_scheduling=use_old_scheduling,
-        clip_skip=clip_skip,
-    )
-    batch = [[ComposableCond(conds[index], weight) for index, weight in pairs] for pairs in per_prompt]
-    return PromptConditioning(batch, extra)
-
-
-def cond_at_step(schedule: list[ScheduledCond], step: int) -> ScheduledCond:
-    """The entry the WebUI's ``reconstruct_cond_batch`` picks at sampler step ``step``, counted
-    from 0: the first whose ``end_at_step`` is ≥ step (so ``[a:b:10]`` of 20 steps uses ``a``
-    for steps 0–10), and the first entry when the step is past them all."""
-    for entry in schedule:
-        if step <= entry.end_at_step:
-            return entry
-    return schedule[0]
-
-
-def pad_with_empty(context: torch.Tensor, target_tokens: int, empty: torch.Tensor) -> torch.Tensor:
-    """Append copies of the empty prompt's chunk ([1, 77, D]) until ``target_tokens`` tokens, as the
-    WebUI's ``pad_cond`` does when cond and uncond differ in length."""
-    missing = target_tokens - context.shape[1]
-    if missing <= 0:
-        return context
-    repeats = missing // empty.shape[1]
-    return torch.cat([context, empty.to(context).repeat(context.shape[0], repeats, 1)], dim=1)
-
-
-def stack_conds(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Stack [tokens, D] conds of different lengths by repeating each one's last vector (the
-    WebUI's ``stack_conds`` for AND sub-prompts)."""
-    length = max(t.shape[0] for t in tensors)
-    padded = [
-        t if t.shape[0] == length else torch.cat([t, t[-1:].repeat(length - t.shape[0], 1)]) for t in tensors
-    ]
-    return torch.stack(padded)
-
-
 __all__ = [
     "FAMILIES",
-    "ComposableCond",
     "Conditioning",
     "EncoderDetails",
-    "PromptConditioning",
     "PromptEncoder",
-    "ScheduledCond",
-    "cond_at_step",
-    "learned_conditioning",
-    "multicond_learned_conditioning",
-    "pad_with_empty",
-    "stack_conds",
 ]

@@ -156,19 +156,23 @@ def _split_legacy_alias(name: str) -> tuple[SamplerInfo | None, str | None]:
     return None, None
 
 
-def resolve_sampler_name(
-    text: str | None, scheduler: str | None = None, *, convert_automatic: bool = True
+def split_sampler_name(
+    name: str | None, scheduler: str | None = None, *, convert_automatic: bool = True
 ) -> tuple[str, str]:
-    """(sampler name, Schedule type label) from infotext/API values, as WebUI 1.10 get_sampler_and_scheduler.
+    """(sampler, Schedule type label) for a sampler name as WebUI 1.10 reads one
+    (``sd_samplers.get_sampler_and_scheduler``, used for pasted infotext and by the API).
 
-    A trailing schedule name in the sampler ("DPM++ 2M Karras") wins over ``scheduler``; a schedule equal to
-    the sampler's own default becomes "Automatic" (unless ``convert_automatic`` is False); an unknown
-    sampler falls back to the first one (DPM++ 2M), as the WebUI does. Old aliases ("k_dpmpp_2m_ka",
-    "k_euler_a") are understood as well.
+    - A schedule written after the name ("DPM++ 2M Karras", "Euler SGMUniform", "LMS karras": a
+      label, internal name or alias, as written) is split off and wins over ``scheduler``.
+    - The sampler is found by name or alias, case-insensitively (the WebUI's ``samplers_map``),
+      including the pre-1.9 aliases with a schedule on them ("k_dpmpp_2m_ka"), and comes back under
+      its own name. An unknown sampler comes back as written, less the schedule: callers that need
+      a real one check it with :func:`find_sampler`. No name at all means the first sampler.
+    - ``scheduler`` is a label, internal name or alias; unknown or missing means "Automatic".
+    - With ``convert_automatic`` a schedule equal to the sampler's own default becomes "Automatic".
     """
     found = find_scheduler(scheduler) or SCHEDULERS[0]
-    name = text or DEFAULT_SAMPLER.name
-    base, suffix_scheduler = _split_scheduler_suffix(name)
+    base, suffix_scheduler = _split_scheduler_suffix(name or DEFAULT_SAMPLER.name)
     if suffix_scheduler is not None:
         found = find_scheduler(suffix_scheduler) or found
     info = find_sampler(base)
@@ -176,8 +180,8 @@ def resolve_sampler_name(
         info, alias_scheduler = _split_legacy_alias(base)
         if alias_scheduler is not None:
             found = find_scheduler(alias_scheduler) or found
-    info = info or DEFAULT_SAMPLER
+    if info is None:
+        return base, found.label
     if convert_automatic and info.default_scheduler == found.name:
         found = SCHEDULERS[0]
     return info.name, found.label
-
