@@ -362,3 +362,24 @@ def test_an_empty_sdxl_negative_schedule_is_zeros(tokenizer, clip_l, clip_g):
     # the positive prompt and the padding chunk keep the real encoding of ""
     assert build_schedule(cache, "", 4, split_and=True).at(0)[0][0].context.abs().sum() > 0
     assert cache.get("").context.abs().sum() > 0
+
+
+def test_hires_pass_reads_prompt_editing_past_the_first_pass_as_the_webui():
+    """[cat:dog:25] with 20 steps + 10 hires steps: cat for the whole first pass; in the hires
+    pass, step 25 is its 5th (whole numbers past the first pass count in it)."""
+    from core.generation.pipeline import prompt_pass
+    from core.sampling.samplers import DEFAULT_SAMPLER
+
+    class TextCache:
+        def variants(self, texts, is_negative_prompt=False):
+            return list(texts)
+
+        def get(self, text):
+            return type("Encoded", (), {"context": text})()
+
+    first = prompt_pass(TextCache(), DEFAULT_SAMPLER, "Karras", 20, 7.0, "[cat:dog:25]", "")
+    assert {first.cond.at(step)[0][0] for step in range(20)} == {"cat"}
+    second = prompt_pass(TextCache(), DEFAULT_SAMPLER, "Karras", 10, 7.0, "[cat:dog:25]", "", first_pass_steps=20)
+    assert [second.cond.at(step)[0][0] for step in range(10)] == ["cat"] * 6 + ["dog"] * 4
+    fraction = prompt_pass(TextCache(), DEFAULT_SAMPLER, "Karras", 10, 7.0, "[cat:dog:1.5]", "", first_pass_steps=20)
+    assert [fraction.cond.at(step)[0][0] for step in range(10)] == ["cat"] * 6 + ["dog"] * 4

@@ -96,12 +96,17 @@ def default_eta(sampler: SamplerInfo, eta_ancestral: float, eta_ddim: float) -> 
 
 
 def prompt_pass(cache: ConditioningCache, sampler: SamplerInfo, scheduler: str, steps: int, cfg_scale: float,
-                prompt: str, negative_prompt: str, *, hires_steps: int | None = None, **options: Any) -> SamplingPass:
-    """A SamplingPass whose prompt schedules are encoded through ``cache`` (each text once)."""
+                prompt: str, negative_prompt: str, *, first_pass_steps: int | None = None,
+                **options: Any) -> SamplingPass:
+    """A SamplingPass whose prompt schedules are encoded through ``cache`` (each text once).
+
+    ``first_pass_steps`` marks a hires-fix second pass: as in the WebUI, its prompt editing reads
+    whole numbers past the first pass's steps, and fractions 1.x, as steps of this pass."""
+    base, hires = (steps, None) if first_pass_steps is None else (first_pass_steps, steps)
     return SamplingPass(
         sampler=sampler, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale,
-        cond=build_schedule(cache, prompt, steps, split_and=True, hires_steps=hires_steps),
-        uncond=build_schedule(cache, negative_prompt, steps, split_and=False, hires_steps=hires_steps),
+        cond=build_schedule(cache, prompt, base, split_and=True, hires_steps=hires),
+        uncond=build_schedule(cache, negative_prompt, base, split_and=False, hires_steps=hires),
         empty_context=cache.get("").context, **options)
 
 

@@ -100,8 +100,8 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
 
     hires = p.hires
     hr_steps = (hires.steps or p.steps) if hires.enabled else None
-    first = prompt_pass(cache, sampler, scheduler, p.steps, p.cfg_scale, prompt, negative, hires_steps=hr_steps,
-                        rescale_cfg=p.rescale_cfg, **sampler_options(p, sampler, options))
+    first = prompt_pass(cache, sampler, scheduler, p.steps, p.cfg_scale, prompt, negative, rescale_cfg=p.rescale_cfg,
+                        **sampler_options(p, sampler, options))
     second = None
     if hires.enabled:
         hr_sampler = resolve_sampler(hires.sampler_name, "hr_sampler_name") if hires.sampler_name else sampler
@@ -109,7 +109,8 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
         hr_negative, _ = parse_extra_networks(hires.negative_prompt or p.negative_prompt)
         second = prompt_pass(cache, hr_sampler, resolve_scheduler(hires.scheduler or scheduler, hr_sampler), hr_steps,
                              hires.cfg_scale if hires.cfg_scale is not None else p.cfg_scale, hr_prompt, hr_negative,
-                             rescale_cfg=p.rescale_cfg, **sampler_options(p, hr_sampler, options))
+                             first_pass_steps=p.steps, rescale_cfg=p.rescale_cfg,
+                             **sampler_options(p, hr_sampler, options))
 
     steps_per_batch = p.steps + (hr_steps or 0)
     ctx.set_total(steps_per_batch * p.batch_count, job_count=p.total_images)
