@@ -198,7 +198,11 @@ class Job:
 
 
 class JobQueue:
-    """Jobs served in submission order by one worker thread (the only one that touches the GPU)."""
+    """Jobs served by one worker thread (the only one that touches the GPU), fair across owners.
+
+    Owners take turns (round robin, in the order they first queued): one user's 100-image batch
+    does not lock the others out, and each owner's own jobs keep their order.
+    """
 
     def __init__(self, preview_every: int | Callable[[], int] = 0, *, history: int = 50):
         self._preview_every = preview_every
@@ -207,6 +211,7 @@ class JobQueue:
         self._running: list[Job] = []  # a stack: a long job paused under the short jobs it lets run
         self._finished: deque[Job] = deque(maxlen=history)
         self._ids = itertools.count(1)
+        self._turns: deque[str | None] = deque()  # owners with queued jobs, whose turn comes first
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="kiln-gpu-worker", daemon=True)
         self._thread.start()
@@ -221,6 +226,8 @@ class JobQueue:
             if self._stopping:
                 raise KilnError("the server is shutting down; the job was not queued")
             self._pending.append(job)
+            if owner not in self._turns:
+                self._turns.append(owner)
             self._cond.notify()
         return job
 
@@ -240,13 +247,13 @@ class JobQueue:
     def jobs(self, owner: str | None = None) -> list[Job]:
         """Running, then queued, then recently finished jobs (all, or one owner's)."""
         with self._cond:
-            every = [*reversed(self._running), *self._pending, *reversed(self._finished)]
+            every = [*reversed(self._running), *self._order_locked(), *reversed(self._finished)]
         return [j for j in every if owner is None or j.owner == owner]
 
     def current(self, owner: str | None = None) -> Job | None:
         """The owner's (or anyone's) job that runs now, else their first queued one."""
         with self._cond:
-            for job in (*reversed(self._running), *self._pending):
+            for job in (*reversed(self._running), *self._order_locked()):
                 if owner is None or job.owner == owner:
                     return job
         return None
@@ -317,7 +324,7 @@ class JobQueue:
     def _position_locked(self, job: Job) -> int:
         if job in self._running:
             return 0
-        for i, queued in enumerate(self._pending):
+        for i, queued in enumerate(self._order_locked()):
             if queued is job:
                 return i + 1
         return -1
@@ -334,6 +341,29 @@ class JobQueue:
         self._thread.join(timeout)
 
     # -- worker -------------------------------------------------------------------
+    def _order_locked(self) -> list[Job]:
+        """The queued jobs in the order they will run: owners in turn, each owner's in order."""
+        by_owner: dict[str | None, deque[Job]] = {}
+        for job in self._pending:
+            by_owner.setdefault(job.owner, deque()).append(job)
+        turns = deque(owner for owner in self._turns if owner in by_owner)
+        order: list[Job] = []
+        while turns:
+            owner = turns.popleft()
+            order.append(by_owner[owner].popleft())
+            if by_owner[owner]:
+                turns.append(owner)
+        return order
+
+    def _take_locked(self, job: Job) -> Job:
+        """Out of the queue; its owner goes to the back of the turns (or leaves them, with none left)."""
+        self._pending.remove(job)
+        if job.owner in self._turns:
+            self._turns.remove(job.owner)
+        if any(j.owner == job.owner for j in self._pending):
+            self._turns.append(job.owner)
+        return job
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -341,7 +371,7 @@ class JobQueue:
                     self._cond.wait()
                 if self._stopping and not self._pending:
                     return
-                job = self._pending.popleft()
+                job = self._take_locked(self._order_locked()[0])
             self._execute(job)
 
     def _run_short_jobs_for(self, long_job: Job) -> int:
@@ -351,10 +381,10 @@ class JobQueue:
         ran = 0
         while True:
             with self._cond:
-                short = next((j for j in self._pending if j.kind in SHORT_KINDS), None)
+                short = next((j for j in self._order_locked() if j.kind in SHORT_KINDS), None)
                 if short is None or self._stopping:
                     break
-                self._pending.remove(short)
+                self._take_locked(short)
             started = time.monotonic()
             state = long_job.progress.state
             long_job.progress.state = "paused"

@@ -211,3 +211,21 @@ def test_a_long_job_lets_queued_short_jobs_run_at_its_pause_points(queue):
     other_train.wait(5)
     # The short job ran inside the first one's pause; the other long job waited its turn.
     assert order == ["epoch 0", "bob's picture", "epoch 1", "epoch 2", "another training"]
+
+
+def test_owners_take_turns_and_each_keeps_its_own_order(queue):
+    order = []
+    gate, started = threading.Event(), threading.Event()
+    first = queue.submit(lambda ctx: started.set() or gate.wait(5), owner="alice")
+    started.wait(5)
+    jobs = [queue.submit(lambda ctx, n=n: order.append(n), owner="alice") for n in ("a1", "a2", "a3")]
+    jobs += [queue.submit(lambda ctx, n=n: order.append(n), owner="bob") for n in ("b1", "b2")]
+    jobs.append(queue.submit(lambda ctx: order.append("c1"), owner="carol"))
+    # Owners take turns in the order they queued; each owner's jobs keep theirs.
+    assert [j.owner for j in queue.jobs() if not j.done][1:] == ["alice", "bob", "carol", "alice", "bob", "alice"]
+    assert queue.position(jobs[0]) == 1 and queue.position(jobs[-1]) == 3 and queue.position(jobs[2]) == 6
+    gate.set()
+    first.wait(5)
+    for job in jobs:
+        job.wait(5)
+    assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
