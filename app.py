@@ -72,10 +72,15 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
 
     app = FastAPI(title="Kiln", docs_url="/docs" if api else None, redoc_url=None,
                   openapi_url="/openapi.json" if api else None, lifespan=lifespan)
+    from core.api.auth import BasicAuthMiddleware, page_and_api_logins
+
+    page_logins, api_logins = page_and_api_logins(flags)
     if api:
         from core.api.server import install_api
 
         install_api(app, engine, queue)
+    # HTTP Basic on /sdapi/v1/* whenever the API or the page has logins (never open while the page is locked).
+    app.add_middleware(BasicAuthMiddleware, logins=api_logins)
     if not flags.nowebui:
         import gradio as gr
 
@@ -83,8 +88,8 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
 
         demo = ui.build(engine, queue)
         app = gr.mount_gradio_app(
-            app, demo, path="/", auth=list(flags.auth) or None, ssr_mode=False, footer_links=["settings"],
-            show_error=True, **ui.page_options(),
+            app, demo, path="/", auth=page_logins.check if page_logins else None, ssr_mode=False,
+            footer_links=["settings"], show_error=True, **ui.page_options(),
         )
     return app, engine, queue
 
@@ -104,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     from core.settings import Settings
 
     flags = parse_flags(argv)
+    from core.api.auth import network_refusal
+
+    refusal = network_refusal(flags)
+    if refusal:
+        print(f"Kiln will not start: {refusal}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_flags(flags, REPO_ROOT)
         settings.paths.ensure_dirs()

@@ -178,6 +178,8 @@ class Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     started_monotonic: float | None = None
     paused_seconds: float = 0.0  # time spent running other jobs at this job's pause points
+    _callbacks: list[Callable[[Job], Any]] = field(default_factory=list, repr=False)
+    _callback_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its result or raise its error."""
@@ -190,6 +192,24 @@ class Job:
     @property
     def done(self) -> bool:
         return self.done_event.is_set()
+
+    def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` once the job has ended (at once if it has); from the worker thread."""
+        with self._callback_lock:
+            if not self.done_event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _finish(self) -> None:
+        with self._callback_lock:
+            self.done_event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # a waiter's callback must never break the worker
+                log.exception("done callback of %s failed", self.id)
 
     def running_seconds(self) -> float:
         if self.started_monotonic is None:
@@ -432,7 +452,7 @@ class JobQueue:
             with self._cond:
                 self._running.remove(job)
                 self._finished.append(job)
-            job.done_event.set()
+            job._finish()
 
 
 def _copy(p: ProgressSnapshot) -> ProgressSnapshot:

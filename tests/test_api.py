@@ -68,14 +68,14 @@ def test_sampler_name_wins_over_sampler_index():
     ({"sampler_name": "euler a"}, "Euler a", "Automatic"),
 ])
 def test_sampler_names_with_a_schedule_and_aliases_split_like_the_webui(values, sampler, scheduler):
-    p = convert.params_from_request(values, {})
+    p = convert.params_from_request(values)
     assert (p.sampler_name, p.scheduler) == (sampler, scheduler)
 
 
 @pytest.mark.parametrize("name", ["No Such Sampler", "No Such Sampler Karras", "Karras"])
 def test_unknown_sampler_names_are_refused_naming_sampler_name(name):
     with pytest.raises(InvalidParameterError) as caught:
-        convert.params_from_request({"sampler_name": name}, {})
+        convert.params_from_request({"sampler_name": name})
     assert caught.value.field == "sampler_name" and name in caught.value.message
 
 
@@ -402,7 +402,8 @@ def test_progress_and_interrupt_while_generating(model_api):
     try:
         deadline = time.monotonic() + 60
         body = client.get("/sdapi/v1/progress").json()
-        while body["state"]["sampling_step"] < 2 and time.monotonic() < deadline:
+        # Until this job runs (the caller's last job, finished, is what /progress shows before it).
+        while (body["state"]["job_count"] < 1 or body["state"]["sampling_step"] < 2) and time.monotonic() < deadline:
             time.sleep(0.05)
             body = client.get("/sdapi/v1/progress").json()
         assert body["state"]["job_count"] >= 1 and body["state"]["sampling_steps"] == 150

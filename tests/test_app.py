@@ -59,13 +59,52 @@ def test_nowebui_serves_the_api_alone(make_client):
     assert client.get("/").status_code == 404
 
 
-def test_gradio_auth_protects_the_ui_not_the_api(make_client):
+def test_gradio_auth_locks_the_page_and_the_api_with_the_same_logins(make_client):
     client = make_client("--api", "--gradio-auth", "alice:secret")
     assert client.get("/config").status_code == 401
     assert client.post("/login", data={"username": "alice", "password": "wrong"}).status_code == 400
     assert client.post("/login", data={"username": "alice", "password": "secret"}).status_code == 200
     assert client.get("/config").status_code == 200
-    assert TestClient(client.app).get("/sdapi/v1/options").status_code == 200
+    api = TestClient(client.app)
+    refused = api.get("/sdapi/v1/options")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+    assert "secret" not in refused.text
+    assert api.get("/sdapi/v1/options", auth=("alice", "wrong")).status_code == 401
+    assert api.post("/sdapi/v1/txt2img", json={"prompt": "x"}, auth=("mallory", "secret")).status_code == 401
+    assert api.get("/sdapi/v1/options", auth=("alice", "secret")).status_code == 200
+
+
+def test_api_auth_has_its_own_logins(make_client):
+    client = make_client("--nowebui", "--api-auth", "bot:token1,ci:token2")
+    assert client.get("/sdapi/v1/samplers").status_code == 401
+    assert client.get("/sdapi/v1/samplers", auth=("ci", "token2")).status_code == 200
+    assert client.get("/sdapi/v1/samplers", headers={"Authorization": "Basic !!not-base64"}).status_code == 401
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["--listen"], True),
+    (["--server-name", "192.168.1.20"], True),
+    (["--listen", "--gradio-auth", "a:b"], False),
+    (["--listen", "--api-auth", "a:b", "--nowebui"], False),
+    (["--listen", "--insecure"], False),
+    (["--server-name", "127.0.0.1"], False),
+    (["--server-name", "localhost"], False),
+    ([], False),
+])
+def test_serving_the_network_without_a_login_is_refused(argv, refused):
+    from core.api.auth import network_refusal
+    from core.cli import parse_flags
+
+    message = network_refusal(parse_flags(argv))
+    assert (message is not None) == refused
+    if refused:
+        for name in ("--gradio-auth", "--gradio-auth-path", "--api-auth", "--insecure"):
+            assert name in message
+
+
+def test_main_exits_before_serving_when_refused(tmp_path, capsys):
+    assert kiln_app.main(["--listen", "--data-dir", str(tmp_path)]) == 2
+    assert "--insecure" in capsys.readouterr().err
 
 
 def test_preview_period_follows_the_options():

@@ -1,15 +1,20 @@
 """The WebUI-compatible routes (/sdapi/v1/...), on the same JobQueue as the UI.
 
-Handlers are plain ``def`` functions: FastAPI runs them in its thread pool, so a handler that
-waits for its job never blocks the server's event loop (progress polls keep answering).
+Generation handlers are ``async``: they hand the CPU work (decoding pictures, validating, encoding
+PNGs) to the thread pool and wait for their job on the event loop, so a hundred waiting clients
+hold no threads and /progress, /interrupt and the page keep answering at once. A client that goes
+away gets its job cancelled. Other handlers are plain ``def`` (the thread pool).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from core.api import convert
 from core.api.models import (
@@ -32,11 +37,21 @@ from core.settings import OPTION_DEFAULTS
 
 if TYPE_CHECKING:
     from core.engine import Engine
-    from core.jobs import JobQueue
+    from core.jobs import Job, JobQueue
 
-# Who API jobs belong to until logins name each caller: every API client shares this owner, and
-# none of them sees or stops a browser's jobs (nor a browser theirs).
+log = logging.getLogger(__name__)
+DISCONNECT_POLL_SECONDS = 0.5
+
+# Who API jobs belong to without logins: every API client shares this owner, and none of them
+# sees or stops a browser's jobs (nor a browser theirs).
 API_OWNER = "api"
+
+
+def caller(request: Request) -> str:
+    """Who an API request's jobs belong to: its login (HTTP Basic, checked by core.api.auth) —
+    the same owner as that person's browser — else the one shared API owner."""
+    user = getattr(request.state, "user", None)
+    return f"user:{user}" if user else API_OWNER
 # The WebUI's built-in upscalers that need no model file (shared.sd_upscalers; scale 4 is its default).
 PLAIN_UPSCALERS = ("None", "Lanczos", "Nearest")
 
@@ -56,26 +71,45 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     settings = engine.settings
 
-    def run_generation(mode: str, values: dict[str, Any], params: Any, parameters: dict[str, Any]) -> dict[str, Any]:
+    async def run_generation(request: Request, mode: str, values: dict[str, Any], params: Any,
+                             parameters: dict[str, Any]) -> dict[str, Any]:
         """Queue one generation job with the options of this moment (override_settings on top) and
         answer as the WebUI does; an Interrupt returns what was made up to then."""
         overrides = convert.overrides_from_request(values)
-        options = engine.run_options(overrides)
+        options = await run_in_threadpool(engine.run_options, overrides)
         run = engine.txt2img if mode == "txt2img" else engine.img2img
-        job = queue.submit(lambda ctx: run(params, ctx, options), description=mode, owner=API_OWNER,
+        job = queue.submit(lambda ctx: run(params, ctx, options), description=mode, owner=caller(request),
                            kind="generate", options=options)
+        await wait_for_job(request, job)
         try:
-            result = job.wait()
+            result = job.wait(0)
         except JobInterrupted:
             # Interrupted while still queued: nothing was made, which is not an error.
             return {"images": [], "parameters": parameters, "info": convert.info_json({"interrupted": True})}
         if overrides and values.get("override_settings_restore_afterwards") is False:
             keep_overrides(overrides)
-        images = []
-        if values.get("send_images", True):
-            images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
-        info = convert.result_info(result, job.progress.started_at, _parse_infotext)
-        return {"images": images, "parameters": parameters, "info": convert.info_json(info)}
+
+        def answer() -> dict[str, Any]:
+            images = []
+            if values.get("send_images", True):
+                images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
+            info = convert.result_info(result, job.progress.started_at, _parse_infotext)
+            return {"images": images, "parameters": parameters, "info": convert.info_json(info)}
+
+        return await run_in_threadpool(answer)
+
+    async def wait_for_job(request: Request, job: Job) -> None:
+        """Wait on the event loop (no thread held); cancel the job if the client disconnects."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        job.add_done_callback(lambda _job: loop.call_soon_threadsafe(done.set))
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), timeout=DISCONNECT_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    log.info("client of %s went away; cancelling it", job.id)
+                    queue.interrupt(job.id)
 
     def keep_overrides(overrides: dict[str, Any]) -> None:
         """``override_settings_restore_afterwards: false``: the job's overrides become the settings."""
@@ -87,40 +121,49 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             engine.select_checkpoint(str(overrides["sd_model_checkpoint"]))
 
     @router.post("/txt2img", response_model=TextToImageResponse)
-    def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
+    async def txt2img(req: Txt2ImgRequest, request: Request) -> dict[str, Any]:
         from core.generation.params import validate
 
-        values = convert.request_fields(req, _parse_infotext)
-        params = validate(convert.params_from_request(values))
-        return run_generation("txt2img", values, params, req.model_dump())
+        def prepare() -> tuple[dict[str, Any], Any]:
+            values = convert.request_fields(req, _parse_infotext)
+            return values, validate(convert.params_from_request(values))
+
+        values, params = await run_in_threadpool(prepare)
+        return await run_generation(request, "txt2img", values, params, req.model_dump())
 
     @router.post("/img2img", response_model=ImageToImageResponse)
-    def img2img(req: Img2ImgRequest) -> dict[str, Any]:
+    async def img2img(req: Img2ImgRequest, request: Request) -> dict[str, Any]:
         from core.generation.img2img import validate_img2img
 
         if req.init_images is None:
             raise HTTPException(status_code=404, detail="Init image not found")
-        values = convert.request_fields(req, _parse_infotext)
-        params = validate_img2img(convert.img2img_params_from_request(values))
+
+        def prepare() -> tuple[dict[str, Any], Any]:
+            values = convert.request_fields(req, _parse_infotext)
+            return values, validate_img2img(convert.img2img_params_from_request(values))
+
+        values, params = await run_in_threadpool(prepare)
         parameters = req.model_dump()
         if not req.include_init_images:
             parameters["init_images"] = None
             parameters["mask"] = None
-        return run_generation("img2img", values, params, parameters)
+        return await run_generation(request, "img2img", values, params, parameters)
 
+    # On the event loop, never behind the thread pool: these answer at once whatever the queue holds.
     @router.get("/progress", response_model=ProgressResponse)
-    def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
+    async def progress(request: Request, skip_current_image: bool = Query(False)) -> dict[str, Any]:
         # The caller's job (the WebUI's /progress semantics, for the caller alone).
-        return convert.progress_body(queue.progress(owner=API_OWNER), convert.encode_png_base64, skip_current_image)
+        snap = queue.progress(owner=caller(request))
+        return convert.progress_body(snap, convert.encode_png_base64, skip_current_image)
 
     @router.post("/interrupt")
-    def interrupt() -> dict[str, Any]:
-        queue.interrupt(owner=API_OWNER)
+    async def interrupt(request: Request) -> dict[str, Any]:
+        queue.interrupt(owner=caller(request))
         return {}
 
     @router.post("/skip")
-    def skip() -> dict[str, Any]:
-        queue.skip(owner=API_OWNER)
+    async def skip(request: Request) -> dict[str, Any]:
+        queue.skip(owner=caller(request))
         return {}
 
     @router.get("/options")

@@ -55,7 +55,10 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
 
 
 def create_api_app(engine: Engine, queue: JobQueue) -> FastAPI:
-    """A FastAPI app with the API alone (``--nowebui``; also what the API tests use)."""
+    """A FastAPI app with the API alone (what the API tests use), behind the flags' logins."""
+    from core.api.auth import BasicAuthMiddleware, page_and_api_logins
+
     app = FastAPI(title="Kiln API", description="AUTOMATIC1111 WebUI-compatible REST API", docs_url="/docs")
     install_api(app, engine, queue)
+    app.add_middleware(BasicAuthMiddleware, logins=page_and_api_logins(engine.settings.flags)[1])
     return app
