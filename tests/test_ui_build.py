@@ -88,7 +88,7 @@ def test_send_to_txt2img_values_fit_the_dropdowns():
 
 
 def test_token_counter_uses_the_shipped_tokenizer(engine):
-    from ui.txt2img import token_counter_html
+    from ui.common import token_counter_html
 
     assert token_counter_html(engine, "", 20) == ""
     assert token_counter_html(engine, "a red circle", 20) == "3/75"
