@@ -137,7 +137,8 @@ def note_html(message: str | None) -> str:
 @dataclass
 class GenerationTab:
     """What every generation tab has: ``fields`` (API field name → component), the prompt row's
-    widgets (``build_prompt_row``), 🎲 / ♻️ and the output column's (``build_output_column``)."""
+    widgets (``build_prompt_row``), 🎲 / ♻️ and the output column's (``build_output_column``,
+    with Send to img2img / Send to inpaint under the gallery)."""
 
     fields: dict[str, Any]
     prompt_tokens: gr.HTML
@@ -152,6 +153,8 @@ class GenerationTab:
     progress: gr.HTML
     preview: gr.Image
     error: gr.HTML
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
     infotexts_state: gr.State
     seeds_state: gr.State
     selected_state: gr.State
@@ -183,16 +186,19 @@ def build_prompt_row(prefix: str) -> dict[str, Any]:
 
 
 def build_output_column(prefix: str) -> dict[str, Any]:
-    """Progress, error box, live preview, gallery and the generation info."""
+    """Progress, error box, live preview, gallery, the send-to buttons and the generation info."""
     progress = gr.HTML("", label=t("Progress"), elem_id=f"{prefix}-progress", elem_classes=["kiln-progress-box"])
     error = gr.HTML("", elem_id=f"{prefix}-error", elem_classes=["kiln-error-box"])
     preview = gr.Image(label=t("Live preview"), type="pil", format="png", interactive=False,
                        elem_id=f"{prefix}-preview", height=160, visible=True)
     gallery = gr.Gallery(label=t("Output"), format="png", columns=2, height=480, interactive=False,
                          elem_id=f"{prefix}-gallery", preview=False)
+    with gr.Row(elem_id=f"{prefix}-send-row"):
+        send_img2img = gr.Button(t("Send to img2img"), elem_id=f"{prefix}-send-to-img2img", size="sm")
+        send_inpaint = gr.Button(t("Send to inpaint"), elem_id=f"{prefix}-send-to-inpaint", size="sm")
     infotext = gr.HTML("", label=t("Generation info"), elem_id=f"{prefix}-infotext")
     return {"progress": progress, "error": error, "preview": preview, "gallery": gallery, "infotext": infotext,
-            "infotexts_state": gr.State([]),
+            "send_img2img": send_img2img, "send_inpaint": send_inpaint, "infotexts_state": gr.State([]),
             "seeds_state": gr.State([]), "selected_state": gr.State(0)}
 
 
@@ -374,6 +380,8 @@ CSS = """
 /* Message boxes take no room while they have nothing to say. */
 .kiln-error-box:not(:has(.kiln-error, .kiln-notice)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
 .kiln-progress-box:not(:has(.kiln-progress)) { display: none; }
+/* img2img: a mask shows on grey, so its white (repaint) parts are seen. */
+#img2img-upload-mask img { background: #7f7f7f; }
 /* Extra networks cards (ui/extra_networks.py): a grid of 56px rows. A card with a preview spans
    four (a portrait picture card, as the WebUI's); a card without one is a compact tile one row
    high: its image (src ends in kiln-card-tile.png) is hidden and the caption, type over name, is
