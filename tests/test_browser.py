@@ -98,6 +98,14 @@ def browser():
         chromium.close()
 
 
+def _wait_for_gallery_picture(page, gallery_id: str):
+    """The gallery's first picture, once the browser has decoded it (a screenshot shows it)."""
+    image = page.locator(f"#{gallery_id} .thumbnail-item img, #{gallery_id} button img").first
+    image.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelector('#{gallery_id} img')?.naturalWidth > 0")
+    return image
+
+
 def _set_number(page, elem_id: str, value: int) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -127,8 +135,7 @@ def test_generate_in_the_browser(server, browser):
     _set_number(page, "txt2img-width", 64)
     _set_number(page, "txt2img-height", 64)
     page.locator("#txt2img-generate").click()
-    image = page.locator("#txt2img-gallery .thumbnail-item img, #txt2img-gallery button img").first
-    image.wait_for(state="visible", timeout=60_000)
+    image = _wait_for_gallery_picture(page, "txt2img-gallery")
     page.wait_for_function("() => document.querySelector('#txt2img-infotext').innerText.includes('Steps:')")
     page.screenshot(path=str(ARTIFACTS / "tab-txt2img.png"), full_page=True)
 
@@ -152,6 +159,12 @@ def test_generate_in_the_browser(server, browser):
     page.locator("#pnginfo-send-to-txt2img").click()
     page.wait_for_function(f"() => document.querySelector('#txt2img-prompt textarea').value === {PROMPT!r}")
     assert page.locator("#txt2img-steps input[type=number]").input_value() == "4"
+
+    # Send to img2img under the gallery: the picture and its prompt, on the img2img tab.
+    page.locator("#txt2img-send-to-img2img").click()
+    page.locator("#img2img-image img").wait_for(state="visible")
+    page.wait_for_function(f"() => document.querySelector('#img2img-prompt textarea').value === {PROMPT!r}")
+    assert page.locator("#img2img-steps input[type=number]").input_value() == "4"
 
     page.get_by_role("tab", name="Settings").click()
     page.wait_for_selector("#settings-apply")
@@ -232,4 +245,125 @@ def test_extra_networks_cards_without_a_picture_are_compact_tiles(server, browse
     card.click()
     page.wait_for_function(
         f"() => document.querySelector('#txt2img-prompt textarea').value.includes('<lora:{NO_PREVIEW_LORA}:1>')")
+    page.close()
+
+
+def _red_circle(path: Path, size: int = 64) -> Path:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), "black")
+    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill="red")
+    image.save(path)
+    return path
+
+
+def _left_half_mask(path: Path, size: int = 64) -> Path:
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, size // 2 - 1, size - 1), fill=255)
+    mask.save(path)
+    return path
+
+
+def _open_tab(page, tab_elem_id: str, label: str) -> None:
+    """Click a tab's button (Gradio gives it the id "<tab elem_id>-button"), checking its label."""
+    button = page.locator(f"#{tab_elem_id}-button")
+    assert button.inner_text().strip() == label
+    button.click()
+
+
+def _small_fast_settings(page, prefix: str) -> None:
+    for elem_id, value in ((f"{prefix}-steps", 4), (f"{prefix}-width", 64), (f"{prefix}-height", 64)):
+        _set_number(page, elem_id, value)
+
+
+def test_img2img_and_inpaint_in_the_browser(server, browser, tmp_path):
+    picture = _red_circle(tmp_path / "red-circle.png")
+    mask = _left_half_mask(tmp_path / "mask.png")
+    page = _open_txt2img(server, browser)
+    _open_tab(page, "tab-img2img", "img2img")
+    page.wait_for_selector("#img2img-generate")
+    # No picture yet: the error box says which field is missing.
+    page.locator("#img2img-generate").click()
+    page.wait_for_function("() => document.querySelector('#img2img-error').innerText.includes('init_images')")
+
+    page.locator("#img2img-prompt textarea").fill(PROMPT)
+    page.locator("#img2img-image input[type=file]").set_input_files(str(picture))
+    page.wait_for_selector("#img2img-image img")
+    _small_fast_settings(page, "img2img")
+    _set_number(page, "img2img-denoising", 0.3)
+    assert page.locator("#img2img-mask-controls").is_hidden()  # mask controls only on the inpaint tabs
+    page.locator("#img2img-generate").click()
+    _wait_for_gallery_picture(page, "img2img-gallery")
+    page.wait_for_function(
+        "() => document.querySelector('#img2img-infotext').innerText.includes('Denoising strength: 0.3')")
+    assert page.locator("#img2img-error").inner_text().strip() == ""
+    page.screenshot(path=str(ARTIFACTS / "tab-img2img.png"), full_page=True)
+
+    # Inpaint upload: a picture and a mask of the same size.
+    _open_tab(page, "img2img-mode-inpaint-upload", "Inpaint upload")
+    page.locator("#img2img-mask-controls").wait_for(state="visible")
+    assert page.locator("#img2img-padding input[type=number]").input_value() == "32"
+    page.locator("#img2img-upload-image input[type=file]").set_input_files(str(picture))
+    page.locator("#img2img-upload-mask input[type=file]").set_input_files(str(mask))
+    page.wait_for_selector("#img2img-upload-mask img")
+    page.locator("#img2img-generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#img2img-infotext').innerText.includes('Mask blur: 4')", timeout=60_000)
+    _wait_for_gallery_picture(page, "img2img-gallery")
+    page.screenshot(path=str(ARTIFACTS / "tab-img2img-inpaint-upload.png"), full_page=True)
+
+    # PNG Info sends the result's picture and settings back to img2img.
+    src = page.locator("#img2img-gallery .thumbnail-item img, #img2img-gallery button img").first.get_attribute("src")
+    inpainted = tmp_path / "inpainted.png"
+    inpainted.write_bytes(page.request.get(src if src.startswith("http") else server + src).body())
+    _set_number(page, "img2img-denoising", 0.9)
+    _open_tab(page, "tab-pnginfo", "PNG Info")
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(inpainted))
+    page.wait_for_function("() => document.querySelector('#pnginfo-parameters textarea').value.includes('Mask blur')")
+    page.locator("#pnginfo-send-to-img2img").click()
+    page.locator("#img2img-image img").wait_for(state="visible")
+    page.wait_for_function("() => document.querySelector('#img2img-denoising input[type=number]').value === '0.3'")
+    assert page.locator("#img2img-mode-img2img-button").get_attribute("aria-selected") == "true"
+
+    # Send to inpaint: the editor shows the picture; a brush stroke is the mask. "Only masked"
+    # proves it: a blank mask would fall back to plain img2img without "Inpaint area".
+    page.locator("#img2img-send-to-inpaint").click()
+    canvas = page.locator("#img2img-inpaint-editor canvas").first
+    canvas.wait_for(state="visible")
+    page.locator("#img2img-mask-controls").wait_for(state="visible")
+    page.wait_for_timeout(500)  # the editor lays the picture out before it takes strokes
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 40, y)
+    page.mouse.down()
+    for step in range(8):
+        page.mouse.move(x - 40 + step * 10, y + step % 2 * 3)
+    page.mouse.up()
+    page.locator("#img2img-inpaint-area label", has_text="Only masked").click()
+    page.locator("#img2img-generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#img2img-infotext').innerText.includes('Inpaint area: Only masked')",
+        timeout=60_000)
+    _wait_for_gallery_picture(page, "img2img-gallery")
+    assert page.locator("#img2img-prompt textarea").input_value() == PROMPT
+    page.screenshot(path=str(ARTIFACTS / "tab-img2img-inpaint.png"), full_page=True)
+
+    chinese = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    chinese.goto(server + "/", wait_until="load")
+    chinese.get_by_role("button", name="生成").first.wait_for()
+    _open_tab(chinese, "tab-img2img", "图生图")
+    chinese.locator("#img2img-image").wait_for(state="visible")
+    chinese.screenshot(path=str(ARTIFACTS / "tab-img2img-zh-CN.png"), full_page=True)
+    _open_tab(chinese, "img2img-mode-inpaint", "局部重绘")
+    chinese.locator("#img2img-mask-controls").wait_for(state="visible")
+    chinese.screenshot(path=str(ARTIFACTS / "tab-img2img-inpaint-zh-CN.png"), full_page=True)
+    _open_tab(chinese, "img2img-mode-inpaint-upload", "上传重绘蒙版")
+    chinese.screenshot(path=str(ARTIFACTS / "tab-img2img-inpaint-upload-zh-CN.png"), full_page=True)
+    _open_tab(chinese, "img2img-mode-batch", "批量处理")
+    chinese.locator("#img2img-batch-png-info").get_by_text("PNG 图片信息").click()
+    chinese.locator("#img2img-batch-png-info-fields").wait_for(state="visible")
+    chinese.screenshot(path=str(ARTIFACTS / "tab-img2img-batch-zh-CN.png"), full_page=True)
+    chinese.close()
     page.close()

@@ -25,23 +25,54 @@ def _by_elem_id(demo: gr.Blocks) -> dict[str, object]:
     return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
 
 
-def test_ui_builds_without_a_checkpoint(engine):
+def _build_page(engine: Engine) -> gr.Blocks:
     import ui
 
     queue = JobQueue()
     try:
-        demo = ui.build(engine, queue)
+        return ui.build(engine, queue)
     finally:
         queue.shutdown()
+
+
+def test_ui_builds_without_a_checkpoint(engine):
+    from core.generation.img2img_batch import PNG_INFO_FIELDS
+
+    demo = _build_page(engine)
     assert isinstance(demo, gr.Blocks)
     blocks = _by_elem_id(demo)
     for elem_id in ("kiln-checkpoint", "kiln-refresh-checkpoints", "txt2img-prompt", "txt2img-negative-prompt",
                     "txt2img-generate", "txt2img-interrupt", "txt2img-skip", "txt2img-sampler", "txt2img-scheduler",
                     "txt2img-steps", "txt2img-width", "txt2img-height", "txt2img-seed", "txt2img-random-seed",
                     "txt2img-reuse-seed", "txt2img-hires", "txt2img-gallery", "txt2img-preview", "txt2img-progress",
-                    "pnginfo-image", "pnginfo-send-to-txt2img", "settings-apply", "settings-sd-vae",
-                    "settings-clip-skip", "settings-randn-source"):
+                    "txt2img-send-to-img2img", "txt2img-send-to-inpaint",
+                    "img2img-prompt", "img2img-generate", "img2img-interrupt", "img2img-skip", "img2img-image",
+                    "img2img-inpaint-editor", "img2img-upload-image", "img2img-upload-mask",
+                    "img2img-batch-input-dir", "img2img-batch-output-dir", "img2img-batch-mask-dir",
+                    "img2img-batch-use-png-info", "img2img-batch-png-info-fields", "img2img-sampler",
+                    "img2img-scheduler", "img2img-steps", "img2img-width", "img2img-height", "img2img-batch-count",
+                    "img2img-batch-size", "img2img-cfg", "img2img-seed", "img2img-random-seed", "img2img-reuse-seed",
+                    "img2img-gallery", "img2img-preview", "img2img-progress", "img2img-error", "img2img-infotext",
+                    "img2img-send-to-img2img", "img2img-send-to-inpaint",
+                    "pnginfo-image", "pnginfo-send-to-txt2img", "pnginfo-send-to-img2img", "pnginfo-send-to-inpaint",
+                    "settings-apply", "settings-sd-vae", "settings-clip-skip", "settings-randn-source"):
         assert elem_id in blocks, elem_id
+    # img2img comes right after txt2img, with the WebUI's sub-tabs in its order.
+    tab_ids = [b.id for b in demo.blocks.values() if isinstance(b, gr.Tab) and b.elem_id and b.elem_id.startswith("tab-")]
+    assert tab_ids[:2] == ["txt2img", "img2img"]
+    sub_tabs = [b.id for b in demo.blocks.values() if isinstance(b, gr.Tab) and (b.elem_id or "").startswith("img2img-mode")]
+    assert sub_tabs == ["img2img", "inpaint", "inpaint_upload", "batch"]
+    # The WebUI's UI defaults (not its API defaults).
+    assert blocks["img2img-resize-mode"].value == "Just resize"
+    assert blocks["img2img-masked-content"].value == "original"
+    assert blocks["img2img-inpaint-area"].value == "Whole picture"
+    assert blocks["img2img-mask-mode"].value == "Inpaint masked"
+    assert (blocks["img2img-padding"].value, blocks["img2img-mask-blur"].value) == (32, 4)
+    assert blocks["img2img-denoising"].value == 0.75
+    assert blocks["img2img-mask-controls"].visible is False  # shown on the inpaint tabs only
+    png_info_fields = blocks["img2img-batch-png-info-fields"]
+    assert [value for _label, value in png_info_fields.choices] == list(PNG_INFO_FIELDS)
+    assert png_info_fields.value == []
     gallery = blocks["txt2img-gallery"]
     assert gallery.format == "png"  # WebP would drop the PNG "parameters" text
     assert blocks["txt2img-sampler"].value == "DPM++ 2M" and blocks["txt2img-scheduler"].value == "Automatic"
@@ -91,7 +122,7 @@ def test_send_to_txt2img_values_fit_the_dropdowns():
 
 
 def test_token_counter_uses_the_shipped_tokenizer(engine):
-    from ui.txt2img import token_counter_html
+    from ui.common import token_counter_html
 
     assert token_counter_html(engine, "", 20) == ""
     assert token_counter_html(engine, "a red circle", 20) == "3/75"
@@ -162,3 +193,223 @@ def test_checkpoint_dropdown_value_is_one_of_its_choices(tmp_path):
     for elem_id in ("kiln-checkpoint", "settings-checkpoint"):
         dropdown = blocks[elem_id]
         assert dropdown.value and dropdown.value in [value for _label, value in dropdown.choices], elem_id
+
+
+# ------------------------------------------------------------------------ img2img --
+def _picture(size: tuple[int, int] = (64, 64)):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", size, "black")
+    w, h = size
+    ImageDraw.Draw(image).ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill="red")
+    return image
+
+
+def _left_half(size: tuple[int, int] = (64, 64)):
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, size[0] // 2 - 1, size[1] - 1), fill=255)
+    return mask
+
+
+def _img2img_tab(engine):
+    from ui.img2img import build_img2img_tab
+
+    with gr.Blocks():
+        return build_img2img_tab(engine)
+
+
+def test_img2img_page_values_become_img2img_params(engine):
+    from core.generation.img2img import Img2ImgParams
+    from ui.img2img import img2img_params
+
+    tab = _img2img_tab(engine)
+    values = dict(_defaults(tab), prompt="a red circle", steps=6, width=64, height=64, seed=5)
+    picture = _picture()
+    p = img2img_params(values, "img2img", init_image=picture)
+    assert isinstance(p, Img2ImgParams) and p.init_images == [picture] and p.mask is None
+    assert (p.prompt, p.steps, p.width, p.height, p.seed, p.denoising_strength) == ("a red circle", 6, 64, 64, 5, 0.75)
+    # The WebUI's UI defaults arrive as its API values: Just resize, original, Whole picture, 32, blur 4.
+    assert (p.resize_mode, p.inpainting_fill, p.inpaint_full_res, p.inpaint_full_res_padding) == (0, 1, False, 32)
+    assert (p.mask_blur_x, p.mask_blur_y, p.inpainting_mask_invert) == (4, 4, 0)
+
+    changed = dict(values, resize_mode="Just resize (latent upscale)", inpainting_fill="latent noise",
+                   inpaint_full_res="Only masked", inpainting_mask_invert="Inpaint not masked", mask_blur=9,
+                   inpaint_full_res_padding=12, denoising_strength=0.3)
+    mask = _left_half()
+    p = img2img_params(changed, "inpaint_upload", upload_image=picture, upload_mask=mask)
+    assert p.mask is mask and p.init_images == [picture]
+    assert (p.resize_mode, p.inpainting_fill, p.inpaint_full_res, p.inpaint_full_res_padding) == (3, 2, True, 12)
+    assert (p.mask_blur_x, p.mask_blur_y, p.inpainting_mask_invert, p.denoising_strength) == (9, 9, 1, 0.3)
+    # Another sub-tab's pictures are not used: img2img mode never gets a mask.
+    assert img2img_params(changed, "img2img", init_image=picture, upload_mask=mask).mask is None
+
+
+def test_inpaint_editor_strokes_are_the_mask(engine):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from core.generation.masking import binary_mask
+    from ui.img2img import img2img_params
+
+    tab = _img2img_tab(engine)
+    picture = _picture().convert("RGBA")
+    stroke = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    ImageDraw.Draw(stroke).rectangle((8, 8, 23, 23), fill=(255, 255, 255, 255))
+    editor = {"background": picture, "layers": [stroke], "composite": picture}
+    p = img2img_params(dict(_defaults(tab), width=64, height=64), "inpaint", editor=editor)
+    assert p.init_images == [picture]
+    repaint = np.asarray(binary_mask(p.mask)) > 0  # what the engine reads from it
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[8:24, 8:24] = True
+    assert (repaint == expected).all()
+    # No stroke: a blank mask (the engine then repaints nothing, or falls back to img2img for Only masked).
+    blank = img2img_params(dict(_defaults(tab), width=64, height=64), "inpaint",
+                           editor={"background": picture, "layers": [], "composite": picture})
+    assert not np.asarray(binary_mask(blank.mask)).any()
+
+
+@pytest.mark.parametrize("mode, pictures, field", [
+    ("img2img", {}, "init_images"),
+    ("inpaint", {"editor": None}, "init_images"),
+    ("inpaint_upload", {"upload_image": "picture"}, "mask"),
+    ("inpaint_upload", {"upload_image": "picture", "upload_mask": "small mask"}, "mask"),
+])
+def test_img2img_bad_input_is_named_in_the_error_box(engine, mode, pictures, field):
+    from ui.img2img import generate_updates
+
+    given = {"picture": _picture(), "small mask": _left_half((32, 32))}
+    pictures = {name: given.get(value, value) for name, value in pictures.items()}
+    tab = _img2img_tab(engine)
+    queue = JobQueue()
+    try:
+        updates = list(generate_updates(tab, engine, queue, dict(_defaults(tab), width=64, height=64), mode, pictures))
+    finally:
+        queue.shutdown()
+    assert len(updates) == 1  # nothing was queued
+    error = updates[0][tab.error]
+    assert "kiln-error" in error and f"{field}: " in error, error
+    if "small mask" in pictures.values():
+        assert "32x32" in error and "64x64" in error
+
+
+@pytest.fixture()
+def model_engine(tmp_path):
+    from core.models.fixtures import write_tiny_checkpoint
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    settings.options.show_progress_every_n_steps = 1
+    return Engine(settings)
+
+
+def test_img2img_and_inpaint_upload_with_a_model(model_engine, tmp_path):
+    from ui.img2img import generate_updates
+
+    tab = _img2img_tab(model_engine)
+    queue = JobQueue(preview_every=1)
+    # 30 steps at 0.3 are 10 sampler steps: long enough for a progress poll (0.3 s) to see one.
+    values = dict(_defaults(tab), prompt="a red circle", steps=30, width=64, height=64, seed=11,
+                  sampler_name="Euler", denoising_strength=0.3)
+    try:
+        img2img = list(generate_updates(tab, model_engine, queue, values, "img2img", {"init_image": _picture()}))
+        inpaint = list(generate_updates(tab, model_engine, queue, values, "inpaint_upload",
+                                        {"upload_image": _picture(), "upload_mask": _left_half()}))
+    finally:
+        queue.shutdown()
+    for updates in (img2img, inpaint):
+        final = updates[-1]
+        assert len(final[tab.gallery]) == 1 and final[tab.seeds_state] == [11]
+        assert "Denoising strength: 0.3" in final[tab.infotext]
+        assert final[tab.gallery][0].info["parameters"].startswith("a red circle\nSteps: 30, Sampler: Euler")
+        assert any("Step " in u.get(tab.progress, "") for u in updates)
+    assert "Mask blur" not in img2img[-1][tab.infotext]
+    assert "Mask blur: 4" in inpaint[-1][tab.infotext]
+    # Unmasked pixels are the input's (the WebUI's overlay), masked ones were repainted.
+    result = inpaint[-1][tab.gallery][0]
+    assert result.getpixel((48, 32)) == _picture().getpixel((48, 32))
+    saved = list((tmp_path / "outputs" / "img2img-images").rglob("*.png"))
+    assert len(saved) == 2
+
+
+def test_img2img_batch_counts_pictures_and_saves_to_the_img2img_folder(model_engine, tmp_path):
+    from ui.img2img import generate_updates
+
+    folder = tmp_path / "batch-in"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        _picture().save(folder / name)
+    tab = _img2img_tab(model_engine)
+    values = dict(_defaults(tab), prompt="a red circle", steps=4, width=64, height=64, seed=3, sampler_name="Euler",
+                  denoising_strength=0.5)
+    batch = {"input_dir": str(folder), "output_dir": "", "mask_dir": "", "use_png_info": False,
+             "png_info_fields": []}
+    queue = JobQueue()
+    try:
+        updates = list(generate_updates(tab, model_engine, queue, values, "batch", {}, batch))
+        wrong = list(generate_updates(tab, model_engine, queue, values, "batch", {},
+                                      dict(batch, input_dir=str(tmp_path / "nowhere"))))
+    finally:
+        queue.shutdown()
+    assert any("/3 images" in u.get(tab.progress, "") and "ETA" in u.get(tab.progress, "") for u in updates)
+    final = updates[-1]
+    assert len(final[tab.gallery]) == 3 and "Denoising strength: 0.5" in final[tab.infotext]
+    written = sorted(p.name for p in (tmp_path / "outputs" / "img2img-images").rglob("*.png"))
+    assert written == ["a.png", "b.png", "c.png"]  # an empty output directory: the img2img folder
+    assert "Saved 3 images to" in final[tab.error] and "kiln-notice" in final[tab.error]
+    assert "input_dir: " in wrong[-1][tab.error] and "nowhere" in wrong[-1][tab.error]
+
+
+def test_send_to_img2img_and_inpaint_fill_the_tab_and_switch_to_it(engine):
+    from ui.img2img import send_updates
+
+    tab = _img2img_tab(engine)
+    tabs = gr.Tabs()
+    parsed = {"Prompt": "a cat", "Negative prompt": "dog", "Steps": "13", "Sampler": "Euler a", "CFG scale": "4.5",
+              "Seed": "99", "Size-1": "320", "Size-2": "256", "Denoising strength": "0.45", "Clip skip": "2"}
+    picture = _picture()
+    clip_skip = gr.Slider()
+    update = send_updates(tab, tabs, picture, parsed, "inpaint", engine, clip_skip)
+    f = tab.fields
+    assert (update[f["prompt"]], update[f["negative_prompt"]], update[f["steps"]]) == ("a cat", "dog", 13)
+    assert (update[f["sampler_name"]], update[f["cfg_scale"]], update[f["seed"]]) == ("Euler a", 4.5, 99)
+    assert (update[f["width"]], update[f["height"]], update[f["denoising_strength"]]) == (320, 256, 0.45)
+    assert update[clip_skip] == 2
+    assert update[tab.inpaint_editor]["background"] is picture and update[tab.inpaint_editor]["layers"] == []
+    assert tab.init_image not in update
+    assert update[tabs].selected == "img2img" and update[tab.mode_tabs].selected == "inpaint"
+    assert update[tab.mode] == "inpaint" and update[tab.mask_controls].visible is True
+    update = send_updates(tab, tabs, picture, parsed, "img2img", engine, clip_skip)
+    assert update[tab.init_image] is picture and tab.inpaint_editor not in update
+    assert update[tab.mode_tabs].selected == "img2img" and update[tab.mask_controls].visible is False
+
+
+def test_send_to_buttons_are_wired_under_both_galleries_and_in_png_info(engine):
+    demo = _build_page(engine)
+    blocks = _by_elem_id(demo)
+    by_id = {b._id: b for b in demo.blocks.values()}
+    clicks: dict[str, set[str]] = {}
+    for fn in demo.fns.values():
+        for block_id, event in fn.targets:
+            target = by_id.get(block_id)
+            if event == "click" and getattr(target, "elem_id", None):
+                clicks.setdefault(target.elem_id, set()).update(o.elem_id for o in fn.outputs if o.elem_id)
+    for source in ("txt2img", "img2img", "pnginfo"):
+        to_img2img = clicks[f"{source}-send-to-img2img"]
+        to_inpaint = clicks[f"{source}-send-to-inpaint"]
+        for outputs in (to_img2img, to_inpaint):
+            assert {"kiln-tabs", "img2img-mode-tabs", "img2img-image", "img2img-inpaint-editor", "img2img-prompt",
+                    "img2img-seed", "img2img-denoising", "settings-clip-skip"} <= outputs, (source, outputs)
+    assert "kiln-tabs" in clicks["pnginfo-send-to-txt2img"]
+    assert isinstance(blocks["img2img-mode-tabs"], gr.Tabs)
+
+
+def test_gallery_send_takes_the_selected_picture():
+    from ui.img2img import gallery_path
+
+    gallery = [("/tmp/a.png", None), ("/tmp/b.png", "caption")]
+    assert gallery_path(gallery, 1) == "/tmp/b.png"
+    assert gallery_path(gallery, None) == "/tmp/a.png" and gallery_path(gallery, 7) == "/tmp/b.png"
+    assert gallery_path(None, 0) is None and gallery_path([], 0) is None

@@ -24,6 +24,7 @@ from ui.common import (
 )
 from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.i18n import make_i18n, t
+from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.settings import build_settings_tab, vae_choices, wire_settings
 from ui.txt2img import build_txt2img_tab, wire_txt2img
@@ -57,6 +58,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
             with gr.Tab(t("txt2img"), id="txt2img", elem_id="tab-txt2img"):
                 txt2img = build_txt2img_tab(engine)
                 extra = build_extra_networks(engine, txt2img.fields["prompt"])
+            with gr.Tab(t("img2img"), id="img2img", elem_id="tab-img2img"):
+                img2img = build_img2img_tab(engine)
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
@@ -65,9 +68,16 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip,
                      checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]),
                      picker_inputs=extra["picker_inputs"])
+        wire_img2img(img2img, engine, queue, clip_skip=clip_skip,
+                     checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]))
         wire_pnginfo(pnginfo, txt2img, tabs, engine, clip_skip=clip_skip)
+        # Send to img2img / inpaint: a gallery's selected picture, or PNG Info's, with its settings.
+        for source in (txt2img, img2img):
+            wire_gallery_send_to(source, img2img, tabs, engine, clip_skip=clip_skip)
+        wire_send_to(img2img, tabs, {IMG2IMG: pnginfo.send_img2img, INPAINT: pnginfo.send_inpaint}, [pnginfo.image],
+                     lambda path: path, engine, clip_skip=clip_skip)
         wire_settings(settings, engine, top)
-        _wire_checkpoint_row(top, engine, queue, txt2img, settings, extra["checkpoint_pick"])
+        _wire_checkpoint_row(top, engine, queue, (txt2img, img2img), settings, extra["checkpoint_pick"])
 
         def on_page_load(request: gr.Request):
             # Server-built text follows the browser's language from the first paint, and the
@@ -80,10 +90,12 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
     return demo
 
 
-def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings, checkpoint_pick) -> None:
-    width, height = txt2img.fields["width"], txt2img.fields["height"]
-    rescale_cfg = txt2img.fields["rescale_cfg"]
+def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, generation_tabs, settings, checkpoint_pick) -> None:
+    """The checkpoint list: load on the queue; every generation tab's size and Rescale CFG follow
+    the model (its native size, its recommended rescale); errors show in the first tab's box."""
+    first = generation_tabs[0]
     settings_ckpt = settings.fields["sd_model_checkpoint"]
+    model_fields = [tab.fields[name] for tab in generation_tabs for name in ("width", "height", "rescale_cfg")]
 
     def refresh(request: gr.Request):
         update, notice = refreshed_checkpoint_choices(engine, request)
@@ -102,22 +114,19 @@ def _wire_checkpoint_row(top, engine: Engine, queue: JobQueue, txt2img, settings
         job = queue.submit(lambda _ctx: engine.switch_checkpoint(title), description="load checkpoint",
                            owner=ui_owner(request), kind="load")
         for status in watch_job(queue, job):
-            yield {txt2img.progress: progress_html(status, request)}
+            yield {first.progress: progress_html(status, request)}
         message = job_error_message(job)
         if message:
             gr.Warning(message)
-        size = engine.native_size()
+        size, rescale = engine.native_size(), engine.recommended_rescale_cfg()
         choice = checkpoint_choices(engine)  # the loaded file's title now carries its hash
-        yield {txt2img.error: error_html(message, request), txt2img.progress: "", width: size, height: size,
-               rescale_cfg: engine.recommended_rescale_cfg(), settings_ckpt: choice, top.dropdown: choice,
-               top.notice: notice_html(engine, request)}
+        update = {first.error: error_html(message, request), first.progress: "", settings_ckpt: choice,
+                  top.dropdown: choice, top.notice: notice_html(engine, request)}
+        for tab in generation_tabs:
+            update.update({tab.fields["width"]: size, tab.fields["height"]: size, tab.fields["rescale_cfg"]: rescale})
+        yield update
 
-    top.dropdown.input(select, inputs=top.dropdown,
-                       outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown,
-                                top.notice],
-                       show_progress="minimal")
+    outputs = [first.error, first.progress, *model_fields, settings_ckpt, top.dropdown, top.notice]
+    top.dropdown.input(select, inputs=top.dropdown, outputs=outputs, show_progress="minimal")
     # A click on a checkpoint card in the Extra networks panel switches like the dropdown.
-    checkpoint_pick.change(select, inputs=checkpoint_pick,
-                           outputs=[txt2img.error, txt2img.progress, width, height, rescale_cfg, settings_ckpt, top.dropdown,
-                                top.notice],
-                           show_progress="minimal")
+    checkpoint_pick.change(select, inputs=checkpoint_pick, outputs=outputs, show_progress="minimal")

@@ -1,4 +1,5 @@
-"""Widgets and helpers every tab uses: the checkpoint row, job watching, progress and error boxes."""
+"""Widgets and helpers every tab uses: the checkpoint row, job watching, progress and error boxes,
+and the pieces the generation tabs (txt2img, img2img) share: prompt row, output column, job stream."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ui.i18n import t, translate
 
 if TYPE_CHECKING:
     from core.engine import Engine
+    from core.generation.params import GeneratedImage
     from core.jobs import Job, JobQueue, ProgressSnapshot
 
 POLL_SECONDS = 0.3
@@ -124,6 +126,180 @@ def infotext_html(infotext: str | None) -> str:
     return f'<div class="kiln-infotext">{html.escape(infotext)}</div>'
 
 
+def note_html(message: str | None) -> str:
+    """What a finished job did that is worth a line (where a batch wrote its pictures)."""
+    if not message:
+        return ""
+    return f'<div class="kiln-notice">{html.escape(message)}</div>'
+
+
+# ------------------------------------------------------------- generation tabs --
+# txt2img and img2img share these: the prompt row, the output column, the job stream and the
+# controls acting on the caller's own job.
+@dataclass
+class GenerationTab:
+    """What every generation tab has: ``fields`` (API field name → component), the prompt row's
+    widgets (``build_prompt_row``), 🎲 / ♻️ and the output column's (``build_output_column``,
+    with Send to img2img / Send to inpaint under the gallery)."""
+
+    fields: dict[str, Any]
+    prompt_tokens: gr.HTML
+    negative_tokens: gr.HTML
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    gallery: gr.Gallery
+    infotext: gr.HTML
+    progress: gr.HTML
+    preview: gr.Image
+    error: gr.HTML
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
+    infotexts_state: gr.State
+    seeds_state: gr.State
+    selected_state: gr.State
+
+
+def build_prompt_row(prefix: str) -> dict[str, Any]:
+    """Prompt and negative prompt (token counters in their corner) beside Generate / Interrupt / Skip."""
+    fields: dict[str, Any] = {}
+    with gr.Row(elem_id=f"{prefix}-prompt-row"):
+        with gr.Column(scale=6):
+            # The counter sits in the box's top-right corner, as in the WebUI (see CSS .kiln-prompt).
+            with gr.Group(elem_classes=["kiln-prompt"]):
+                fields["prompt"] = gr.Textbox(label=t("Prompt"), lines=3, max_lines=12, elem_id=f"{prefix}-prompt",
+                                              elem_classes=["kiln-prompt-box"])
+                prompt_tokens = gr.HTML("", elem_id=f"{prefix}-token-counter", elem_classes=["kiln-token-counter"])
+            with gr.Group(elem_classes=["kiln-prompt"]):
+                fields["negative_prompt"] = gr.Textbox(label=t("Negative prompt"), lines=2, max_lines=12,
+                                                       elem_id=f"{prefix}-negative-prompt",
+                                                       elem_classes=["kiln-prompt-box"])
+                negative_tokens = gr.HTML("", elem_id=f"{prefix}-negative-token-counter",
+                                          elem_classes=["kiln-token-counter"])
+        with gr.Column(scale=1, min_width=200):
+            generate = gr.Button(t("Generate"), variant="primary", size="lg", elem_id=f"{prefix}-generate")
+            with gr.Row():
+                interrupt = gr.Button(t("Interrupt"), elem_id=f"{prefix}-interrupt", min_width=80)
+                skip = gr.Button(t("Skip"), elem_id=f"{prefix}-skip", min_width=80)
+    return {"fields": fields, "prompt_tokens": prompt_tokens, "negative_tokens": negative_tokens,
+            "generate": generate, "interrupt": interrupt, "skip": skip}
+
+
+def build_output_column(prefix: str) -> dict[str, Any]:
+    """Progress, error box, live preview, gallery, the send-to buttons and the generation info."""
+    progress = gr.HTML("", label=t("Progress"), elem_id=f"{prefix}-progress", elem_classes=["kiln-progress-box"])
+    error = gr.HTML("", elem_id=f"{prefix}-error", elem_classes=["kiln-error-box"])
+    preview = gr.Image(label=t("Live preview"), type="pil", format="png", interactive=False,
+                       elem_id=f"{prefix}-preview", height=160, visible=True)
+    gallery = gr.Gallery(label=t("Output"), format="png", columns=2, height=480, interactive=False,
+                         elem_id=f"{prefix}-gallery", preview=False)
+    with gr.Row(elem_id=f"{prefix}-send-row"):
+        send_img2img = gr.Button(t("Send to img2img"), elem_id=f"{prefix}-send-to-img2img", size="sm")
+        send_inpaint = gr.Button(t("Send to inpaint"), elem_id=f"{prefix}-send-to-inpaint", size="sm")
+    infotext = gr.HTML("", label=t("Generation info"), elem_id=f"{prefix}-infotext")
+    return {"progress": progress, "error": error, "preview": preview, "gallery": gallery, "infotext": infotext,
+            "send_img2img": send_img2img, "send_inpaint": send_inpaint, "infotexts_state": gr.State([]),
+            "seeds_state": gr.State([]), "selected_state": gr.State(0)}
+
+
+def token_counter_html(engine: Engine, text: str, steps: float | None, is_positive: bool = True) -> str:
+    """"12/75" for the counter above a prompt box (the WebUI's format)."""
+    from core.errors import KilnError
+
+    if not text:
+        return ""
+    try:
+        count, limit = engine.count_tokens(text, int(steps or 20), is_positive=is_positive)
+    except KilnError as exc:
+        return f'<span title="{html.escape(exc.message)}">?</span>'
+    return f"{count}/{limit}"
+
+
+def image_with_infotext(generated: GeneratedImage) -> Any:
+    """A copy of the image carrying its infotext, so the gallery's PNG keeps ``parameters``."""
+    image = generated.image.copy()
+    image.info["parameters"] = generated.infotext
+    return image
+
+
+def submit_generation(tab: GenerationTab, queue: JobQueue, fn: Any, description: str, options: Any,
+                      request: Any = None) -> Iterator[dict[Any, Any]]:
+    """Queue ``fn(ctx)`` as this browser's generate job (``options``: the RunOptions fixed at submit)
+    and yield the tab's progress and live preview until it ends, then the error if it failed.
+    Returns the finished job (``job = yield from submit_generation(...)``)."""
+    job = queue.submit(fn, description=description, owner=ui_owner(request), kind="generate", options=options)
+    yield {tab.error: "", tab.preview: None}
+    shown_preview = -1
+    for status in watch_job(queue, job):
+        update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
+        snap = status.snapshot
+        if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:
+            shown_preview = snap.preview_step
+            update[tab.preview] = snap.preview
+        yield update
+    message = job_error_message(job)
+    if message:
+        gr.Warning(message)
+        yield {tab.error: error_html(message, request)}
+    return job
+
+
+def gallery_updates(tab: GenerationTab, images: list[Any], infotexts: list[str], seeds: list[int],
+                    notes: str = "") -> dict[Any, Any]:
+    """The finished job on the page: gallery, the first picture's info, seeds for ♻️, notes."""
+    final: dict[Any, Any] = {
+        tab.gallery: images,
+        tab.infotext: infotext_html(infotexts[0] if infotexts else ""),
+        tab.infotexts_state: infotexts,
+        tab.seeds_state: seeds,
+        tab.selected_state: 0,
+    }
+    if notes:
+        final[tab.error] = notes
+    return final
+
+
+def wire_generation_controls(tab: GenerationTab, engine: Engine, queue: JobQueue) -> None:
+    """Interrupt / Skip (this browser's job only), token counters, 🎲 / ♻️ and the gallery's info."""
+    f = tab.fields
+
+    def interrupt(request: gr.Request) -> None:
+        queue.interrupt(owner=ui_owner(request))
+
+    def skip(request: gr.Request) -> None:
+        queue.skip(owner=ui_owner(request))
+
+    tab.interrupt.click(interrupt, queue=False, show_progress="hidden")
+    tab.skip.click(skip, queue=False, show_progress="hidden")
+
+    for box, counter, positive in ((f["prompt"], tab.prompt_tokens, True),
+                                   (f["negative_prompt"], tab.negative_tokens, False)):
+        box.change(lambda text, steps, positive=positive: token_counter_html(engine, text, steps, positive),
+                   inputs=[box, f["steps"]],
+                   outputs=counter, trigger_mode="always_last", show_progress="hidden",
+                   concurrency_id="token-counter", concurrency_limit=1)
+
+    tab.random_seed.click(lambda: -1, outputs=f["seed"], queue=False, show_progress="hidden")
+
+    def reuse(seeds: list[int], index: int) -> Any:
+        if not seeds:
+            return gr.skip()
+        return seeds[min(max(int(index or 0), 0), len(seeds) - 1)]
+
+    tab.reuse_seed.click(reuse, inputs=[tab.seeds_state, tab.selected_state], outputs=f["seed"], queue=False,
+                         show_progress="hidden")
+
+    def select(infotexts: list[str], evt: gr.SelectData):
+        index = int(evt.index or 0)
+        text = infotexts[index] if 0 <= index < len(infotexts) else ""
+        return infotext_html(text), index
+
+    tab.gallery.select(select, inputs=[tab.infotexts_state], outputs=[tab.infotext, tab.selected_state],
+                       show_progress="hidden")
+
+
 # ---------------------------------------------------------------- checkpoint row --
 @dataclass
 class CheckpointRow:
@@ -202,10 +378,12 @@ CSS = """
 .kiln-prompt .kiln-token-counter { position: absolute; top: 6px; right: 14px; z-index: 5; font-size: 12px;
   opacity: .8; min-height: 0 !important; padding: 0 !important; background: transparent; border: 0;
   width: auto !important; }
-#txt2img-progress, #txt2img-error { min-height: 0 !important; }
+.kiln-progress-box, .kiln-error-box { min-height: 0 !important; }
 /* Message boxes take no room while they have nothing to say. */
-#txt2img-error:not(:has(.kiln-error)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
-#txt2img-progress:not(:has(.kiln-progress)) { display: none; }
+.kiln-error-box:not(:has(.kiln-error, .kiln-notice)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
+.kiln-progress-box:not(:has(.kiln-progress)) { display: none; }
+/* img2img: a mask shows on grey, so its white (repaint) parts are seen. */
+#img2img-upload-mask img { background: #7f7f7f; }
 /* Extra networks cards (ui/extra_networks.py): a grid of 56px rows. A card with a preview spans
    four (a portrait picture card, as the WebUI's); a card without one is a compact tile one row
    high: its image (src ends in kiln-card-tile.png) is hidden and the caption, type over name, is
@@ -226,16 +404,18 @@ CSS = """
   font-size: 11px; color: color-mix(in srgb, var(--body-text-color) 62%, transparent); }
 """
 
-# The WebUI's keys in a prompt box: Ctrl/Cmd+Enter generates, Alt+Enter skips, Esc interrupts.
+# The WebUI's keys in a prompt box: Ctrl/Cmd+Enter generates, Alt+Enter skips, Esc interrupts
+# (the buttons of the box's own tab: "img2img-prompt" → "img2img-generate").
 KEYBOARD_JS = """
 () => {
   document.addEventListener('keydown', (event) => {
-    const box = event.target.closest && event.target.closest('#txt2img-prompt, #txt2img-negative-prompt');
-    if (!box) return;
+    const box = event.target.closest && event.target.closest('.kiln-prompt-box');
+    if (!box || !box.id) return;
+    const tab = box.id.split('-')[0];
     const click = (id) => { event.preventDefault(); document.getElementById(id)?.click(); };
-    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) click('txt2img-generate');
-    else if (event.key === 'Enter' && event.altKey) click('txt2img-skip');
-    else if (event.key === 'Escape') click('txt2img-interrupt');
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) click(tab + '-generate');
+    else if (event.key === 'Enter' && event.altKey) click(tab + '-skip');
+    else if (event.key === 'Escape') click(tab + '-interrupt');
   });
 }
 """

@@ -1,4 +1,5 @@
-"""PNG Info: read the ``parameters`` text of a dropped image, show it parsed, send it to txt2img."""
+"""PNG Info: read the ``parameters`` text of a dropped image, show it parsed, send it to txt2img,
+img2img or inpaint (the last two are wired by ui/img2img.py's ``wire_send_to``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class PngInfoTab:
     parameters: gr.Textbox
     table: gr.Dataframe
     send: gr.Button
+    send_img2img: gr.Button
+    send_inpaint: gr.Button
     parsed_state: gr.State
 
 
@@ -40,11 +43,15 @@ def build_pnginfo_tab() -> PngInfoTab:
                              elem_id="pnginfo-image", height=420)
         with gr.Column():
             parameters = gr.Textbox(label=t("Parameters"), lines=6, interactive=False, elem_id="pnginfo-parameters")
-            send = gr.Button(t("Send to txt2img"), elem_id="pnginfo-send-to-txt2img", variant="primary")
+            with gr.Row():
+                send = gr.Button(t("Send to txt2img"), elem_id="pnginfo-send-to-txt2img", variant="primary")
+                send_img2img = gr.Button(t("Send to img2img"), elem_id="pnginfo-send-to-img2img", variant="primary")
+                send_inpaint = gr.Button(t("Send to inpaint"), elem_id="pnginfo-send-to-inpaint", variant="primary")
             # Dataframe headers are plain text (no browser-side i18n): set per request, see table_update.
             table = gr.Dataframe(headers=["Parameter", "Value"], value=[], interactive=False,
                                  elem_id="pnginfo-table", wrap=True)
-    return PngInfoTab(image=image, parameters=parameters, table=table, send=send, parsed_state=gr.State({}))
+    return PngInfoTab(image=image, parameters=parameters, table=table, send=send, send_img2img=send_img2img,
+                      send_inpaint=send_inpaint, parsed_state=gr.State({}))
 
 
 def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -69,6 +76,19 @@ def table_rows(parsed: dict[str, Any]) -> list[list[str]]:
 def table_update(parsed: dict[str, Any], request: Any = None) -> gr.Dataframe:
     return gr.Dataframe(value=table_rows(parsed),
                         headers=[translate("Parameter", request), translate("Value", request)])
+
+
+def dropdown_choices(engine: Engine) -> dict[str, list[str]]:
+    """Dropdown field name → its choices, for ``txt2img_values``."""
+    samplers = sampler_names()
+    schedulers = scheduler_labels()
+    return {
+        "sampler_name": samplers,
+        "scheduler": schedulers,
+        "hr_upscaler": upscaler_names(engine),
+        "hr_sampler_name": [USE_SAME_SAMPLER] + samplers,
+        "hr_scheduler": [USE_SAME_SCHEDULER] + schedulers,
+    }
 
 
 def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]]) -> dict[str, Any]:
@@ -108,15 +128,7 @@ def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: En
                      show_progress="hidden")
 
     f = txt2img.fields
-    samplers = sampler_names()
-    schedulers = scheduler_labels()
-    choices = {
-        "sampler_name": samplers,
-        "scheduler": schedulers,
-        "hr_upscaler": upscaler_names(engine),
-        "hr_sampler_name": [USE_SAME_SAMPLER] + samplers,
-        "hr_scheduler": [USE_SAME_SCHEDULER] + schedulers,
-    }
+    choices = dropdown_choices(engine)
     outputs = list(f.values()) + [txt2img.hires_accordion, tabs] + ([clip_skip] if clip_skip is not None else [])
 
     def send(parsed: dict[str, Any]):
