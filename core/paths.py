@@ -88,7 +88,42 @@ class KilnPaths:
             dirs.append(self.builtin_checkpoint_dir)
         return dirs
 
+    def check_inside_data_dir(self, field: str, configured: str) -> Path:
+        """A folder option set by a person must stay inside the data folder (InvalidParameterError)."""
+        from core.errors import InvalidParameterError
+
+        check_name(field, configured, allow_folders=True)
+        resolved = self.resolve_output(configured).resolve()
+        root = Path(self.data_dir).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise InvalidParameterError(field, f"{configured!r} is outside the data folder {root}",
+                                        hint="use a folder inside it, e.g. outputs/txt2img-images")
+        if resolved.exists() and not resolved.is_dir():
+            raise InvalidParameterError(field, f"{configured!r} is a file, not a folder")
+        return resolved
+
     def resolve_output(self, configured: str | Path) -> Path:
         """An output-folder option ("outputs/txt2img-images") → absolute, relative to the data folder."""
         path = Path(configured).expanduser()
         return path if path.is_absolute() else self.data_dir / path
+
+
+def check_name(field: str, name: str, *, allow_folders: bool = False) -> str:
+    """A file or folder name from a request: no NUL bytes, no absolute path, no ``..`` segment.
+
+    Model names only ever match files Kiln listed, so this is the clear message for an attempt
+    to name something else; folder options (``allow_folders``) may have sub-folders.
+    """
+    from core.errors import InvalidParameterError
+
+    if not isinstance(name, str):
+        raise InvalidParameterError(field, f"{name!r} is not a name")
+    if "\0" in name:
+        raise InvalidParameterError(field, "contains a NUL byte")
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise InvalidParameterError(field, f"{name!r} points outside its folder",
+                                    hint="give a name inside the folder, as the lists show it")
+    if not allow_folders and not name.strip():
+        raise InvalidParameterError(field, "is empty")
+    return name

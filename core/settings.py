@@ -305,6 +305,65 @@ class Settings:
                 rejected.append(key)
         return rejected
 
+    # -- changes from people (UI, API) ---------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        """``--freeze-settings``, on by default when Kiln serves beyond loopback."""
+        return bool(getattr(self.flags, "freeze_settings", False)) or not self._loopback()
+
+    @property
+    def folders_locked(self) -> bool:
+        """``--hide-ui-dir-config``: folder options cannot be changed from the UI or the API."""
+        return bool(getattr(self.flags, "hide_ui_dir_config", False)) or not self._loopback()
+
+    def _loopback(self) -> bool:
+        from core.api.auth import is_loopback
+
+        return is_loopback(getattr(self.flags, "host", None))
+
+    def check_user_changes(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Changes a person asks for, checked as a whole: the values to store, or the first problem
+        as an InvalidParameterError naming the WebUI key. Nothing is applied here.
+
+        Unknown keys are refused (a setting Kiln lacks must not be stored and then ignored);
+        folder options must stay inside the data folder; with ``--freeze-settings`` nothing but the
+        checkpoint choice changes, with ``--hide-ui-dir-config`` no folder option does.
+        """
+        from core.errors import InvalidParameterError
+
+        checked: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key not in OPTION_DEFAULTS:
+                if self.options.extra.get(key) == value:
+                    continue  # another program's option, sent back unchanged (a GET-then-POST client)
+                raise InvalidParameterError(key, "Kiln has no such setting", hint="see GET /sdapi/v1/options")
+            current = getattr(self.options, key)
+            try:
+                value = _check_option(key, value, OPTION_DEFAULTS[key])
+            except ValueError as exc:
+                raise InvalidParameterError(key, str(exc)) from None
+            if value == current:
+                continue
+            if self.frozen and key != "sd_model_checkpoint":
+                raise InvalidParameterError(key, "settings are frozen on this server (--freeze-settings, on with "
+                                            "--listen)", hint="ask whoever runs it; per-job override_settings still work")
+            if key.startswith("outdir_"):
+                if self.folders_locked:
+                    raise InvalidParameterError(key, "folders cannot be changed here (--hide-ui-dir-config, on with "
+                                                "--listen)", hint="set it in config.json on the server")
+                self.paths.check_inside_data_dir(key, value)
+            checked[key] = value
+        return checked
+
+    def apply_user_changes(self, changes: dict[str, Any]) -> list[str]:
+        """Check every change, then store them together and save config.json once; returns the keys set."""
+        checked = self.check_user_changes(changes)
+        for key, value in checked.items():
+            setattr(self.options, key, value)
+        if checked:
+            self.save()
+        return list(checked)
+
     def startup_checkpoint(self) -> str | None:
         """--ckpt wins over the saved choice, as in the WebUI."""
         return self.flags.ckpt or self.options.sd_model_checkpoint

@@ -281,13 +281,18 @@ def test_options_round_trip_and_persist(empty_api, tmp_path):
     client, engine = empty_api
     options = client.get("/sdapi/v1/options").json()
     assert options["CLIP_stop_at_last_layers"] == 1 and options["sd_vae"] == "Automatic"
-    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "randn_source": "CPU",
-                                                   "some_extension_key": [1, 2]}).status_code == 200
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "randn_source": "CPU"}
+                       ).status_code == 200
     assert engine.settings.options.CLIP_stop_at_last_layers == 2
     saved = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
-    assert saved["randn_source"] == "CPU" and saved["some_extension_key"] == [1, 2]
+    assert saved["randn_source"] == "CPU"
     bad = client.post("/sdapi/v1/options", json={"randn_source": "TPU"})
     assert bad.status_code == 422 and bad.json()["field"] == "randn_source"
+    # All or nothing, and nothing Kiln lacks is stored to be ignored later.
+    unknown = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 3, "some_extension_key": [1, 2]})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "some_extension_key"
+    assert engine.settings.options.CLIP_stop_at_last_layers == 2
+    assert "some_extension_key" not in json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     missing = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nowhere.safetensors"})
     assert missing.status_code == 422 and "nowhere.safetensors" in missing.json()["detail"]
 
@@ -511,3 +516,33 @@ def test_override_settings_apply_to_the_request_and_restore_afterwards(model_api
         client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
     bad = client.post("/sdapi/v1/txt2img", json={**request, "override_settings": {"no_such_option": 5}})
     assert bad.status_code == 422 and bad.json()["field"] == "override_settings.no_such_option"
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"CLIP_stop_at_last_layers": 1e308}, "CLIP_stop_at_last_layers", "outside"),
+    ({"eta_ancestral": "NaN"}, "eta_ancestral", "not a number"),
+    ({"outdir_txt2img_samples": "/anywhere"}, "outdir_txt2img_samples", "outside"),
+    ({"outdir_txt2img_samples": "outputs/../../up"}, "outdir_txt2img_samples", "outside"),
+    ({"outdir_txt2img_samples": "../../anywhere"}, "outdir_txt2img_samples", "outside"),
+    ({"outdir_img2img_samples": "outputs/\0x"}, "outdir_img2img_samples", "NUL"),
+    ({"sd_model_checkpoint": "../../etc/passwd"}, "sd_model_checkpoint", "outside its folder"),
+    ({"sd_vae": "/etc/passwd"}, "sd_vae", "outside its folder"),
+    ({"sd_vae": "no-such-vae.pt"}, "sd_vae", "not found"),
+])
+def test_options_that_would_escape_or_break_are_refused(empty_api, tmp_path, body, field, words):
+    client, engine = empty_api
+    before = engine.settings.options.to_json()
+    response = client.post("/sdapi/v1/options", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field and words in response.json()["detail"]
+    assert engine.settings.options.to_json() == before
+
+
+def test_an_output_folder_that_is_a_file_is_refused(empty_api, tmp_path):
+    client, _engine = empty_api
+    (tmp_path / "outputs").mkdir(exist_ok=True)
+    (tmp_path / "outputs" / "afile").write_text("x")
+    response = client.post("/sdapi/v1/options", json={"outdir_txt2img_samples": "outputs/afile"})
+    assert response.status_code == 422 and "is a file" in response.json()["detail"]
+    ok = client.post("/sdapi/v1/options", json={"outdir_txt2img_samples": "outputs/mine"})
+    assert ok.status_code == 200

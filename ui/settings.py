@@ -56,21 +56,24 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
 def apply_settings(engine: Engine, values: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Set the options that differ from the current ones and save config.json once.
 
-    Returns (changed keys, rejected keys). The checkpoint goes through ``engine.select_checkpoint``
-    (which checks that it exists); it is loaded by the next job.
+    Returns (changed keys, rejected keys): every change is checked first (types, ranges, frozen
+    settings), and a rejected one is named with why, nothing stored. The checkpoint goes through
+    ``engine.select_checkpoint`` (which checks that it exists); it is loaded by the next job.
     """
+    from core.errors import InvalidParameterError
+
     current = engine.settings.options.to_json()
     changes = {k: _plain(v) for k, v in values.items() if k != "sd_model_checkpoint" and current.get(k) != _plain(v)}
-    rejected = engine.settings.update(**changes)
-    changed = [k for k in changes if k not in rejected]
+    try:
+        changed = engine.settings.apply_user_changes(changes)
+    except InvalidParameterError as exc:
+        return [], [exc.message]
     wanted = values.get("sd_model_checkpoint")
     current = engine.selected_checkpoint()
     if wanted and (current is None or engine.registry.find_checkpoint(wanted) is not current):
         engine.select_checkpoint(wanted)  # saves config.json itself
         changed.append("sd_model_checkpoint")
-    if changed:
-        engine.settings.save()
-    return changed, rejected
+    return changed, []
 
 
 def _plain(value: Any) -> Any:

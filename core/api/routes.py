@@ -33,6 +33,7 @@ from core.api.models import (
     UpscalerItem,
 )
 from core.errors import InvalidParameterError, JobInterrupted
+from core.paths import check_name
 from core.settings import OPTION_DEFAULTS
 
 if TYPE_CHECKING:
@@ -176,23 +177,31 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         return options
 
     @router.post("/options")
-    def set_options(body: dict[str, Any] = Body(...)) -> None:
+    def set_options(request: Request, body: dict[str, Any] = Body(...)) -> None:
+        """All or nothing: every key is checked first (unknown keys, types, ranges, folders that
+        would leave the data folder, frozen settings: 422 naming the key), then stored at once."""
         changes = dict(body)
         checkpoint = changes.pop("sd_model_checkpoint", None)
-        if checkpoint is not None and engine.registry.find_checkpoint(str(checkpoint)) is None:
-            engine.refresh_models()
+        if checkpoint is not None:
+            check_name("sd_model_checkpoint", str(checkpoint))
             if engine.registry.find_checkpoint(str(checkpoint)) is None:
-                raise InvalidParameterError("sd_model_checkpoint", f"model {checkpoint!r} not found",
-                                            hint=f"see GET /sdapi/v1/sd-models or put it into {settings.paths.ckpt_dir}")
-        rejected = settings.update(**changes)
-        if rejected:
-            raise InvalidParameterError(rejected[0], f"invalid value {changes[rejected[0]]!r}")
-        settings.save()
+                engine.refresh_models()
+                if engine.registry.find_checkpoint(str(checkpoint)) is None:
+                    raise InvalidParameterError("sd_model_checkpoint", f"model {checkpoint!r} not found",
+                                                hint=f"see GET /sdapi/v1/sd-models or put it into {settings.paths.ckpt_dir}")
+        vae = changes.get("sd_vae")
+        if vae not in (None, "", "Automatic", "None"):
+            check_name("sd_vae", str(vae))
+            if engine.registry.find("vae", str(vae)) is None:
+                raise InvalidParameterError("sd_vae", f"VAE {vae!r} not found",
+                                            hint=f"see GET /sdapi/v1/sd-vae or put it into {settings.paths.vae_dir}")
+        settings.check_user_changes(changes)
         if checkpoint is not None:
             # Through the queue: a running generation finishes on the model it started with. A file
             # that fails to load leaves the previous model loaded and selected (500 with the reason).
             queue.run(lambda _ctx: engine.switch_checkpoint(str(checkpoint)), description="load checkpoint",
-                      owner=API_OWNER, kind="load")
+                      owner=caller(request), kind="load")
+        settings.apply_user_changes(changes)
         return None
 
     @router.get("/samplers", response_model=list[SamplerItem])
