@@ -81,6 +81,9 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
         install_api(app, engine, queue)
     # HTTP Basic on /sdapi/v1/* whenever the API or the page has logins (never open while the page is locked).
     app.add_middleware(BasicAuthMiddleware, logins=api_logins)
+    from core.api.limits import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware)  # outermost: too-large bodies never reach a handler
     if not flags.nowebui:
         import gradio as gr
 
@@ -89,7 +92,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
         demo = ui.build(engine, queue)
         app = gr.mount_gradio_app(
             app, demo, path="/", auth=page_logins.check if page_logins else None, ssr_mode=False,
-            footer_links=["settings"], show_error=True, **ui.page_options(),
+            footer_links=["settings"], show_error=True, max_file_size="64mb", **ui.page_options(),
         )
     return app, engine, queue
 

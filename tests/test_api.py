@@ -546,3 +546,29 @@ def test_an_output_folder_that_is_a_file_is_refused(empty_api, tmp_path):
     assert response.status_code == 422 and "is a file" in response.json()["detail"]
     ok = client.post("/sdapi/v1/options", json={"outdir_txt2img_samples": "outputs/mine"})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"enable_hr": True, "hr_scale": float("inf")}, "hr_scale"),
+    ({"enable_hr": True, "hr_scale": float("nan")}, "hr_scale"),
+    ({"seed": 2**70}, "seed"),
+    ({"subseed": 2**70}, "subseed"),
+    ({"eta": float("nan")}, "eta"),
+    ({"s_noise": float("nan")}, "s_noise"),
+    ({"prompt": "x" * 40_000}, "prompt"),
+    ({"n_iter": 1000, "batch_size": 64}, "n_iter"),
+    ({"width": 4096, "height": 4096, "steps": 500, "n_iter": 100, "batch_size": 8}, "steps"),
+])
+def test_values_that_used_to_500_are_422_naming_the_field(empty_api, body, field):
+    client, _engine = empty_api
+    response = client.post("/sdapi/v1/txt2img", content=json.dumps({"prompt": "x", **body}),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field
+
+
+def test_a_huge_body_is_refused_before_it_is_read(empty_api):
+    client, _engine = empty_api
+    response = client.post("/sdapi/v1/txt2img", content=b'{"prompt": "' + b"x" * (40 * 1024 * 1024) + b'"}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413 and len(response.content) < 1000

@@ -61,4 +61,7 @@ def create_api_app(engine: Engine, queue: JobQueue) -> FastAPI:
     app = FastAPI(title="Kiln API", description="AUTOMATIC1111 WebUI-compatible REST API", docs_url="/docs")
     install_api(app, engine, queue)
     app.add_middleware(BasicAuthMiddleware, logins=page_and_api_logins(engine.settings.flags)[1])
+    from core.api.limits import BodyLimitMiddleware
+
+    app.add_middleware(BodyLimitMiddleware)
     return app

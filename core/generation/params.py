@@ -19,6 +19,11 @@ MAX_PIXELS = 4096 * 4096
 MAX_STEPS = 500
 MAX_BATCH_SIZE = 64
 MAX_BATCH_COUNT = 1000
+MAX_SEED = 2**63 - 1 - MAX_BATCH_COUNT * MAX_BATCH_SIZE  # torch generators take 64-bit seeds; batches add to it
+MAX_IMAGES = 1000  # batch count × batch size in one job (the WebUI's sliders stop at 100 × 8)
+MAX_PROMPT_CHARS = 32_768  # a 75-token chunk is ~300 characters; this is ~100 chunks
+# Pixels × sampler steps × pictures in one job: ~100 pictures of 1024² at 150 steps + hires.
+MAX_PIXEL_STEPS = 2 * 10**12
 
 
 @dataclass
@@ -105,6 +110,8 @@ def validate(params: GenerationParams) -> GenerationParams:
         value = getattr(p, name)
         if not isinstance(value, str):
             raise InvalidParameterError(name, f"must be text, got {type(value).__name__}")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise InvalidParameterError(name, f"{len(value)} characters is over the limit of {MAX_PROMPT_CHARS}")
         # Surrogates from bad decoding can't be tokenized or saved; replace them visibly.
         cleaned = value.encode("utf-8", "replace").decode("utf-8")
         if cleaned != value:
@@ -126,6 +133,10 @@ def validate(params: GenerationParams) -> GenerationParams:
         value = getattr(p, name)
         if value is not None and not math.isfinite(value):
             raise InvalidParameterError(name, f"must be a finite number, got {value}")
+    for name in ("seed", "subseed"):
+        value = getattr(p, name)
+        if value is not None and not -1 <= int(value) <= MAX_SEED:
+            raise InvalidParameterError(name, f"must be -1 (random) or between 0 and {MAX_SEED}, got {value}")
     if p.eta is not None and not 0.0 <= p.eta <= 1.0:
         raise InvalidParameterError("eta", f"must be between 0 and 1, got {p.eta}")
     if p.clip_skip is not None and not 1 <= p.clip_skip <= 12:
@@ -143,12 +154,19 @@ def validate(params: GenerationParams) -> GenerationParams:
             setattr(p, name, rounded)
     if p.width * p.height > MAX_PIXELS:
         raise InvalidParameterError("width", f"{p.width}x{p.height} is over the limit of {MAX_PIXELS} pixels")
+    if p.total_images > MAX_IMAGES:
+        raise InvalidParameterError("n_iter", f"{p.batch_count} × {p.batch_size} = {p.total_images} pictures is over "
+                                    f"the limit of {MAX_IMAGES} in one job", hint="send several jobs")
     h = p.hires
     if h.enabled:
         if not 0.0 <= h.denoising_strength <= 1.0:
             raise InvalidParameterError("denoising_strength", f"must be between 0 and 1, got {h.denoising_strength}")
         if not 0 <= h.steps <= MAX_STEPS:
             raise InvalidParameterError("hr_second_pass_steps", f"must be between 0 and {MAX_STEPS}, got {h.steps}")
+        if not math.isfinite(h.scale):
+            raise InvalidParameterError("hr_scale", f"must be a finite number, got {h.scale}")
+        if not math.isfinite(h.denoising_strength):
+            raise InvalidParameterError("denoising_strength", f"must be a finite number, got {h.denoising_strength}")
         if h.scale <= 0 and h.resize_x == 0 and h.resize_y == 0:
             raise InvalidParameterError("hr_scale", f"must be positive, got {h.scale}")
         tw, th = h.target_size(p.width, p.height)
@@ -156,6 +174,16 @@ def validate(params: GenerationParams) -> GenerationParams:
             raise InvalidParameterError("hr_scale", f"hires size {tw}x{th} is over the limit of {MAX_SIDE} pixels a side")
         if tw < 8 or th < 8:
             raise InvalidParameterError("hr_scale", f"hires size {tw}x{th} is too small")
+        for name in ("prompt", "negative_prompt"):
+            if len(getattr(h, name) or "") > MAX_PROMPT_CHARS:
+                raise InvalidParameterError(f"hr_{name}", f"is over the limit of {MAX_PROMPT_CHARS} characters")
+    work = p.width * p.height * p.steps * p.total_images
+    if h.enabled:
+        tw, th = h.target_size(p.width, p.height)
+        work += tw * th * (h.steps or p.steps) * p.total_images
+    if work > MAX_PIXEL_STEPS:
+        raise InvalidParameterError("steps", f"this job is {work:.2e} pixel-steps, over the limit of "
+                                    f"{MAX_PIXEL_STEPS:.0e} for one job", hint="fewer pictures, steps or pixels per job")
     return p
 
 
