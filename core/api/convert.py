@@ -290,6 +290,9 @@ def progress_body(snap: ProgressSnapshot, encode_image: Callable[[Any], str], sk
         "sampling_step": snap.step,
         "sampling_steps": snap.total_steps,
         "queue_length": snap.queue_length,
+        # Kiln's additions: which of the caller's jobs this is, and how many jobs run before it.
+        "job_id": snap.job_id if active else None,
+        "queue_position": snap.position if active else -1,
     }
     if not active:
         return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
