@@ -572,3 +572,35 @@ def test_a_huge_body_is_refused_before_it_is_read(empty_api):
     response = client.post("/sdapi/v1/txt2img", content=b'{"prompt": "' + b"x" * (40 * 1024 * 1024) + b'"}',
                            headers={"content-type": "application/json"})
     assert response.status_code == 413 and len(response.content) < 1000
+
+
+def test_the_queue_routes_show_each_caller_their_own_jobs(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from core.api.server import create_api_app
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.settings import Settings
+
+    flags = parse_flags(["--data-dir", str(tmp_path), "--nowebui", "--api-auth", "alice:a,bob:b,boss:c",
+                         "--operator", "boss"])
+    settings = Settings.from_flags(flags, tmp_path)
+    settings.paths.ensure_dirs()
+    queue = JobQueue()
+    gate = threading.Event()
+    try:
+        running = queue.submit(lambda ctx: gate.wait(10), description="alice's picture", owner="user:alice")
+        queued = queue.submit(lambda ctx: None, description="bob's picture", owner="user:bob")
+        with TestClient(create_api_app(Engine(settings), queue)) as client:
+            alice = client.get("/kiln/v1/jobs", auth=("alice", "a")).json()
+            assert [j["id"] for j in alice] == [running.id] and alice[0]["position"] == 0
+            assert [j["id"] for j in client.get("/kiln/v1/jobs", auth=("bob", "b")).json()] == [queued.id]
+            assert {j["id"] for j in client.get("/kiln/v1/jobs", auth=("boss", "c")).json()} == {running.id, queued.id}
+            # bob cannot cancel alice's job; it is not even visible to him
+            assert client.post(f"/kiln/v1/jobs/{running.id}/cancel", auth=("bob", "b")).status_code == 404
+            assert not running.interrupt_event.is_set()
+            assert client.post(f"/kiln/v1/jobs/{queued.id}/cancel", auth=("boss", "c")).json()["accepted"]
+            assert client.get("/kiln/v1/jobs").status_code == 401
+    finally:
+        gate.set()
+        queue.shutdown()

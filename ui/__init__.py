@@ -26,6 +26,7 @@ from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.i18n import make_i18n, t
 from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
+from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
 from ui.txt2img import build_txt2img_tab, wire_txt2img
 
@@ -64,6 +65,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
                 settings = build_settings_tab(engine)
+            with gr.Tab(t("Queue"), id="queue", elem_id="tab-queue"):
+                queue_tab = build_queue_tab()
         clip_skip = settings.fields["CLIP_stop_at_last_layers"]
         wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip,
                      checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]),
@@ -77,6 +80,7 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         wire_send_to(img2img, tabs, {IMG2IMG: pnginfo.send_img2img, INPAINT: pnginfo.send_inpaint}, [pnginfo.image],
                      lambda path: path, engine, clip_skip=clip_skip)
         wire_settings(settings, engine, top)
+        wire_queue(queue_tab, engine, queue)
         _wire_checkpoint_row(top, engine, queue, (txt2img, img2img), settings, extra["checkpoint_pick"])
 
         def on_page_load(request: gr.Request):

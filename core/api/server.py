@@ -39,6 +39,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
 
     app.include_router(networks_router(engine, queue))  # loras, embeddings, hypernetworks, refresh-*
     app.include_router(build_router(engine, queue))
+    from core.api.jobs_routes import jobs_router
+
+    app.include_router(jobs_router(engine, queue))  # /kiln/v1/jobs: the caller's queue
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
