@@ -135,3 +135,34 @@ def test_settings_result_text():
     assert result_text([], []) == "Nothing changed."
     assert result_text(["sd_vae", "randn_source"], []) == "2 settings changed: sd_vae, randn_source"
     assert "rejected: samples_format" in result_text([], ["samples_format"])
+
+
+def test_a_page_that_goes_away_cancels_its_job():
+    import threading
+    from types import SimpleNamespace
+
+    from core.jobs import JobQueue
+    from ui.common import submit_generation
+
+    queue = JobQueue()
+    started = threading.Event()
+
+    def slow(ctx):
+        ctx.set_total(1000)
+        started.set()
+        for _ in range(1000):
+            ctx.advance()
+            threading.Event().wait(0.01)
+
+    tab = SimpleNamespace(error="error", preview="preview", progress="progress")
+    try:
+        updates = submit_generation(tab, queue, slow, "txt2img", None)
+        next(updates)
+        started.wait(5)
+        next(updates)
+        updates.close()  # what Gradio does when the browser disconnects
+        job = queue.jobs()[0]
+        job.done_event.wait(5)
+        assert job.progress.state == "interrupted" and job.progress.step < 1000
+    finally:
+        queue.shutdown()

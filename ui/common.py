@@ -230,15 +230,19 @@ def submit_generation(tab: GenerationTab, queue: JobQueue, fn: Any, description:
     and yield the tab's progress and live preview until it ends, then the error if it failed.
     Returns the finished job (``job = yield from submit_generation(...)``)."""
     job = queue.submit(fn, description=description, owner=ui_owner(request), kind="generate", options=options)
-    yield {tab.error: "", tab.preview: None}
-    shown_preview = -1
-    for status in watch_job(queue, job):
-        update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
-        snap = status.snapshot
-        if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:
-            shown_preview = snap.preview_step
-            update[tab.preview] = snap.preview
-        yield update
+    try:
+        yield {tab.error: "", tab.preview: None}
+        shown_preview = -1
+        for status in watch_job(queue, job):
+            update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
+            snap = status.snapshot
+            if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:
+                shown_preview = snap.preview_step
+                update[tab.preview] = snap.preview
+            yield update
+    finally:
+        if not job.done:  # the page went away (closed tab, reload): nobody will see the result
+            queue.interrupt(job.id)
     message = job_error_message(job)
     if message:
         gr.Warning(message)
