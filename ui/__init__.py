@@ -83,14 +83,20 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         wire_queue(queue_tab, engine, queue)
         _wire_checkpoint_row(top, engine, queue, (txt2img, img2img), settings, extra["checkpoint_pick"])
 
+        sizes = [tab.fields[name] for tab in (txt2img, img2img) for name in ("width", "height")]
+        rescales = [tab.fields["rescale_cfg"] for tab in (txt2img, img2img)]
+
         def on_page_load(request: gr.Request):
             # Server-built text follows the browser's language from the first paint, and the
-            # checkpoint shown is the current one (the API may have switched it since start-up).
+            # checkpoint shown is the current one (the API may have switched it since start-up, or
+            # a default that failed to load may have fallen back): sizes and Rescale CFG follow it.
             choice = checkpoint_choices(engine)
-            return notice_html(engine, request), table_update({}, request), choice, choice
+            size, rescale = engine.native_size(), engine.recommended_rescale_cfg()
+            return (notice_html(engine, request), table_update({}, request), choice, choice,
+                    *([size] * len(sizes)), *([rescale] * len(rescales)))
 
-        demo.load(on_page_load, outputs=[top.notice, pnginfo.table, top.dropdown, settings.fields["sd_model_checkpoint"]],
-                  show_progress="hidden")
+        demo.load(on_page_load, outputs=[top.notice, pnginfo.table, top.dropdown, settings.fields["sd_model_checkpoint"],
+                                         *sizes, *rescales], show_progress="hidden")
     return demo
 
 

@@ -375,7 +375,7 @@ CSS = """
 .kiln-error { border: 1px solid #d33; background: rgba(220, 50, 50, .12); color: var(--body-text-color);
   padding: 8px 12px; border-radius: 6px; white-space: pre-wrap; }
 .kiln-warning { border-color: #d90; background: rgba(220, 160, 0, .12); }
-.kiln-notice { border: 1px solid var(--color-accent); padding: 8px 12px; border-radius: 6px; }
+.kiln-notice { border: 1px solid var(--color-accent); padding: 8px 12px; border-radius: 6px; white-space: pre-wrap; }
 .kiln-infotext { white-space: pre-wrap; font-family: var(--font-mono); font-size: 12px; padding: 6px 2px;
   word-break: break-word; }
 .kiln-prompt { position: relative; }

@@ -40,8 +40,9 @@ def build_queue_tab() -> QueueTab:
         cancel = gr.Button(t("Cancel job"), elem_id="queue-cancel", variant="stop", scale=0, min_width=140)
         stop = gr.Button(t("Stop and save"), elem_id="queue-stop", scale=0, min_width=140)
     result = gr.Markdown("", elem_id="queue-result")
-    table = gr.Dataframe(headers=[t(c) for c in COLUMNS], value=[], interactive=False, elem_id="queue-table",
-                         wrap=True)
+    # Dataframe headers are plain text (Gradio does not translate them): the handler sends them in the
+    # browser's language with every refresh.
+    table = gr.Dataframe(headers=list(COLUMNS), value=[], interactive=False, elem_id="queue-table", wrap=True)
     return QueueTab(table, job_id, refresh, cancel, stop, result, gr.Timer(2.0, active=True))
 
 
@@ -74,7 +75,7 @@ def act(queue: JobQueue, engine: Engine, job_id: str, action: str, request: Any)
 
 def wire_queue(tab: QueueTab, engine: Engine, queue: JobQueue) -> None:
     def table(request: gr.Request):
-        return rows(queue, engine, request)
+        return gr.Dataframe(value=rows(queue, engine, request), headers=[translate(c, request) for c in COLUMNS])
 
     for trigger in (tab.refresh.click, tab.timer.tick):
         trigger(table, outputs=tab.table, queue=False, show_progress="hidden")
