@@ -160,7 +160,8 @@ def test_generate_with_a_model_streams_previews_then_the_gallery(tmp_path):
     try:
         with gr.Blocks():
             tab = build_txt2img_tab(engine)
-        values = dict(_defaults(tab), prompt="a red circle", steps=3, width=64, height=64, seed=11,
+        # 20 steps: long enough for a progress poll (every 0.3 s) to land while it samples.
+        values = dict(_defaults(tab), prompt="a red circle", steps=20, width=64, height=64, seed=11,
                       batch_size=2, sampler_name="Euler")
         updates = list(generate_updates(tab, engine, queue, values))
     finally:
@@ -170,8 +171,8 @@ def test_generate_with_a_model_streams_previews_then_the_gallery(tmp_path):
     final = updates[-1]
     images = final[tab.gallery]
     assert len(images) == 2 and final[tab.seeds_state] == [11, 12]
-    assert images[0].info["parameters"].startswith("a red circle\nSteps: 3, Sampler: Euler")
-    assert "Steps: 3" in final[tab.infotext]
+    assert images[0].info["parameters"].startswith("a red circle\nSteps: 20, Sampler: Euler")
+    assert "Steps: 20" in final[tab.infotext]
     saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*.png"))
     assert len(saved) == 2  # samples_save is on by default
 

@@ -79,10 +79,14 @@ def wire_queue(tab: QueueTab, engine: Engine, queue: JobQueue) -> None:
 
     for trigger in (tab.refresh.click, tab.timer.tick):
         trigger(table, outputs=tab.table, queue=False, show_progress="hidden")
-    tab.cancel.click(lambda job_id, request: act(queue, engine, job_id, "cancel", request), inputs=tab.job_id,
-                     outputs=tab.result, queue=False, show_progress="hidden")
-    tab.stop.click(lambda job_id, request: act(queue, engine, job_id, "stop", request), inputs=tab.job_id,
-                   outputs=tab.result, queue=False, show_progress="hidden")
+    def cancel(job_id: str, request: gr.Request) -> str:
+        return act(queue, engine, job_id, "cancel", request)
+
+    def stop(job_id: str, request: gr.Request) -> str:
+        return act(queue, engine, job_id, "stop", request)
+
+    tab.cancel.click(cancel, inputs=tab.job_id, outputs=tab.result, queue=False, show_progress="hidden")
+    tab.stop.click(stop, inputs=tab.job_id, outputs=tab.result, queue=False, show_progress="hidden")
 
     def pick(evt: gr.SelectData):
         row = evt.row_value if hasattr(evt, "row_value") else None
