@@ -367,3 +367,40 @@ def test_img2img_and_inpaint_in_the_browser(server, browser, tmp_path):
     chinese.screenshot(path=str(ARTIFACTS / "tab-img2img-batch-zh-CN.png"), full_page=True)
     chinese.close()
     page.close()
+
+
+def test_the_page_answers_while_the_worker_is_busy(server, browser):
+    """The web server never waits for the GPU worker: with a long API job running, the page, its
+    HTML and /progress answer at once (measured here, bounded loosely for a loaded CI machine)."""
+    import threading
+    import time
+
+    import httpx
+
+    long_job = threading.Thread(target=lambda: httpx.post(
+        server + "/sdapi/v1/txt2img", json={"prompt": "a red circle", "steps": 150, "width": 64, "height": 64},
+        timeout=300), daemon=True)
+    long_job.start()
+    try:
+        deadline = time.monotonic() + 60
+        while httpx.get(server + "/sdapi/v1/progress").json()["state"]["sampling_step"] < 2:
+            assert time.monotonic() < deadline, "the long job never started"
+            time.sleep(0.1)
+        started = time.monotonic()
+        assert httpx.get(server + "/", timeout=10).status_code == 200
+        html = time.monotonic() - started
+        started = time.monotonic()
+        httpx.get(server + "/sdapi/v1/progress", timeout=10)
+        progress = time.monotonic() - started
+        started = time.monotonic()
+        page = _open_txt2img(server, browser)
+        interactive = time.monotonic() - started
+        busy = httpx.get(server + "/sdapi/v1/progress").json()["state"]
+        print(f"while busy: HTML {html:.3f} s, /progress {progress:.3f} s, page ready {interactive:.2f} s")
+        assert busy["job_count"] >= 1  # still running: these answers did not wait for it
+        assert html < 1.0 and progress < 1.0
+        assert interactive < 10.0
+        page.close()
+    finally:
+        httpx.post(server + "/sdapi/v1/interrupt")
+        long_job.join(60)
