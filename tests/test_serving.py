@@ -187,3 +187,33 @@ def test_main_autolaunch_and_ui_debug_mode(tmp_path):
     assert "--skip-torch-cuda-test: Kiln starts on CPU when there is no GPU; nothing to skip" in text
     assert "--ui-debug-mode: no checkpoint is loaded at start" in text
     assert "loading" not in text.lower().replace("no checkpoint is loaded", "")
+
+
+def test_tls_serves_https(tmp_path):
+    import shutil
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import os, ssl, urllib.request, app\n"
+        "def browser(url):\n"
+        "    r = urllib.request.urlopen(url, context=ssl._create_unverified_context())\n"
+        "    print('OPENED', url, r.status, flush=True)\n"
+        "    os._exit(0)\n"
+        f"app.main(['--data-dir', {str(tmp_path)!r}, '--nowebui', '--port', '{port}', '--autolaunch',"
+        f" '--ui-debug-mode', '--tls-keyfile', {str(key)!r}, '--tls-certfile', {str(cert)!r}],"
+        " open_browser=browser)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env=env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-2000:]
+    assert f"Running on local URL:  https://127.0.0.1:{port}" in text
+    assert f"OPENED https://127.0.0.1:{port}/docs 200" in text
