@@ -380,6 +380,14 @@ def test_a_typo_of_a_webui_flag_names_it(typo, nearest, capsys):
     assert f"unknown flag {typo}; did you mean {nearest}?" in error_of([typo], capsys)
 
 
+def test_readme_documents_every_webui_flag():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## WebUI flags", 1)[1].split("\n## ", 1)[0]
+    for flag in WEBUI_FLAGS:
+        assert f"`{flag}" in section, flag
+    assert "--insecure" in section
+
+
 # --- Kiln flags for the LAN studio (parsed here; acted on by the server) ---------------------------------
 
 def test_api_auth_parses_like_gradio_auth():
@@ -456,3 +464,10 @@ def test_skip_load_model_flags():
     assert parse_flags(["--ui-debug-mode"]).skip_load_model
     assert parse_flags(["--skip-load-model-at-start"]).skip_load_model
     assert not parse_flags([]).skip_load_model
+
+
+def test_readme_counts_match_the_table():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    counts = (f"of {len(WEBUI_FLAGS)} flags: {len(WEBUI_IN_KILN)} done by Kiln,\n"
+              f"{len(WEBUI_FLAGS_ACCEPTED)} accepted, {len(WEBUI_FLAGS_REFUSED)} refused")
+    assert counts in readme
