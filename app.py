@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,10 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
     from core.api.auth import BasicAuthMiddleware, page_and_api_logins
 
     page_logins, api_logins = page_and_api_logins(flags)
+
+    from core.serving import install_web_flags
+
+    install_web_flags(app, flags)  # CORS, --api-log, --theme
     if api:
         from core.api.server import install_api
 
@@ -92,26 +97,28 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
         demo = ui.build(engine, queue)
         app = gr.mount_gradio_app(
             app, demo, path="/", auth=page_logins.check if page_logins else None, ssr_mode=False,
-            footer_links=["settings"], show_error=True, max_file_size="64mb", **ui.page_options(),
+            footer_links=["settings"], show_error=True, max_file_size="64mb", root_path=flags.subpath,
+            **ui.page_options(),
         )
     return app, engine, queue
 
 
-def display_url(host: str, port: int) -> str:
+def display_url(host: str, port: int, scheme: str = "http") -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}"
+    return f"{scheme}://{shown}:{port}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, open_browser: Callable[[str], Any] | None = None) -> int:
+    """``open_browser``: what --autolaunch calls with the URL (default: the system's browser)."""
     offline_environment()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from core.cli import parse_flags
     from core.errors import KilnError
     from core.settings import Settings
 
     flags = parse_flags(argv)
+    logging.basicConfig(level=flags.loglevel or logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from core.api.auth import network_refusal
 
     refusal = network_refusal(flags)
@@ -131,15 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(engine.no_checkpoint_message())
     import uvicorn
 
-    url = display_url(flags.host, flags.port)
+    from core.serving import open_browser_when_serving, uvicorn_options
+
+    url = display_url(flags.host, flags.port, "https" if flags.tls else "http")
     # Gradio's and the WebUI's wording: launch scripts and notebooks wait for this line.
     print(f"Running on local URL:  {url}", flush=True)
     if flags.api_enabled:
         print(f"API docs: {url}/docs", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
-    if engine.registry.checkpoints():
+    server = uvicorn.Server(uvicorn.Config(app, host=flags.host, port=flags.port, timeout_graceful_shutdown=5,
+                                           **uvicorn_options(flags)))
+    if flags.skip_load_model:
+        log.info("--ui-debug-mode: no checkpoint is loaded at start; it loads with the first job")
+    elif engine.registry.checkpoints():
         threading.Thread(target=preload_when_serving, args=(server, engine, queue), daemon=True).start()
+    if flags.autolaunch:
+        page = f"{url}/docs" if flags.nowebui else url
+        threading.Thread(target=open_browser_when_serving, args=(server, page, open_browser), daemon=True).start()
     server.run()
     return 0
 

@@ -2,21 +2,27 @@
 
 A WebUI user's ``COMMANDLINE_ARGS`` (``--listen --port 7861 --xformers --medvram``) must work
 unchanged, so names, defaults and value formats follow the WebUI's ``modules/cmd_args.py``.
-Only flags that Kiln honours exist here: a flag that silently does nothing is worse than an
-error. Parsing is pure (no torch, no gradio) so ``--help`` and typos answer instantly.
+A flag never silently does nothing: each WebUI flag is done by Kiln, accepted with one start-up
+line saying why nothing changes, or refused with why (see ``WEBUI_FLAGS`` below). Parsing is
+pure (no torch, no gradio) so ``--help`` and typos answer instantly.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 7860
 PRECISIONS = ("full", "half", "autocast")
+THEMES = ("light", "dark")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 # Modules ``--use-cpu`` can move to the CPU. Kiln's model code ("sd": checkpoint, VAE, text
 # encoders, training), the dataset taggers/captioners (the WebUI calls them "interrogate") and
@@ -28,27 +34,193 @@ CPU_MODULE_ALIASES = {"realesrgan": "esrgan"}
 WEBUI_ONLY_CPU_MODULES = ("gfpgan", "codeformer", "bsrgan", "scunet", "swinir")
 
 
-# AUTOMATIC1111 WebUI flags Kiln does not have. Named only to tell a user who copied their
-# COMMANDLINE_ARGS why the start stopped (rather than suggesting an unrelated Kiln flag).
-WEBUI_FLAGS_NOT_IN_KILN = frozenset("""
---update-all-extensions --skip-python-version-check --skip-torch-cuda-test --reinstall-xformers
---reinstall-torch --update-check --tests --no-tests --skip-install --config --gfpgan-dir
---gfpgan-model --no-progressbar-hiding --max-batch-count --textual-inversion-templates-dir
---localizations-dir --allow-code --lowram --always-batch-cond-uncond --unload-gfpgan
---upcast-sampling --share --ngrok --ngrok-region --enable-insecure-extension-access
---codeformer-models-path --gfpgan-models-path --bsrgan-models-path --realesrgan-models-path
---clip-models-path --force-enable-xformers --xformers-flash-attention --deepdanbooru
---opt-split-attention --opt-sub-quad-attention --sub-quad-q-chunk-size --sub-quad-kv-chunk-size
---sub-quad-chunk-threshold --opt-split-attention-invokeai --opt-split-attention-v1
---opt-sdp-no-mem-attention --disable-opt-split-attention --disable-nan-check
---show-negative-prompt --ui-config-file --hide-ui-dir-config --freeze-settings
---ui-settings-file --gradio-debug --gradio-img2img-tool --gradio-inpaint-tool --opt-channelslast
---styles-file --autolaunch --theme --use-textbox-seed --disable-console-progressbars
---enable-console-prompts --vae-path --disable-safe-unpickle --api-auth --api-log
---ui-debug-mode --administrator --cors-allow-origins --cors-allow-origins-regex --tls-keyfile
---tls-certfile --disable-tls-verify --gradio-queue --no-gradio-queue --skip-version-check
---no-hashing --no-download-sd-model --subpath --add-stop-route
+# --- The WebUI's flags ---------------------------------------------------------------------------
+# Every flag of the AUTOMATIC1111 WebUI (modules/cmd_args.py up to v1.10, its built-in extensions'
+# preload.py, and the ControlNet extension's, the ones found in real webui-user.bat files), so a
+# copied COMMANDLINE_ARGS never stops on a name. Each has one of three outcomes:
+#   - Kiln does it: a regular flag of the parser below (WEBUI_FLAGS_IN_KILN);
+#   - accepted: parsed (values consumed with the WebUI's nargs and types), with one start-up line
+#     saying why nothing changes (WEBUI_FLAGS_ACCEPTED);
+#   - refused: exit 2 with why and what to do, where silently doing nothing would surprise or
+#     endanger (WEBUI_FLAGS_REFUSED).
+# tests/test_cli.py checks that these three cover WEBUI_FLAGS exactly.
+
+WEBUI_FLAGS: tuple[str, ...] = tuple("""
+-f --update-all-extensions --skip-python-version-check --skip-torch-cuda-test --reinstall-xformers
+--reinstall-torch --update-check --tests --no-tests --test-server --log-startup --skip-prepare-environment
+--skip-install --dump-sysinfo --loglevel --do-not-download-clip --exit --data-dir --config --ckpt --ckpt-dir
+--vae-dir --gfpgan-dir --gfpgan-model --no-half --no-half-vae --no-progressbar-hiding --max-batch-count
+--embeddings-dir --textual-inversion-templates-dir --hypernetwork-dir --localizations-dir --allow-code
+--medvram --medvram-sdxl --lowvram --lowram --always-batch-cond-uncond --unload-gfpgan --precision
+--upcast-sampling --share --ngrok --ngrok-region --ngrok-options --enable-insecure-extension-access
+--codeformer-models-path --gfpgan-models-path --esrgan-models-path --bsrgan-models-path
+--realesrgan-models-path --scunet-models-path --swinir-models-path --ldsr-models-path --clip-models-path
+--lora-dir --lyco-dir --lyco-dir-backcompat --xformers --force-enable-xformers --xformers-flash-attention
+--deepdanbooru --opt-split-attention --opt-sub-quad-attention --sub-quad-q-chunk-size
+--sub-quad-kv-chunk-size --sub-quad-chunk-threshold --opt-split-attention-invokeai --opt-split-attention-v1
+--opt-sdp-attention --opt-sdp-no-mem-attention --disable-opt-split-attention --disable-nan-check --use-cpu
+--use-ipex --disable-model-loading-ram-optimization --listen --port --show-negative-prompt --ui-config-file
+--hide-ui-dir-config --freeze-settings --ui-settings-file --gradio-debug --gradio-auth --gradio-auth-path
+--gradio-img2img-tool --gradio-inpaint-tool --gradio-allowed-path --opt-channelslast --styles-file
+--autolaunch --theme --use-textbox-seed --disable-console-progressbars --enable-console-prompts --vae-path
+--disable-safe-unpickle --api --api-auth --api-log --nowebui --ui-debug-mode --device-id --administrator
+--cors-allow-origins --cors-allow-origins-regex --tls-keyfile --tls-certfile --disable-tls-verify
+--server-name --gradio-queue --no-gradio-queue --skip-version-check --no-hashing --no-download-sd-model
+--subpath --add-stop-route --api-server-stop --timeout-keep-alive --disable-all-extensions
+--disable-extra-extensions --skip-load-model-at-start --unix-filenames-sanitization --filenames-max-length
+--no-prompt-history --controlnet-dir --controlnet-annotator-models-path --no-half-controlnet
+--controlnet-preprocessor-cache-size --controlnet-loglevel --controlnet-tracemalloc
 """.split())
+
+
+@dataclass(frozen=True)
+class WebUIFlag:
+    """A WebUI flag Kiln accepts without acting on it, or refuses; ``value`` is its metavar when it
+    takes one (``type`` checks it as the WebUI does), ``None`` for an on/off flag."""
+
+    reason: str
+    value: str | None = None
+    type: Callable[[str], Any] = str
+
+
+_DOES_NOTHING = "does nothing in the WebUI either; ignored"
+_ATTENTION = "not needed in Kiln (attention is chosen automatically), ignored"
+_NO_DOWNLOAD = "Kiln never downloads a model (its built-in model and the CLIP vocabulary ship with it); nothing to skip"
+_FACE = "Kiln has no face restoration (GFPGAN / CodeFormer); ignored"
+_INTERNAL = "tunes the WebUI's internals; Kiln has no counterpart, ignored"
+_CONTROLNET = "a flag of the sd-webui-controlnet extension; Kiln has no ControlNet, ignored"
+_LYCORIS = "Kiln reads LyCORIS files from the LoRA folder (--lora-dir): move them there; ignored"
+_FILENAMES = "Kiln names saved images its own way (NNNNN-SEED.png, no characters a file system refuses); ignored"
+_NO_EXTENSIONS = "Kiln loads no WebUI extensions; nothing to disable"
+
+WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
+    # launch.py's install and check steps: launch.sh installs, app.py only serves.
+    "-f": WebUIFlag("Kiln does not refuse to run as root; nothing to allow"),
+    "--update-all-extensions": WebUIFlag("Kiln has no extension installer; nothing to update"),
+    "--skip-python-version-check": WebUIFlag(
+        "Kiln does not check the Python version at start (launch.sh picks a supported one); nothing to skip"),
+    "--skip-torch-cuda-test": WebUIFlag("Kiln starts on CPU when there is no GPU; nothing to skip"),
+    "--reinstall-xformers": WebUIFlag(
+        "app.py installs nothing (KILN_EXTRAS=xformers ./launch.sh installs xformers); ignored"),
+    "--reinstall-torch": WebUIFlag(
+        "app.py installs nothing (launch.sh installs torch; TORCH_COMMAND picks the build); ignored"),
+    "--update-check": WebUIFlag("Kiln makes no outside requests, so it checks for no updates; ignored"),
+    "--tests": WebUIFlag("Kiln runs no tests at start (tests/run.sh runs them); ignored", "DIR"),
+    "--no-tests": WebUIFlag("Kiln runs no tests at start; nothing to skip"),
+    "--test-server": WebUIFlag("Kiln's tests build their own server; ignored"),
+    "--log-startup": WebUIFlag("use --loglevel DEBUG for a detailed log; ignored"),
+    "--skip-prepare-environment": WebUIFlag("app.py prepares no environment (launch.sh installs); nothing to skip"),
+    "--skip-install": WebUIFlag("app.py installs nothing (SKIP_INSTALL=1 ./launch.sh skips launch.sh's install); "
+                                "nothing to skip"),
+    "--do-not-download-clip": WebUIFlag(_NO_DOWNLOAD),
+    "--no-download-sd-model": WebUIFlag(_NO_DOWNLOAD),
+    "--skip-version-check": WebUIFlag("Kiln checks no torch / xformers versions at start; nothing to skip"),
+    # Model files and folders of WebUI features Kiln does not have.
+    "--config": WebUIFlag("Kiln reads the model type from the checkpoint's tensors and ships the configs; ignored",
+                          "FILE"),
+    "--gfpgan-dir": WebUIFlag(_FACE, "DIR"),
+    "--gfpgan-model": WebUIFlag(_FACE, "FILE"),
+    "--gfpgan-models-path": WebUIFlag(_FACE, "DIR"),
+    "--codeformer-models-path": WebUIFlag(_FACE, "DIR"),
+    "--unload-gfpgan": WebUIFlag(_DOES_NOTHING),
+    "--bsrgan-models-path": WebUIFlag("Kiln has no BSRGAN upscaler; ignored", "DIR"),
+    "--realesrgan-models-path": WebUIFlag(
+        "Kiln reads Real-ESRGAN files from the ESRGAN folder (--esrgan-models-path): move them there; ignored",
+        "DIR"),
+    "--scunet-models-path": WebUIFlag("Kiln has no ScuNET upscaler; ignored", "DIR"),
+    "--swinir-models-path": WebUIFlag("Kiln has no SwinIR upscaler; ignored", "DIR"),
+    "--ldsr-models-path": WebUIFlag("Kiln has no LDSR upscaler; ignored", "DIR"),
+    "--clip-models-path": WebUIFlag("Kiln has no CLIP interrogator (its taggers are WD14 and BLIP); ignored", "DIR"),
+    "--lyco-dir": WebUIFlag(_LYCORIS, "DIR"),
+    "--lyco-dir-backcompat": WebUIFlag(_LYCORIS, "DIR"),
+    "--textual-inversion-templates-dir": WebUIFlag("Kiln has no textual inversion template files; ignored", "DIR"),
+    "--localizations-dir": WebUIFlag("Kiln ships its own translations; ignored", "DIR"),
+    "--ui-config-file": WebUIFlag("Kiln does not read ui-config.json (its page has its own defaults); ignored",
+                                  "FILE"),
+    "--styles-file": WebUIFlag("Kiln does not read a styles.csv; ignored", "FILE"),
+    # Code execution the WebUI can switch on: Kiln has no such feature, so there is nothing to switch.
+    "--allow-code": WebUIFlag("Kiln has no 'Custom code' script and never runs code sent from the page; ignored"),
+    "--enable-insecure-extension-access": WebUIFlag(
+        "Kiln has no Extensions tab that installs code from the page; nothing to enable"),
+    "--disable-all-extensions": WebUIFlag(_NO_EXTENSIONS),
+    "--disable-extra-extensions": WebUIFlag(_NO_EXTENSIONS),
+    "--administrator": WebUIFlag("Kiln has no administrator mode (--operator USER lets a login see and cancel "
+                                 "every job); ignored"),
+    # Attention, precision and memory tweaks of the WebUI's own model code.
+    "--force-enable-xformers": WebUIFlag("Kiln treats it as --xformers"),
+    "--xformers-flash-attention": WebUIFlag("with --xformers, Kiln lets xformers choose its kernel; ignored"),
+    "--opt-split-attention": WebUIFlag(_ATTENTION),
+    "--opt-split-attention-invokeai": WebUIFlag(_ATTENTION),
+    "--opt-split-attention-v1": WebUIFlag(_ATTENTION),
+    "--opt-sub-quad-attention": WebUIFlag(_ATTENTION),
+    "--disable-opt-split-attention": WebUIFlag(_ATTENTION),
+    "--opt-sdp-no-mem-attention": WebUIFlag(_ATTENTION),
+    "--sub-quad-q-chunk-size": WebUIFlag(_ATTENTION, "N", int),
+    "--sub-quad-kv-chunk-size": WebUIFlag(_ATTENTION, "N", int),
+    "--sub-quad-chunk-threshold": WebUIFlag(_ATTENTION, "PERCENT", int),
+    "--opt-channelslast": WebUIFlag(_INTERNAL),
+    "--upcast-sampling": WebUIFlag("Kiln picks the sampling precision from --precision and --no-half; ignored"),
+    "--disable-nan-check": WebUIFlag(
+        "Kiln never stops a job for NaNs (a VAE that gives NaNs in 16 bits is re-run in 32); nothing to disable"),
+    "--always-batch-cond-uncond": WebUIFlag(_INTERNAL),
+    "--lowram": WebUIFlag(_INTERNAL),
+    "--disable-model-loading-ram-optimization": WebUIFlag(_INTERNAL),
+    "--medvram-sdxl": WebUIFlag("Kiln has no SDXL-only --medvram; use --medvram to save VRAM on every model; ignored"),
+    "--use-ipex": WebUIFlag("Kiln runs on CUDA, Apple MPS or the CPU, not Intel XPU; ignored"),
+    "--no-hashing": WebUIFlag(
+        "Kiln hashes a model only when it first needs the hash, then keeps it in cache.json; ignored"),
+    # The WebUI's page and console.
+    "--no-progressbar-hiding": WebUIFlag("Kiln's page shows its own progress; ignored"),
+    "--max-batch-count": WebUIFlag("Kiln's page has its own batch count limit; ignored", "N", int),
+    "--show-negative-prompt": WebUIFlag(_DOES_NOTHING),
+    "--deepdanbooru": WebUIFlag(_DOES_NOTHING),
+    "--gradio-img2img-tool": WebUIFlag(_DOES_NOTHING, "TOOL"),
+    "--gradio-inpaint-tool": WebUIFlag(_DOES_NOTHING, "TOOL"),
+    "--gradio-queue": WebUIFlag(_DOES_NOTHING),
+    "--add-stop-route": WebUIFlag(_DOES_NOTHING),
+    "--no-gradio-queue": WebUIFlag("Kiln's page always uses Gradio's queue; ignored"),
+    "--gradio-debug": WebUIFlag("Kiln logs errors to the console already (--loglevel DEBUG for more); ignored"),
+    "--gradio-allowed-path": WebUIFlag("Kiln's page serves only Kiln's own files; ignored", "DIR"),
+    "--use-textbox-seed": WebUIFlag("Kiln's page has its own seed field; ignored"),
+    "--disable-console-progressbars": WebUIFlag("Kiln prints no progress bars to the console; nothing to disable"),
+    "--enable-console-prompts": WebUIFlag("Kiln does not print prompts to the console; ignored"),
+    "--no-prompt-history": WebUIFlag("Kiln writes no params.txt; nothing to disable"),
+    "--unix-filenames-sanitization": WebUIFlag(_FILENAMES),
+    "--filenames-max-length": WebUIFlag(_FILENAMES, "N", int),
+    "--disable-tls-verify": WebUIFlag(
+        "Kiln never checks its own certificate, so a self-signed one already works; nothing to disable"),
+    "--api-server-stop": WebUIFlag("Kiln has no API route that stops the server (stop the process); ignored"),
+    # The ControlNet extension's flags (its preload.py), common in webui-user.bat files.
+    "--controlnet-dir": WebUIFlag(_CONTROLNET, "DIR"),
+    "--controlnet-annotator-models-path": WebUIFlag(_CONTROLNET, "DIR"),
+    "--no-half-controlnet": WebUIFlag(_CONTROLNET),
+    "--controlnet-preprocessor-cache-size": WebUIFlag(_CONTROLNET, "N", int),
+    "--controlnet-loglevel": WebUIFlag(_CONTROLNET, "LEVEL"),
+    "--controlnet-tracemalloc": WebUIFlag(_CONTROLNET),
+}
+
+_TUNNEL = ("it would put the server on a public tunnel URL; Kiln never opens a tunnel. To reach Kiln from other "
+           "machines use --listen with logins (--gradio-auth / --api-auth), or your own VPN or reverse proxy")
+
+WEBUI_FLAGS_REFUSED: dict[str, WebUIFlag] = {
+    "--share": WebUIFlag(_TUNNEL.replace("a public tunnel URL", "a public gradio.live URL")),
+    "--ngrok": WebUIFlag(_TUNNEL.replace("a public tunnel URL", "a public ngrok URL"), "TOKEN"),
+    "--ngrok-region": WebUIFlag(_TUNNEL.replace("a public tunnel URL", "a public ngrok URL"), "REGION"),
+    "--ngrok-options": WebUIFlag(_TUNNEL.replace("a public tunnel URL", "a public ngrok URL"), "JSON"),
+    "--disable-safe-unpickle": WebUIFlag(
+        "Kiln never unpickles code from model files: .ckpt/.pt files load as plain tensors only, and a file that "
+        "needs more is refused when it loads. Convert it to .safetensors; remove the flag"),
+    "--vae-path": WebUIFlag(
+        "Kiln picks the VAE from the sd_vae setting, so this VAE would silently not be used. Put the file in "
+        "models/VAE (or --vae-dir) and choose it in Settings (or override_settings in the API)", "FILE"),
+    "--ui-settings-file": WebUIFlag(
+        "Kiln keeps its settings in DATA_DIR/config.json, so these settings would silently not be used. Point "
+        "--data-dir at the folder that holds your config.json", "FILE"),
+    "--exit": WebUIFlag("the WebUI installs and quits; Kiln would start the server instead. "
+                        "Use ./launch.sh --install-only"),
+    "--dump-sysinfo": WebUIFlag("the WebUI writes a sysinfo file and quits; Kiln has no such file and would start "
+                                "the server instead. Remove the flag"),
+}
 
 
 class FlagError(ValueError):
@@ -83,6 +255,25 @@ class Flags:
     precision: str = "autocast"
     device_id: int | None = None
     use_cpu: list[str] = field(default_factory=list)
+    # Page and server (the WebUI's flags of the same names).
+    autolaunch: bool = False  # open the system browser on the URL once the server answers
+    theme: str | None = None  # "light" | "dark"; None = the browser's choice
+    api_log: bool = False  # log each API request: method, path, status, seconds
+    api_auth: list[tuple[str, str]] = field(default_factory=list)  # HTTP Basic logins for /sdapi/v1/*
+    hide_ui_dir_config: bool = False  # folders cannot be changed from the page or the API
+    freeze_settings: bool = False  # settings cannot be changed from the page or the API
+    insecure: bool = False  # Kiln's own: allow --listen without a login (the WebUI has no such flag)
+    operators: list[str] = field(default_factory=list)  # logins that may see and cancel every job
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
+    cors_allow_origins: list[str] = field(default_factory=list)
+    cors_allow_origins_regex: str | None = None
+    subpath: str | None = None  # "/sd": the public path prefix behind a reverse proxy
+    timeout_keep_alive: int | None = None  # seconds an idle HTTP connection stays open (uvicorn's default)
+    loglevel: str | None = None  # console log level; None = INFO
+    skip_load_model: bool = False  # --ui-debug-mode / --skip-load-model-at-start: no model load at start
+    # WebUI flags accepted without effect, in command-line order (each also has a line in warnings).
+    webui_accepted: list[str] = field(default_factory=list)
     # Things worth telling the user that do not stop the start (e.g. a WebUI-only --use-cpu name).
     warnings: list[str] = field(default_factory=list)
 
@@ -102,6 +293,15 @@ class Flags:
     def auth_enabled(self) -> bool:
         return bool(self.auth)
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None
+
+    @property
+    def logins(self) -> list[str]:
+        """Every login name (page and API), each once, in the order given."""
+        return list(dict.fromkeys(user for user, _ in [*self.auth, *self.api_auth]))
+
 
 def parse_auth(text: str) -> list[tuple[str, str]]:
     """``"u1:p1,u2:p2"`` (commas and/or new lines) → ``[("u1", "p1"), ("u2", "p2")]``.
@@ -118,17 +318,18 @@ def parse_auth(text: str) -> list[tuple[str, str]]:
             user = user.strip()
             if not sep or not user or not password:
                 raise FlagError(
-                    f"credential {_redact(item)!r} is not 'user:password' "
+                    f"credential {_redact(item, len(credentials) + 1)} is not 'user:password' "
                     "(both parts non-empty; separate several with commas)"
                 )
             credentials.append((user, password))
     return credentials
 
 
-def _redact(item: str) -> str:
-    # Never echo a password back into logs; the user part is enough to find the bad entry.
+def _redact(item: str, number: int) -> str:
+    # Never echo a password back into logs; the user part is enough to find the bad entry. An entry
+    # without a colon may be a password typed alone, so it is named by its position only.
     user, sep, _ = item.partition(":")
-    return f"{user}:***" if sep else item
+    return f"{user + ':***'!r}" if sep else f"number {number} (no ':')"
 
 
 def _port(text: str) -> int:
@@ -161,6 +362,68 @@ def _auth_value(text: str) -> list[tuple[str, str]]:
     return creds
 
 
+def _login_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise argparse.ArgumentTypeError("is empty; give login names, e.g. alice or alice,bob")
+    for name in names:
+        if ":" in name:
+            raise argparse.ArgumentTypeError(
+                f"{name.partition(':')[0]!r}:... is a login name with a password; give the name only (alice,bob)")
+    return list(dict.fromkeys(names))
+
+
+def _origins(text: str) -> list[str]:
+    origins = [o.strip() for o in text.split(",") if o.strip()]
+    if not origins:
+        raise argparse.ArgumentTypeError("is empty; give origins, e.g. http://localhost:3000,https://app.example")
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise argparse.ArgumentTypeError(
+                f"{origin!r} is not an origin (scheme://host[:port], no path), e.g. http://localhost:3000")
+    return origins
+
+
+def _regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression: {exc}") from None
+    return text
+
+
+def _subpath(text: str) -> str:
+    path = text.strip().strip("/")
+    if not path:
+        raise argparse.ArgumentTypeError("is empty; give the path prefix the proxy serves Kiln under, e.g. sd")
+    if not re.fullmatch(r"[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", path) or any(
+            part in (".", "..") for part in path.split("/")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL path prefix (letters, digits, . _ ~ - and /)")
+    return "/" + path
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 second or more")
+    return value
+
+
+def _file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return path
+
+
+def _flag_dest(name: str) -> str:
+    return "webui_" + name.lstrip("-").replace("-", "_")
+
+
 class _KilnArgumentParser(argparse.ArgumentParser):
     """argparse, but an unknown flag names the nearest known one."""
 
@@ -177,8 +440,6 @@ class _KilnArgumentParser(argparse.ArgumentParser):
         name = arg.split("=", 1)[0]
         if not name.startswith("-"):
             return f"unexpected argument {arg!r} (flags start with --)"
-        if name in WEBUI_FLAGS_NOT_IN_KILN:
-            return f"unknown flag {name}: a WebUI flag that Kiln does not have; remove it"
         close = difflib.get_close_matches(name, self.known_flags(), n=1, cutoff=0.6)
         if close:
             return f"unknown flag {name}; did you mean {close[0]}?"
@@ -188,7 +449,8 @@ class _KilnArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _KilnArgumentParser(
         prog="app.py",
-        description="Kiln: a Stable Diffusion studio (generate, prepare datasets, train) in one web app. "
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the epilog is wrapped below, whole flag names
+        description="Kiln: a Stable Diffusion studio (generate, prepare datasets, train) in one web app.\n"
         "Flags use the AUTOMATIC1111 WebUI's names.",
         allow_abbrev=False,  # "--lis" must not quietly mean --listen; new flags would change its meaning
     )
@@ -252,6 +514,59 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"run these modules on the CPU: {', '.join(('all',) + CPU_MODULES)} "
                       "(sd = checkpoint/VAE/text encoders, interrogate = taggers and captioners, "
                       "esrgan = ESRGAN/Real-ESRGAN upscalers)")
+
+    page = p.add_argument_group("page and server")
+    page.add_argument("--autolaunch", action="store_true",
+                      help="open the page in the system's browser once the server answers")
+    page.add_argument("--theme", type=str.lower, choices=THEMES, default=None,
+                      help="open the page in the light or dark theme (default: the browser's)")
+    page.add_argument("--api-auth", type=_auth_value, default=None, metavar="USER:PASS[,USER2:PASS2]",
+                      help="logins for the REST API (HTTP Basic on /sdapi/v1/*), same format as --gradio-auth")
+    page.add_argument("--api-log", action="store_true",
+                      help="log each API request: method, path, status and seconds (never bodies or passwords)")
+    page.add_argument("--hide-ui-dir-config", action="store_true",
+                      help="folders (outdir_* and other path settings) cannot be changed from the page or the API")
+    page.add_argument("--freeze-settings", action="store_true",
+                      help="settings cannot be changed from the page or the API")
+    page.add_argument("--insecure", action="store_true",
+                      help="allow --listen (or a --server-name other than this computer) without a login; "
+                      "Kiln's own flag: the WebUI serves --listen without a login and has none")
+    page.add_argument("--operator", dest="operators", type=_login_names, action="append", default=None,
+                      metavar="USER[,USER]",
+                      help="logins that may see and cancel every job (others see and cancel only their own)")
+    page.add_argument("--tls-keyfile", type=_file, default=None, metavar="FILE",
+                      help="serve HTTPS with this private key (PEM); needs --tls-certfile")
+    page.add_argument("--tls-certfile", type=_file, default=None, metavar="FILE",
+                      help="serve HTTPS with this certificate (PEM); needs --tls-keyfile")
+    page.add_argument("--cors-allow-origins", type=_origins, default=None, metavar="ORIGIN[,ORIGIN]",
+                      help="web pages on these origins may call the API from a browser, e.g. http://localhost:3000")
+    page.add_argument("--cors-allow-origins-regex", type=_regex, default=None, metavar="REGEX",
+                      help="the same, for origins matching one regular expression")
+    page.add_argument("--subpath", type=_subpath, default=None, metavar="PATH",
+                      help="the path prefix a reverse proxy serves Kiln under (e.g. sd for https://host/sd/)")
+    page.add_argument("--timeout-keep-alive", type=_seconds, default=None, metavar="SECONDS",
+                      help="how long an idle HTTP connection stays open (default: uvicorn's, 5)")
+    page.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default=None,
+                      help="console log level (default INFO)")
+    page.add_argument("--ui-debug-mode", "--skip-load-model-at-start", dest="skip_load_model", action="store_true",
+                      help="do not load a checkpoint at start (it loads with the first job)")
+
+    # The WebUI's other flags: parsed with the WebUI's nargs and types, hidden from --help (listed in the
+    # epilog and the README), acted on in parse_flags.
+    for name, spec in {**WEBUI_FLAGS_ACCEPTED, **WEBUI_FLAGS_REFUSED}.items():
+        if spec.value is None:
+            p.add_argument(name, dest=_flag_dest(name), action="store_true", default=argparse.SUPPRESS,
+                           help=argparse.SUPPRESS)
+        else:
+            p.add_argument(name, dest=_flag_dest(name), type=spec.type, metavar=spec.value,
+                           default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    wrap = textwrap.TextWrapper(width=100, break_on_hyphens=False, break_long_words=False)
+    p.epilog = "\n\n".join([
+        wrap.fill("Other AUTOMATIC1111 WebUI flags are accepted, each with one start-up line saying why "
+                  "nothing changes: " + " ".join(WEBUI_FLAGS_ACCEPTED) + "."),
+        wrap.fill("Refused, with the reason: " + " ".join(WEBUI_FLAGS_REFUSED) + "."),
+        "README.md, section 'WebUI flags', has the table.",
+    ])
     return p
 
 
@@ -286,7 +601,29 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
         no_half_vae=ns.no_half_vae,
         precision=ns.precision,
         device_id=ns.device_id,
+        autolaunch=ns.autolaunch,
+        theme=ns.theme,
+        api_log=ns.api_log,
+        api_auth=list(ns.api_auth or []),
+        hide_ui_dir_config=ns.hide_ui_dir_config,
+        freeze_settings=ns.freeze_settings,
+        insecure=ns.insecure,
+        operators=list(dict.fromkeys(name for names in ns.operators or [] for name in names)),
+        tls_keyfile=ns.tls_keyfile,
+        tls_certfile=ns.tls_certfile,
+        cors_allow_origins=list(ns.cors_allow_origins or []),
+        cors_allow_origins_regex=ns.cors_allow_origins_regex,
+        subpath=ns.subpath,
+        timeout_keep_alive=ns.timeout_keep_alive,
+        loglevel=ns.loglevel,
+        skip_load_model=ns.skip_load_model,
     )
+    given = _given_webui_flags(ns, args_list)
+    refused = [name for name in given if name in WEBUI_FLAGS_REFUSED]
+    if refused:
+        parser.error("\n".join(f"{name}: {WEBUI_FLAGS_REFUSED[name].reason}" for name in refused))
+    if (ns.tls_keyfile is None) != (ns.tls_certfile is None):
+        parser.error("--tls-keyfile and --tls-certfile go together: give both (or neither, for plain HTTP)")
     flags.auth = list(ns.gradio_auth or [])
     if ns.gradio_auth_path is not None:
         try:
@@ -299,7 +636,36 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
         parser.error(f"argument --use-cpu: {exc}")
     if flags.lowvram and flags.medvram:
         flags.warnings.append("--lowvram and --medvram both given; using --lowvram")
+    if flags.operators:
+        logins = flags.logins
+        unknown = [name for name in flags.operators if logins and name not in logins]
+        if unknown:
+            parser.error(f"argument --operator: no login named {unknown[0]!r} (logins come from --gradio-auth, "
+                         "--gradio-auth-path and --api-auth)")
+        if not logins:
+            flags.warnings.append("--operator: there are no logins (--gradio-auth / --api-auth), "
+                                  "so no one can be an operator")
+    if flags.theme and flags.nowebui:
+        flags.warnings.append("--theme: --nowebui serves no page; ignored")
+    flags.webui_accepted = [name for name in given if name in WEBUI_FLAGS_ACCEPTED]
+    for name in flags.webui_accepted:
+        flags.warnings.append(f"{name}: {WEBUI_FLAGS_ACCEPTED[name].reason}")
+    if "--force-enable-xformers" in flags.webui_accepted:
+        flags.xformers = True
     return flags
+
+
+def _given_webui_flags(ns: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The accepted or refused WebUI flags on the command line, each once, in the order given."""
+    present = {name for name in (*WEBUI_FLAGS_ACCEPTED, *WEBUI_FLAGS_REFUSED) if hasattr(ns, _flag_dest(name))}
+
+    def position(name: str) -> int:
+        for i, arg in enumerate(argv):
+            if arg == name or arg.startswith(name + "="):
+                return i
+        return len(argv)
+
+    return sorted(present, key=position)
 
 
 def read_auth_file(path: Path) -> list[tuple[str, str]]:
