@@ -23,7 +23,9 @@ def test_people_see_their_jobs_and_an_operator_sees_all():
     queue = JobQueue()
     gate = threading.Event()
     try:
-        running = queue.submit(lambda ctx: gate.wait(10), description="txt2img", owner="user:alice")
+        started = threading.Event()
+        running = queue.submit(lambda ctx: started.set() or gate.wait(10), description="txt2img", owner="user:alice")
+        started.wait(5)
         queued = queue.submit(lambda ctx: None, description="img2img", owner="user:bob")
         alice = rows(queue, engine, request("alice"))
         assert [r[0] for r in alice] == [running.id] and alice[0][1] == "you" and alice[0][4] == "Running"
