@@ -22,7 +22,6 @@ from PIL import Image, ImageOps
 from core.errors import InvalidParameterError
 from core.generation import masking, model_ops
 from core.generation.cond_schedule import ConditioningCache
-from core.generation.infotext import create_infotext
 from core.generation.params import GeneratedImage, GenerationParams, GenerationResult, validate
 from core.generation.pipeline import (
     INTERRUPTED,
@@ -36,15 +35,15 @@ from core.generation.pipeline import (
     resolve_scheduler,
 )
 from core.generation.preview import LatentPreviewer
-from core.generation.saving import output_folder, save_png
+from core.generation.saving import output_folder
 from core.generation.txt2img import (
     base_infotext,
     finish_infotext,
     image_rng,
+    keep_image,
     prompt_encoder,
     random_seed,
     sampler_options,
-    variation_infotext,
 )
 from core.prompts.extra_networks import parse_extra_networks
 from core.sampling.plan import img2img_steps
@@ -263,13 +262,7 @@ def run_img2img(gc: GenerationContext, params: Img2ImgParams, ctx: JobContext) -
             continue
         for i, image in enumerate(decode(model, out.latents)):
             image = masking.apply_overlay(image, prepared.paste_to, prepared.overlays[i])
-            info = create_infotext(p.prompt, p.negative_prompt,
-                                   {**infotext, "Seed": seeds[i], **variation_infotext(p, subseeds[i])})
-            path = None
-            if p.save_images and options.samples_save:
-                path = str(save_png(image, folder, seeds[i], prompt, info))
-            images.append(GeneratedImage(image=image, seed=seeds[i], subseed=subseeds[i], infotext=info, path=path))
-            ctx.image_done()
+            images.append(keep_image(image, p, options, folder, prompt, infotext, seeds[i], subseeds[i], ctx))
         if out.stopped == INTERRUPTED or ctx.interrupted:
             interrupted = True
             break

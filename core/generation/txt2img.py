@@ -143,18 +143,23 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
                 break
             continue
         for i, image in enumerate(decode(model, latents)):
-            info = create_infotext(p.prompt, p.negative_prompt,
-                                   {**base_infotext, "Seed": seeds[i], **variation_infotext(p, subseeds[i])})
-            path = None
-            if p.save_images and options.samples_save:
-                path = str(save_png(image, folder, seeds[i], prompt, info))
-            images.append(GeneratedImage(image=image, seed=seeds[i], subseed=subseeds[i], infotext=info, path=path))
-            ctx.image_done()
+            images.append(keep_image(image, p, options, folder, prompt, base_infotext, seeds[i], subseeds[i], ctx))
         if out.stopped == INTERRUPTED or ctx.interrupted:
             interrupted = True
             break
     return GenerationResult(images=images, params=p.replace(seed=seed, subseed=subseed), warnings=warnings,
                             interrupted=interrupted)
+
+
+def keep_image(image, p: GenerationParams, options: RunOptions, folder, prompt: str, infotext: dict[str, object],
+               seed: int, subseed: int, ctx: JobContext) -> GeneratedImage:
+    """One finished picture: its infotext, saved when the job saves, counted in the progress."""
+    info = create_infotext(p.prompt, p.negative_prompt, {**infotext, "Seed": seed, **variation_infotext(p, subseed)})
+    path = None
+    if p.save_images and options.samples_save:
+        path = str(save_png(image, folder, seed, prompt, info))
+    ctx.image_done()
+    return GeneratedImage(image=image, seed=seed, subseed=subseed, infotext=info, path=path)
 
 
 def _txt2img_image_conditioning(model: LoadedModel, batch: int, shape: tuple[int, ...]) -> Inpainting | None:
