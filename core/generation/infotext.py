@@ -18,6 +18,7 @@ from pathlib import Path
 from packaging import version
 from PIL import Image, PngImagePlugin
 
+from core.errors import InvalidParameterError
 from core.prompts.parser import uses_emphasis
 
 # Keys the WebUI writes at fixed places, in this order; every other key follows in the order the
@@ -150,8 +151,44 @@ def parse_name_hashes(value: str) -> dict[str, str]:
 
 # --- parsing -------------------------------------------------------------------------------
 
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The WebUI's pattern for one "Key: value" pair of the last line. ``findall`` with it is quadratic
+# on a long run of key characters not followed by a colon (every start inside the run rescans it:
+# a 64 KiB line took 48 s), so Kiln parses with _PARAM below; tests check both give the same pairs.
+WEBUI_PARAM_PATTERN = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
+
+# The same pairs in linear time. A key can only end at a colon and runs of key characters never
+# span the comma that ends a pair, so the first key after any point is the first word character
+# of a whole run. Each match is either a pair, or the text up to the next pair skipped in one go
+# (runs whole, never restarting inside one; groups empty). Possessive quantifiers never give back
+# what could not have matched anyway: the quoted value ends at its first unescaped quote.
+_PARAM = re.compile(
+    r"""
+      [ \-/]*+ (\w[\w \-/]++) :                          # key: a word character, then key characters
+      \s*+ ( "(?!")[^\\"]*+(?:\\.[^\\"]*+)*+"(?=,|$)    # value: a JSON string ending the pair,
+            | [^,]*+ ) (?:,|$)                         #   or everything up to the next comma
+    | \W*+ (?: (?!\w[\w \-/]++:) \w[\w \-/]*+ \W*+ )*+     # or: skip to the next key
+    """,
+    re.X,
+)
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+# An infotext longer than this is refused by the parser. The WebUI has no limit, but its infotexts
+# are a few kilobytes (tens with long prompts and many extensions); 1 MiB is also the most PIL
+# reads from one compressed PNG text chunk (PngImagePlugin.MAX_TEXT_CHUNK).
+MAX_INFOTEXT_CHARS = 1 << 20
+
+
+class InfotextTooLarge(InvalidParameterError):
+    """An infotext (or an image's text chunks) too large to read; the API answers 422."""
+
+
+def parameter_pairs(line: str) -> list[tuple[str, str]]:
+    """``(key, value)`` for each ``Key: value`` in a line, as ``re.findall`` with the WebUI's
+    pattern gives them (values still quoted), in time linear in the line's length."""
+    if ":" not in line:
+        return []
+    return [pair for pair in _PARAM.findall(line) if pair[0]]
+
 
 def old_hires_fix_first_pass_dimensions(width: int, height: int) -> tuple[int, int]:
     """The pre-1.0 automatic first-pass size: about 512×512 pixels, multiples of 64."""
@@ -228,17 +265,40 @@ _LATE_DEFAULTS: tuple[tuple[str, object], ...] = (
 )
 
 
+_NEGATIVE_LINE = re.compile(r"^[^\S\n]*+Negative prompt:[^\S\n]*+", re.M)
+
+
 def _split_prompt_lines(lines: list[str]) -> tuple[str, str]:
-    prompt_lines: list[str] = []
-    negative_lines: list[str] = []
-    in_negative = False
-    for line in lines:
-        line = line.strip()
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line[len("Negative prompt:") :].strip()
-        (negative_lines if in_negative else prompt_lines).append(line)
-    return "\n".join(prompt_lines), "\n".join(negative_lines)
+    """(prompt, negative prompt): each line stripped; from the first line starting with
+    ``Negative prompt:`` on, lines are the negative prompt, that prefix removed from any of them.
+    (C-level string operations: a text of millions of lines takes milliseconds.)"""
+    stripped = list(map(str.strip, lines))
+    joined = "\n".join(stripped)
+    first = _NEGATIVE_LINE.search(joined)
+    if first is None:
+        return joined, ""
+    at = joined.count("\n", 0, first.start())
+    negative = _NEGATIVE_LINE.sub("", "\n".join(stripped[at:]))
+    return "\n".join(stripped[:at]), negative
+
+
+# parse_emphasis costs a Python step per token and, for each closing bracket, one per entry
+# since its opening: quadratic in nesting ("(a" × 10 000 takes seconds). Past these bounds the
+# paste check below answers from the brackets alone.
+_EMPHASIS_MAX_TOKENS = 100_000
+_EMPHASIS_MAX_STEPS = 2_000_000
+
+
+def _uses_emphasis(text: str) -> bool:
+    """:func:`uses_emphasis`, bounded in time: without an opening bracket no weight changes; a
+    text too large or too nested to check counts as using emphasis (it has brackets)."""
+    opens = text.count("(") + text.count("[")
+    if opens == 0:
+        return False
+    tokens = 2 * sum(text.count(ch) for ch in "\\()[]:") + 1
+    if tokens > _EMPHASIS_MAX_TOKENS or opens * tokens > _EMPHASIS_MAX_STEPS:
+        return True
+    return uses_emphasis(text)
 
 
 def _split_old_sampler_names(res: dict[str, object]) -> None:
@@ -256,22 +316,31 @@ def _split_old_sampler_names(res: dict[str, object]) -> None:
             res[sampler_key], res[schedule_key] = name, schedule
 
 
-def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> dict[str, object]:
+def parse_generation_parameters(text: str, skip_fields: Iterable[str] = (), *,
+                                max_chars: int | None = MAX_INFOTEXT_CHARS) -> dict[str, object]:
     """The WebUI's ``parse_generation_parameters``: infotext → ``{key: value}``.
 
     Values are strings as written (``Size`` becomes ``Size-1``/``Size-2``); keys the infotext
     leaves out get the WebUI's defaults (``Clip skip`` "1", ``RNG`` "GPU", ``Schedule type``
     "Automatic", ``Hires sampler`` "Use same sampler", ...). Old combined sampler names are split
     into sampler and schedule type. Prompt styles are not extracted.
+
+    Time is linear in the text's length; a text longer than ``max_chars`` (None: no limit) raises
+    :class:`InfotextTooLarge`.
     """
+    if max_chars is not None and len(text) > max_chars:
+        raise InfotextTooLarge(
+            "infotext", f"{len(text):,} characters, more than the {max_chars:,} Kiln reads",
+            hint="a WebUI infotext is a few kilobytes; this one was not parsed")
     *lines, last_line = text.strip().split("\n")
-    if len(_PARAM.findall(last_line)) < 3:
+    pairs = parameter_pairs(last_line)
+    if len(pairs) < 3:
         lines.append(last_line)
-        last_line = ""
+        pairs = []
     prompt, negative_prompt = _split_prompt_lines(lines)
 
     res: dict[str, object] = {}
-    for key, value in _PARAM.findall(last_line):
+    for key, value in pairs:
         if not value:
             continue  # the WebUI fails on an empty value and skips the key
         if value[0] == '"' and value[-1] == '"':
@@ -299,7 +368,7 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = ()) -> d
         res["Cache FP16 weight for LoRA"] = False
 
     # Pasting an infotext from before the emphasis setting existed must restore "Original".
-    if "Emphasis" not in res and (uses_emphasis(prompt) or uses_emphasis(negative_prompt)):
+    if "Emphasis" not in res and (_uses_emphasis(prompt) or _uses_emphasis(negative_prompt)):
         res["Emphasis"] = "Original"
     res.setdefault("Refiner switch by sampling steps", False)
     _split_old_sampler_names(res)
@@ -343,8 +412,26 @@ def read_png_infotext(source: str | Path | Image.Image | bytes) -> str | None:
     if isinstance(source, Image.Image):
         return _infotext_of(source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(stream) as image:
-        return _infotext_of(image)
+    try:
+        with Image.open(stream) as image:
+            return _infotext_of(image)
+    except ValueError as exc:
+        problem = text_chunk_problem(exc)
+        if problem is None:
+            raise
+        raise InfotextTooLarge("image", problem) from None
+
+
+def text_chunk_problem(exc: BaseException) -> str | None:
+    """What to tell the user when PIL refused to open an image because of its text chunks
+    (its defence against decompression bombs: one compressed chunk over 1 MiB, or over 64 MiB
+    of text in all); None for any other error."""
+    text = str(exc)
+    if "MAX_TEXT_CHUNK" not in text and "MAX_TEXT_MEMORY" not in text:
+        return None
+    return (f"its text chunks are too large to read (more than {PngImagePlugin.MAX_TEXT_CHUNK >> 20} MiB "
+            f"in one compressed chunk or {PngImagePlugin.MAX_TEXT_MEMORY >> 20} MiB in all); "
+            "a WebUI image holds a few kilobytes of text")
 
 
 def _infotext_of(image: Image.Image) -> str | None:
@@ -382,15 +469,20 @@ def exif_with_parameters(text: str) -> bytes:
 
 __all__ = [
     "FIXED_KEY_ORDER",
+    "MAX_INFOTEXT_CHARS",
     "PNG_TEXT_KEY",
+    "WEBUI_PARAM_PATTERN",
+    "InfotextTooLarge",
     "create_infotext",
     "exif_with_parameters",
     "format_name_hashes",
     "order_parameters",
     "parse_generation_parameters",
+    "parameter_pairs",
     "parse_name_hashes",
     "png_info_with_parameters",
     "quote",
     "read_png_infotext",
+    "text_chunk_problem",
     "unquote",
 ]
