@@ -3,6 +3,7 @@ and the temp files a crash leaves are recognised and removed."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -32,6 +33,22 @@ for n in range(10**9):
     else:
         save_png(image, folder, n, "a cat", "p\\nSteps: 1, Seed: 1, Size: 256x256")
 """
+
+SAVE_CONFIG = """
+import sys
+from pathlib import Path
+from core.cli import parse_flags
+from core.paths import KilnPaths
+from core.settings import Settings
+flags = parse_flags(["--data-dir", sys.argv[1]])
+settings = Settings.load(flags, KilnPaths.from_flags(flags, Path(sys.argv[1])))
+settings.options.extra["padding"] = "x" * 200_000  # a larger file: longer writes
+print("ready", flush=True)
+for n in range(10**9):
+    settings.options.extra["n"] = n
+    settings.save()
+"""
+
 
 def _kill_mid_run(script: str, folder: Path, rng: random.Random) -> None:
     child = subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
@@ -67,6 +84,23 @@ def test_kill_9_while_saving_pngs_never_leaves_a_broken_image(tmp_path):
     assert sorted(remove_stale_temp_files(folder, "*.png", older_than_s=0)) == sorted(temps_seen)
     assert _temp_files(folder) == []
     assert sorted(folder.glob("*.png")) == pngs  # cleanup never touches an image
+
+
+def test_kill_9_while_saving_config_json(tmp_path):
+    rng = random.Random(23)
+    temps_seen: set[Path] = set()
+    for _ in range(TRIALS // 2):
+        _kill_mid_run(SAVE_CONFIG, tmp_path, rng)
+        temps_seen.update(_temp_files(tmp_path))
+        assert "n" in json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    print(f"\n{TRIALS // 2} kills: {len(temps_seen)} left a config temp file")
+    # Loading settings removes a dead writer's temp files (older than a minute; here made old).
+    old = time.time() - 120
+    for temp in _temp_files(tmp_path):
+        os.utime(temp, (old, old))
+    subprocess.run([sys.executable, "-c", SAVE_CONFIG.split("settings.options")[0], str(tmp_path)], cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
+    assert _temp_files(tmp_path) == []
 
 
 # --- the pieces -------------------------------------------------------------------------------
