@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None, open_browser: Callable[[str], Any] | Non
     try:
         settings = Settings.from_flags(flags, REPO_ROOT)
         settings.paths.ensure_dirs()
+        threading.Thread(target=clean_crashed_saves, args=(settings,), daemon=True).start()
         for warning in settings.warnings:
             log.warning(warning)
         app, engine, queue = create_app(settings)
@@ -156,6 +157,23 @@ def main(argv: list[str] | None = None, open_browser: Callable[[str], Any] | Non
         threading.Thread(target=open_browser_when_serving, args=(server, page, open_browser), daemon=True).start()
     server.run()
     return 0
+
+
+OUTPUT_FOLDER_OPTIONS = ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_txt2img_grids",
+                         "outdir_img2img_grids")
+
+
+def clean_crashed_saves(settings: Settings) -> list[Path]:
+    """Remove the temp files a crash (kill -9, power cut) left in the output folders; in a thread,
+    so a large outputs tree never delays the page."""
+    from core.generation.saving import remove_stale_output_temps
+
+    folders = [settings.paths.outputs_dir] + [settings.paths.resolve_output(getattr(settings.options, key))
+                                              for key in OUTPUT_FOLDER_OPTIONS]
+    removed = remove_stale_output_temps(folders)
+    if removed:
+        log.info("removed %d temp files left by interrupted saves", len(removed))
+    return removed
 
 
 def preload_when_serving(server, engine: Engine, queue: JobQueue) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.cli import Flags
 from core.errors import KilnError
-from core.fileio import atomic_write_json, unique_path
+from core.fileio import atomic_write_json, remove_stale_temp_files, unique_path
 from core.paths import KilnPaths
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
@@ -257,6 +257,14 @@ def derive_device_policy(
     )
 
 
+def _remove_stale_config_temps(config_path: Path) -> None:
+    """Temp files (``.config.json.XXXXXXXX.tmp``) that a writer killed mid-save left beside it."""
+    try:
+        remove_stale_temp_files(config_path.parent, config_path.name)
+    except OSError:
+        pass  # a folder we cannot list is reported by the load or save itself
+
+
 class Settings:
     """Flags + folder layout + persisted options: what the app is started with."""
 
@@ -272,6 +280,7 @@ class Settings:
     @classmethod
     def load(cls, flags: Flags, paths: KilnPaths) -> Settings:
         options, warnings = load_options(paths.config_path)
+        _remove_stale_config_temps(paths.config_path)
         return cls(flags, paths, options, warnings)
 
     @classmethod
@@ -289,7 +298,9 @@ class Settings:
             except (OSError, ValueError):
                 pass  # missing or corrupt (already kept as .bak at load): nothing to preserve
             data = {**on_disk, **self.options.to_json()}
-            return atomic_write_json(self.paths.config_path, data)
+            written = atomic_write_json(self.paths.config_path, data)
+            _remove_stale_config_temps(self.paths.config_path)
+            return written
 
     def update(self, **changes: Any) -> list[str]:
         """Set options by WebUI key (UI / API /sdapi/v1/options). Returns the keys that were rejected."""

@@ -135,3 +135,23 @@ def test_building_the_app_loads_no_model_library(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_start_up_removes_temp_files_left_by_a_crashed_save(tmp_path):
+    import os
+    import time
+
+    from core.cli import parse_flags
+    from core.settings import Settings
+
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    day = tmp_path / "outputs" / "txt2img-images" / "2026-12-02"
+    day.mkdir(parents=True)
+    whole = day / "00000-1-a cat.png"
+    whole.write_bytes(b"\x89PNG whole")
+    stale = day / ".00001-2-a cat.png.tmp"
+    stale.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    removed = kiln_app.clean_crashed_saves(settings)
+    assert removed == [stale] and not stale.exists() and whole.exists()

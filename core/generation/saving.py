@@ -6,12 +6,13 @@ import io
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 
 from PIL import Image
 
+from core.fileio import remove_stale_temp_files, write_new_file
 from core.generation.infotext import png_info_with_parameters
 
 _NON_LETTERS = re.compile(r"[\s' \"\\/:*?<>|,.;\[\]{}()]+")
@@ -19,6 +20,7 @@ _INVALID_FILENAME = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 _LEADING_NUMBER = re.compile(r"^(\d+)-")
 MAX_PROMPT_WORDS = 8
 MAX_FILENAME_LENGTH = 128
+MAX_FILENAME_BYTES = 200
 
 
 def prompt_words(prompt: str, limit: int = MAX_PROMPT_WORDS) -> str:
@@ -44,34 +46,6 @@ def output_folder(samples_dir: Path, today: date | None = None) -> Path:
     return Path(samples_dir) / (today or date.today()).isoformat()
 
 
-def _claim(candidates: Iterator[Path]) -> Path:
-    """The first candidate name nobody has, taken with O_EXCL (two writers never pick the same)."""
-    for path in candidates:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return path
-    raise FileExistsError("no free file name")
-
-
-def _write_claimed(path: Path, data: bytes) -> None:
-    """Fill a name already claimed with O_EXCL through a temp file and a rename: a crash leaves
-    the whole PNG or an empty claim that the next save skips, never a half-written picture."""
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
-        raise
-
-
 def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=png_info_with_parameters(infotext) if infotext else None)
@@ -80,24 +54,36 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
 
 def save_png_named(image: Image.Image, folder: Path, stem: str, infotext: str | None) -> Path:
     """``<stem>.png`` in ``folder``, or ``<stem>-1.png``, ``-2``... : never over an existing file."""
-    folder.mkdir(parents=True, exist_ok=True)
     data = png_bytes(image, infotext)
-    stem = _INVALID_FILENAME.sub("_", stem)[:MAX_FILENAME_LENGTH].rstrip(" .") or "image"
-    path = _claim(folder / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png") for n in itertools.count())
-    _write_claimed(path, data)
-    return path
+    stem = _fit(_INVALID_FILENAME.sub("_", stem)) or "image"
+    remove_stale_temp_files(folder, "*.png")
+    return write_new_file(folder, (f"{stem}.png" if n == 0 else f"{stem}-{n}.png" for n in itertools.count()), data)
 
 
 def save_png(image: Image.Image, folder: Path, seed: int, prompt: str, infotext: str) -> Path:
-    """Write ``NNNNN-SEED-<prompt words>.png`` atomically; names never collide.
-
-    The final name is claimed with O_EXCL before the data is renamed over it, so two
-    workers (or two Kiln processes sharing outputs/) can't pick the same number.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``NNNNN-SEED-<prompt words>.png``; names never collide, and a crash at any moment
+    leaves either the whole PNG under its name or nothing there (:func:`core.fileio.write_new_file`).
+    Temp files a crashed save left in the folder are removed on the way."""
     data = png_bytes(image, infotext)
+    remove_stale_temp_files(folder, "*.png")
     first, words = next_sequence_number(folder), prompt_words(prompt)
-    names = (f"{number:05}-{seed}-{words}"[:MAX_FILENAME_LENGTH].rstrip(" .") for number in itertools.count(first))
-    path = _claim(folder / f"{stem}.png" for stem in names)
-    _write_claimed(path, data)
-    return path
+    names = (f"{_fit(f'{number:05}-{seed}-{words}')}.png" for number in itertools.count(first))
+    return write_new_file(folder, names, data)
+
+
+def _fit(stem: str) -> str:
+    """At most MAX_FILENAME_LENGTH characters and MAX_FILENAME_BYTES in UTF-8 (names of 255 bytes
+    are the usual limit, and the temp file beside it adds to the name), no trailing dot or space."""
+    stem = stem[:MAX_FILENAME_LENGTH]
+    while len(stem.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        stem = stem[:-1]
+    return stem.rstrip(" .")
+
+
+def remove_stale_output_temps(folders: Iterable[Path]) -> list[Path]:
+    """Start-up clean-up: the temp files crashed saves left anywhere under these output folders
+    (their dated subfolders included) that are over a minute old. Returns what was removed."""
+    removed: list[Path] = []
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        removed += remove_stale_temp_files(folder, "*.png", recursive=True)
+    return removed
