@@ -8,7 +8,6 @@ import json
 import threading
 import time
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -330,31 +329,6 @@ def test_png_info_reads_parameters(empty_api):
     assert bad.status_code == 422 and bad.json()["field"] == "image"
 
 
-@pytest.fixture(scope="module")
-def model_api(tmp_path_factory):
-    """The API over a data folder with the tiny SD1 fixture checkpoint and a standalone VAE."""
-    from fastapi.testclient import TestClient
-
-    from core.api.server import create_api_app
-    from core.cli import parse_flags
-    from core.engine import Engine
-    from core.models.fixtures import write_tiny_checkpoint, write_tiny_vae
-    from core.settings import Settings
-
-    data = tmp_path_factory.mktemp("api_models")
-    write_tiny_checkpoint(data, "sd1")
-    write_tiny_vae(data)
-    settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--api"]), data)
-    settings.paths.ensure_dirs()
-    engine = Engine(settings)
-    queue = JobQueue()
-    try:
-        with TestClient(create_api_app(engine, queue), raise_server_exceptions=False) as client:
-            yield client, engine
-    finally:
-        queue.shutdown()
-
-
 def test_models_are_listed_and_switched_through_the_queue(model_api):
     client, engine = model_api
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")
@@ -440,61 +414,6 @@ def test_rescale_cfg_api_field_infotext_and_paste_round_trip(model_api):
     assert json.loads(pasted["info"])["infotexts"][0] == text and pasted["images"] == response.json()["images"]
     ranged = client.post("/sdapi/v1/txt2img", json={**request, "rescale_cfg": 1.5})
     assert ranged.status_code == 422 and ranged.json()["field"] == "rescale_cfg"
-
-
-# ------------------------------------------------------------------------- img2img API --
-def b64_png(image: Image.Image) -> str:
-    return convert.encode_png_base64(image)
-
-
-def red_disc(size: int = 64) -> Image.Image:
-    from PIL import ImageDraw
-
-    image = Image.new("RGB", (size, size), (0, 0, 0))
-    ImageDraw.Draw(image).ellipse((size // 4, size // 4, 3 * size // 4, 3 * size // 4), fill=(220, 30, 30))
-    return image
-
-
-def test_img2img_and_inpaint_answer_as_the_webui(model_api):
-    client, _engine = model_api
-    request = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler",
-               "init_images": [b64_png(red_disc())], "denoising_strength": 0.5}
-    response = client.post("/sdapi/v1/img2img", json=request)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["parameters"]["init_images"] is None  # not echoed back unless include_init_images
-    info = json.loads(body["info"])
-    assert info["denoising_strength"] == 0.5 and "Denoising strength: 0.5" in info["infotexts"][0]
-    assert info["is_using_inpainting_conditioning"] is False
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (0, 0, 32, 64))
-    inpaint = client.post("/sdapi/v1/img2img", json={**request, "mask": b64_png(mask), "mask_blur": 2,
-                                                      "inpainting_fill": 1, "inpaint_full_res": False})
-    assert inpaint.status_code == 200, inpaint.text
-    text = json.loads(inpaint.json()["info"])["infotexts"][0]
-    assert "Mask blur: 2" in text and "Masked content" not in text
-    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(inpaint.json()["images"][0]))).convert("RGB"))
-    assert np.array_equal(out[:, 40:], np.asarray(red_disc())[:, 40:])  # unmasked half untouched
-
-
-@pytest.mark.parametrize("change, status, field", [
-    ({"init_images": None}, 404, None),
-    ({"denoising_strength": 1.5}, 422, "denoising_strength"),
-    ({"init_images": ["bm90IGFuIGltYWdl"]}, 422, "init_images"),
-    ({"mask": "MASK32"}, 422, "mask"),
-    ({"resize_mode": 9}, 422, "resize_mode"),
-])
-def test_bad_img2img_requests_name_the_field(model_api, change, status, field):
-    client, _engine = model_api
-    request = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "init_images": [b64_png(red_disc())], **change}
-    if request.get("mask") == "MASK32":
-        request["mask"] = b64_png(Image.new("L", (32, 32), 255))
-    response = client.post("/sdapi/v1/img2img", json=request)
-    assert response.status_code == status, response.text
-    if field:
-        assert response.json()["field"] == field
-    else:
-        assert "Init image not found" in response.text
 
 
 def test_override_settings_apply_to_the_request_and_restore_afterwards(model_api):

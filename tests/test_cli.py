@@ -204,7 +204,7 @@ def test_help_runs_without_heavy_imports():
 
 # --- The WebUI's flags: each one done by Kiln, accepted with a line, or refused -------------------------
 
-from core.cli import WEBUI_FLAGS, WEBUI_FLAGS_ACCEPTED, WEBUI_FLAGS_REFUSED  # noqa: E402
+from core.webui_flags import WEBUI_FLAGS, WEBUI_FLAGS_ACCEPTED, WEBUI_FLAGS_REFUSED  # noqa: E402
 
 # The 76 WebUI flags that stopped the start with exit 2 before (core/cli.py's old WEBUI_FLAGS_NOT_IN_KILN).
 FORMERLY_REJECTED = """

@@ -31,8 +31,6 @@ from core.generation.pipeline import (
     denoise,
     from_pil,
     prompt_pass,
-    resolve_sampler,
-    resolve_scheduler,
 )
 from core.generation.preview import LatentPreviewer
 from core.generation.saving import output_folder
@@ -40,14 +38,11 @@ from core.generation.txt2img import (
     base_infotext,
     finish_infotext,
     image_rng,
+    job_setup,
     keep_image,
-    prompt_encoder,
-    random_seed,
     sampler_options,
 )
-from core.prompts.extra_networks import parse_extra_networks
 from core.sampling.plan import img2img_steps
-from core.sampling.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
     from core.generation.context import GenerationContext
@@ -199,15 +194,7 @@ def run_img2img(gc: GenerationContext, params: Img2ImgParams, ctx: JobContext) -
     prepared = prepare_images(p, options.img2img_background_color)
     warnings: list[str] = [*p.notes, *gc.warnings, *prepared.comments]
 
-    seed = random_seed() if p.seed in (-1, None) else int(p.seed)
-    subseed = random_seed() if p.subseed in (-1, None) else int(p.subseed)
-    prompt, _ = parse_extra_networks(p.prompt)
-    negative, _ = parse_extra_networks(p.negative_prompt)
-    sampler = resolve_sampler(p.sampler_name)
-    scheduler = resolve_scheduler(p.scheduler, sampler)
-    noise_schedule = NoiseSchedule.from_config(prediction_type=spec.prediction_type,
-                                               zero_terminal_snr=spec.zero_terminal_snr)
-    cache = prompt_encoder(gc, p)
+    seed, subseed, prompt, negative, sampler, scheduler, noise_schedule, cache = job_setup(gc, p)
     sp = prompt_pass(cache, sampler, scheduler, p.steps, p.cfg_scale, prompt, negative, rescale_cfg=p.rescale_cfg,
                      **sampler_options(p, sampler, options))
 

@@ -8,7 +8,8 @@ reports progress and stops the loop within one step on Interrupt/Skip.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -80,23 +81,45 @@ def image_rng(p: GenerationParams, gc: GenerationContext, sampler, seeds: list[i
                     eta_noise_seed_delta=int(options.eta_noise_seed_delta or 0) if sampler.uses_ensd else 0)
 
 
+@dataclass
+class JobSetup:
+    """What every generation mode works out first from its parameters."""
+
+    seed: int
+    subseed: int
+    prompt: str  # without the extra-network tags (the engine applied them)
+    negative: str
+    sampler: Any
+    scheduler: str
+    noise_schedule: NoiseSchedule
+    cache: ConditioningCache
+
+    def __iter__(self):
+        return iter((self.seed, self.subseed, self.prompt, self.negative, self.sampler, self.scheduler,
+                     self.noise_schedule, self.cache))
+
+
+def job_setup(gc: GenerationContext, p: GenerationParams) -> JobSetup:
+    """Seeds (-1 = random), prompts without <lora:..> tags, sampler, schedule type, noise schedule, encoder."""
+    spec = gc.model.spec
+    sampler = resolve_sampler(p.sampler_name)
+    return JobSetup(
+        seed=random_seed() if p.seed in (-1, None) else int(p.seed),
+        subseed=random_seed() if p.subseed in (-1, None) else int(p.subseed),
+        prompt=parse_extra_networks(p.prompt)[0], negative=parse_extra_networks(p.negative_prompt)[0],
+        sampler=sampler, scheduler=resolve_scheduler(p.scheduler, sampler),
+        noise_schedule=NoiseSchedule.from_config(prediction_type=spec.prediction_type,
+                                                 zero_terminal_snr=spec.zero_terminal_snr),
+        cache=prompt_encoder(gc, p))
+
+
 def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext) -> GenerationResult:
     p = validate(params)
     model, options = gc.model, gc.options
     spec = model.spec
     warnings: list[str] = [*p.notes, *gc.warnings]
 
-    seed = random_seed() if p.seed in (-1, None) else int(p.seed)
-    subseed = random_seed() if p.subseed in (-1, None) else int(p.subseed)
-
-    # Extra-network tags (<lora:..>, <hypernet:..>) leave the prompt text; the engine applied them.
-    prompt, _ = parse_extra_networks(p.prompt)
-    negative, _ = parse_extra_networks(p.negative_prompt)
-    sampler = resolve_sampler(p.sampler_name)
-    scheduler = resolve_scheduler(p.scheduler, sampler)
-    noise_schedule = NoiseSchedule.from_config(prediction_type=spec.prediction_type,
-                                               zero_terminal_snr=spec.zero_terminal_snr)
-    cache = prompt_encoder(gc, p)
+    seed, subseed, prompt, negative, sampler, scheduler, noise_schedule, cache = job_setup(gc, p)
 
     hires = p.hires
     hr_steps = (hires.steps or p.steps) if hires.enabled else None
