@@ -18,6 +18,11 @@ LORA_SUBDIR = Path("models/Lora")
 HYPERNETWORK_SUBDIR = Path("models/hypernetworks")
 ESRGAN_SUBDIR = Path("models/ESRGAN")
 EMBEDDINGS_SUBDIR = Path("embeddings")
+# Taggers and captioners (Dataset › Tag): WD14 ONNX folders (the tagger extensions' models/ layout),
+# the WebUI's DeepBooru port, and local transformers folders for BLIP / GIT captions.
+TAGGER_SUBDIR = Path("models/tagger")
+DEEPBOORU_SUBDIR = Path("models/torch_deepdanbooru")
+BLIP_SUBDIR = Path("models/BLIP")
 OUTPUTS_SUBDIR = Path("outputs")
 EXTENSIONS_SUBDIR = Path("extensions")
 CONFIG_NAME = "config.json"
@@ -38,6 +43,9 @@ class KilnPaths:
     embeddings_dir: Path
     hypernetwork_dir: Path
     esrgan_dir: Path
+    tagger_dir: Path
+    deepbooru_dir: Path
+    blip_dir: Path
     outputs_dir: Path
     config_path: Path
     cache_path: Path
@@ -62,6 +70,9 @@ class KilnPaths:
             embeddings_dir=pick(flags.embeddings_dir, EMBEDDINGS_SUBDIR),
             hypernetwork_dir=pick(flags.hypernetwork_dir, HYPERNETWORK_SUBDIR),
             esrgan_dir=pick(flags.esrgan_models_path, ESRGAN_SUBDIR),
+            tagger_dir=data / TAGGER_SUBDIR,
+            deepbooru_dir=data / DEEPBOORU_SUBDIR,
+            blip_dir=data / BLIP_SUBDIR,
             outputs_dir=data / OUTPUTS_SUBDIR,
             config_path=data / CONFIG_NAME,
             cache_path=data / CACHE_NAME,

@@ -22,6 +22,8 @@ from ui.common import (
     ui_owner,
     watch_job,
 )
+from ui.dataset import build_dataset_tab, subtabs
+from ui.dataset import i18n_tables as dataset_i18n_tables
 from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.i18n import make_i18n, t
 from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
@@ -49,7 +51,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), *extra_tables))}
+    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
@@ -61,6 +63,9 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                 extra = build_extra_networks(engine, txt2img.fields["prompt"])
             with gr.Tab(t("img2img"), id="img2img", elem_id="tab-img2img"):
                 img2img = build_img2img_tab(engine)
+            if subtabs():
+                with gr.Tab(t("Dataset"), id="dataset", elem_id="tab-dataset"):
+                    build_dataset_tab(engine, queue)
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):

@@ -22,6 +22,7 @@ EN: dict[str, str] = {
         "No checkpoint found. Put a .safetensors checkpoint into {folder} and press 🔄 next to the checkpoint list.",
     "txt2img": "txt2img",
     "PNG Info": "PNG Info",
+    "Dataset": "Dataset",
     "Settings": "Settings",
     # txt2img
     "Prompt": "Prompt",
@@ -166,6 +167,7 @@ ZH_CN: dict[str, str] = {
         "未找到模型。请将 .safetensors 模型文件放入 {folder}，然后点击模型列表旁的 🔄。",
     "txt2img": "文生图",
     "PNG Info": "PNG 图片信息",
+    "Dataset": "数据集",
     "Settings": "设置",
     "Prompt": "提示词",
     "Negative prompt": "反向提示词",
