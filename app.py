@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
 
     flags = settings.flags
     engine = Engine(settings)
-    queue = JobQueue(preview_every=lambda: preview_period(settings.options))
+    queue = JobQueue(preview_every=lambda: preview_period(settings.options), workers=engine.workers)
     api = flags.api_enabled
 
     @contextlib.asynccontextmanager

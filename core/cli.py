@@ -71,7 +71,9 @@ class Flags:
     no_half: bool = False
     no_half_vae: bool = False
     precision: str = "autocast"
-    device_id: int | None = None
+    device_id: int | None = None  # the first device of --device-id (the WebUI's single index)
+    device_ids: tuple[int, ...] = ()  # every device --device-id lists: one worker each
+    all_devices: bool = False  # --device-id all: one worker per visible CUDA device
     use_cpu: list[str] = field(default_factory=list)
     # Page and server (the WebUI's flags of the same names).
     autolaunch: bool = False  # open the system browser on the URL once the server answers
@@ -160,14 +162,23 @@ def _port(text: str) -> int:
     return value
 
 
-def _device_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a CUDA device index (0, 1, ...)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; CUDA device indexes start at 0")
-    return value
+def _device_id(text: str) -> tuple[int, ...] | str:
+    """``0`` (the WebUI's form), ``0,1`` (one worker per device) or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    values = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a CUDA device index (use 0, 0,1 or all)") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{value} is negative; CUDA device indexes start at 0")
+        if value in values:
+            raise argparse.ArgumentTypeError(f"device {value} is listed twice; one worker per device")
+        values.append(value)
+    return tuple(values)
 
 
 def _auth_value(text: str) -> list[tuple[str, str]]:
@@ -326,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--precision", choices=PRECISIONS, default="autocast",
                       help="full: 32-bit everywhere (like --no-half); half: 16-bit without autocast; "
                       "autocast (default): 16-bit weights with torch.autocast")
-    perf.add_argument("--device-id", type=_device_id, default=None, metavar="N",
-                      help="CUDA device index to use (default: the first)")
+    perf.add_argument("--device-id", type=_device_id, default=None, metavar="N[,N...]|all",
+                      help="CUDA device(s) to use: one worker per device on the same queue "
+                      "(default: the first; all = every visible GPU)")
     perf.add_argument("--use-cpu", nargs="+", type=str.lower, default=[], metavar="MODULE",
                       help=f"run these modules on the CPU: {', '.join(('all',) + CPU_MODULES)} "
                       "(sd = checkpoint/VAE/text encoders, interrogate = taggers and captioners, "
@@ -418,7 +430,9 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
         no_half=ns.no_half,
         no_half_vae=ns.no_half_vae,
         precision=ns.precision,
-        device_id=ns.device_id,
+        device_id=ns.device_id[0] if isinstance(ns.device_id, tuple) else None,
+        device_ids=ns.device_id if isinstance(ns.device_id, tuple) else (),
+        all_devices=ns.device_id == "all",
         autolaunch=ns.autolaunch,
         theme=ns.theme,
         api_log=ns.api_log,

@@ -1,8 +1,13 @@
-"""The Engine: settings + model registry + the loaded model + device policy, as one object.
+"""The Engine: settings + model registry + the loaded model of each device, as one object.
 
 No module globals: the app builds one Engine, tests build their own. Methods marked
-"worker" touch torch models and are called from the JobQueue's worker thread only; the
+"worker" touch torch models and are called from a JobQueue worker thread only; the
 rest are cheap queries safe from any thread (the web server's handlers).
+
+Each device (``--device-id 0,1``) has a ``DeviceModels`` slot: its own loaded checkpoint,
+patch helpers and upscalers, used only by the worker of the same index (``current_worker()``).
+The registry, the settings and the checkpoint choice are shared: every worker loads the
+selected checkpoint when its next job needs it.
 """
 
 from __future__ import annotations
@@ -35,8 +40,25 @@ BUILTIN_CHECKPOINT_PREFIX = "kiln-shapes"
 ZTSNR_RESCALE_CFG = 0.7
 
 
+class DeviceModels:
+    """What one worker holds on its device: the loaded checkpoint and the helpers built with it."""
+
+    def __init__(self, index: int, device_id: int | None):
+        self.index = index
+        self.device_id = device_id  # CUDA index, None = the default device (CPU, MPS, cuda:0)
+        self.lock = threading.RLock()
+        self.model: LoadedModel | None = None
+        self.entry: ModelEntry | None = None
+        self.extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
+        self.vaes: Any = None  # core.models.vae_swap.ExternalVAEs, built with the model
+        self.upscalers: Any = None
+        self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
+        self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
+
+
 class Engine:
-    def __init__(self, settings: Settings, *, registry: Any = None):
+    def __init__(self, settings: Settings, *, registry: Any = None, devices: list[int | None] | None = None):
+        """``devices``: one entry per worker (a CUDA index or None); default: what the flags ask for."""
         from core.hashing import HashCache
         from core.models.registry import ModelRegistry
 
@@ -45,20 +67,62 @@ class Engine:
         self.hash_cache = HashCache(self.paths.cache_path)
         self.registry = registry or ModelRegistry(self.paths, hash_cache=self.hash_cache)
         self.registry.refresh()
-        self._lock = threading.RLock()
-        self._model: LoadedModel | None = None
-        self._model_entry: ModelEntry | None = None
+        self._lock = threading.RLock()  # the shared choice and error table
+        devices = settings.worker_devices() if devices is None else devices
+        self.slots = [DeviceModels(i, device_id) for i, device_id in enumerate(devices or [None])]
         self._tokenizer = None
-        self._extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
-        self._vaes: Any = None  # core.models.vae_swap.ExternalVAEs, built with the model
-        self._upscalers = None
         # --ckpt wins at startup (WebUI); a choice made in the UI/API replaces it afterwards.
         self._checkpoint_choice: str | None = settings.startup_checkpoint()
-        self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
-        self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
         # Checkpoints that failed to load, path → why; listed as such and skipped as defaults.
         self.checkpoint_errors: dict[str, str] = {}
         self.fallback_note: str | None = None  # "X failed (why); using Y" after a fallback
+
+    # ------------------------------------------------------------------ devices --
+    @property
+    def workers(self) -> int:
+        """How many workers the JobQueue should run: one per device slot."""
+        return len(self.slots)
+
+    def _slot(self) -> DeviceModels:
+        """The calling worker's slot (slot 0 for any other thread)."""
+        from core.jobs import current_worker
+
+        index = current_worker()
+        return self.slots[index] if index < len(self.slots) else self.slots[0]
+
+    def _shown_slot(self) -> DeviceModels:
+        """For queries from the page: a worker's slot, the one holding the selected checkpoint
+        first (after a switch the others load it with their next job)."""
+        from core.jobs import in_worker
+
+        if in_worker() or len(self.slots) == 1:
+            return self._slot()
+        loaded = [slot for slot in self.slots if slot.model is not None]
+        wanted = self._checkpoint_choice and self.registry.find_checkpoint(self._checkpoint_choice)
+        for slot in loaded:
+            if wanted and slot.entry is not None and slot.entry.path == wanted.path:
+                return slot
+        return (loaded or self.slots)[0]
+
+    @property
+    def _model(self) -> LoadedModel | None:
+        return self._shown_slot().model
+
+    @property
+    def _model_entry(self) -> ModelEntry | None:
+        return self._shown_slot().entry
+
+    @property
+    def _extras(self) -> Any:
+        return self._shown_slot().extras
+
+    @property
+    def autocast(self) -> bool:
+        return self._slot().autocast
+
+    @property
+    def load_warnings(self) -> list[str]:
+        return self._slot().load_warnings
 
     # ------------------------------------------------------------------ queries --
     def refresh_models(self) -> None:
@@ -201,12 +265,13 @@ class Engine:
                 raise KilnError(f"checkpoint {name!r} not found",
                                 hint=f"put it into {self.paths.ckpt_dir} and refresh the list")
             raise KilnError(self.no_checkpoint_message())
-        with self._lock:
-            if self._model is not None and self._model_entry is not None and self._model_entry.path == entry.path:
-                return self._model
-            previous = self._model_entry
+        slot = self._slot()
+        with slot.lock:
+            if slot.model is not None and slot.entry is not None and slot.entry.path == entry.path:
+                return slot.model
+            previous = slot.entry
             try:
-                return self._load(entry)
+                return self._load(slot, entry)
             except Exception as exc:
                 failure = _failure_message(exc)
                 self.checkpoint_errors[str(entry.path)] = failure
@@ -216,37 +281,38 @@ class Engine:
                         if other.path == entry.path or self.checkpoint_error(other):
                             continue
                         try:
-                            model = self._load(other)
+                            model = self._load(slot, other)
                         except Exception as other_exc:
                             self.checkpoint_errors[str(other.path)] = _failure_message(other_exc)
                             continue
                         self.fallback_note = f"{entry.name} could not be loaded ({failure}); using {other.name}"
-                        self.load_warnings.append(self.fallback_note)
+                        slot.load_warnings.append(self.fallback_note)
                         return model
                 elif previous is not None and previous.path != entry.path:
                     try:
-                        self._load(previous)
+                        self._load(slot, previous)
                     except Exception:  # the previous file broke meanwhile: nothing loaded, say why below
                         log.exception("could not reload %s", previous.path)
                 raise
 
-    def _load(self, entry: ModelEntry) -> LoadedModel:
-        self.unload()
+    def _load(self, slot: DeviceModels, entry: ModelEntry) -> LoadedModel:
+        self._unload(slot)
         from core.models.checkpoint import load_checkpoint
         from core.models.memory import place_model
 
-        policy = self.settings.device_policy()
+        policy = self.settings.device_policy(slot.device_id)
         log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)
         model = load_checkpoint(entry.path, device=policy.device_for("sd"), dtype=policy.torch_dtype())
-        self.load_warnings = [*policy.warnings, *place_model(model, policy)]
-        self.autocast = bool(policy.autocast)
-        self.registry.sha256(entry)  # the title gains its short hash, the infotext its Model hash
+        slot.load_warnings = [*policy.warnings, *place_model(model, policy)]
+        slot.autocast = bool(policy.autocast)
+        with self._lock:  # two workers may hash the same file: once is enough
+            self.registry.sha256(entry)  # the title gains its short hash, the infotext its Model hash
         from core.generation.extras import ExtraNetworks
         from core.models.vae_swap import ExternalVAEs
 
-        self._extras = ExtraNetworks(model, self.paths, hash_cache=self.hash_cache)
-        self._vaes = ExternalVAEs(model)
-        self._model, self._model_entry = model, entry
+        slot.extras = ExtraNetworks(model, self.paths, hash_cache=self.hash_cache)
+        slot.vaes = ExternalVAEs(model)
+        slot.model, slot.entry = model, entry
         self.checkpoint_errors.pop(str(entry.path), None)
         if self.fallback_note and self._checkpoint_choice and self.registry.find_checkpoint(
                 self._checkpoint_choice) == entry:
@@ -254,14 +320,17 @@ class Engine:
         return model
 
     def unload(self) -> None:
-        """worker: drop the loaded model and give its memory back."""
-        with self._lock:
-            if self._extras is not None:
-                self._extras.restore()
-            self._model = None
-            self._model_entry = None
-            self._extras = None
-            self._vaes = None
+        """worker: drop the calling worker's loaded model and give its memory back."""
+        self._unload(self._slot())
+
+    def _unload(self, slot: DeviceModels) -> None:
+        with slot.lock:
+            if slot.extras is not None:
+                slot.extras.restore()
+            slot.model = None
+            slot.entry = None
+            slot.extras = None
+            slot.vaes = None
         import gc
 
         gc.collect()
@@ -278,9 +347,10 @@ class Engine:
         from core.models.vae import find_vae_for_checkpoint
 
         if choice in (None, "", "Automatic"):
-            if self._model_entry is None:
+            entry = self._model_entry
+            if entry is None:
                 return None
-            return find_vae_for_checkpoint(self._model_entry.path, self.paths.vae_dir)
+            return find_vae_for_checkpoint(entry.path, self.paths.vae_dir)
         if choice == "None":
             return None
         vae = self.registry.find("vae", choice)
@@ -298,11 +368,12 @@ class Engine:
         from core.generation.extras import Activation
 
         explicit = checkpoint is not None or options.checkpoint_explicit
-        with self._lock:
+        slot = self._slot()
+        with slot.lock:
             base = self.ensure_model(checkpoint or options.checkpoint, fallback=not explicit)
             vae_path = self.vae_file(options.sd_vae)
-            view = self._vaes.view(vae_path) if self._vaes is not None else base
-            extras = self._extras
+            view = slot.vaes.view(vae_path) if slot.vaes is not None else base
+            extras = slot.extras
             if extras is not None:
                 patches, resolved = extras.resolve(tags)
                 applied = extras.applied(patches)
@@ -310,7 +381,7 @@ class Engine:
                 resolved = Activation(warnings=["extra networks are not available for this model; tags ignored"]
                                       if any(tags.values()) else [])
                 applied = contextlib.nullcontext(Activation())
-            entry = self._model_entry
+            entry = slot.entry
             with applied as activation:
                 yield GenerationContext(
                     model=view, options=options,
@@ -320,9 +391,9 @@ class Engine:
                     vae_hash=self.hash_cache.sha256(vae_path, kind="vae")[:10] if vae_path else None,
                     embeddings=extras.embeddings if extras is not None else None,
                     network_infotext=activation.infotext,
-                    warnings=[*self.load_warnings, *resolved.warnings, *activation.warnings],
+                    warnings=[*slot.load_warnings, *resolved.warnings, *activation.warnings],
                     output_root=self.paths.resolve_output, upscale_image=self.upscale_image,
-                    autocast=self.autocast)
+                    autocast=slot.autocast)
 
     def generate(self, run_mode: Callable[..., GenerationResult], params: Any, ctx: JobContext,
                  options: RunOptions | None = None) -> GenerationResult:
@@ -367,11 +438,12 @@ class Engine:
         model = self.ensure_model(name, fallback=False if name else None)
         parts = [model.unet, model.vae, *model.text_encoders]
         wanted = dtype or model.dtype
-        with self._lock:
-            if self._extras is not None:
-                self._extras.restore()
+        slot = self._slot()
+        with slot.lock:
+            if slot.extras is not None:
+                slot.extras.restore()
             if trainable or wanted != model.dtype:
-                self.unload()  # the trainer owns it now
+                self._unload(slot)  # the trainer owns it now
                 if wanted != model.dtype:
                     for part in parts:
                         torch.nn.Module.to(part, dtype=wanted)
@@ -391,7 +463,7 @@ class Engine:
                 if _fingerprint(model) != before:
                     log.warning("a leased model came back changed; it is reloaded from %s for the next job",
                                 model.path)
-                    self.unload()
+                    self._unload(slot)
 
     def upscale_image(self, image: Any, name: str, width: int, height: int) -> Any:
         """worker: a picture resized by a plain resampler or a model upscaler from the ESRGAN folder."""
@@ -409,6 +481,10 @@ class Engine:
     def extras(self):
         return self._extras
 
+    def loaded_extras(self) -> list[Any]:
+        """Every worker's ExtraNetworks (one per device with a model loaded): to refresh them all."""
+        return [slot.extras for slot in self.slots if slot.extras is not None]
+
     @property
     def vae_path(self) -> Path | None:
         """The external VAE the stored ``sd_vae`` option means for the loaded checkpoint."""
@@ -420,12 +496,13 @@ class Engine:
     @property
     def upscalers(self):
         """Model upscalers (ESRGAN folder), listed without loading any of them."""
-        if self._upscalers is None:
+        slot = self._slot()
+        if slot.upscalers is None:
             from core.generation.upscalers_model import ModelUpscalers
 
-            device = self.settings.device_policy().device_for("esrgan")
-            self._upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
-        return self._upscalers
+            device = self.settings.device_policy(slot.device_id).device_for("esrgan")
+            slot.upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
+        return slot.upscalers
 
 
 def _failure_message(exc: BaseException) -> str:

@@ -1,8 +1,11 @@
-"""The one GPU worker: a queue of jobs with kinds and owners, per-job progress and control.
+"""The GPU workers: one queue of jobs with kinds and owners, per-job progress and control.
 
 The UI and the REST API submit to the same queue, so a generation from a script waits its
-turn behind one from the browser instead of fighting it for VRAM. Job functions run on the
-worker thread and never on the web server's event loop.
+turn behind one from the browser instead of fighting it for VRAM. Job functions run on a
+worker thread and never on the web server's event loop. There is one worker per device
+(``--device-id 0,1``: two workers, each the only thread that touches its GPU); a free worker
+takes the next job in the queue's fair order, and ``current_worker()`` tells code running in a
+job which device's models to use.
 
 Every job has a kind (generate, train, tag, merge, load...), an owner (who may see and stop
 it) and a submit time. Its progress, live preview, metrics (loss, lr, epoch) and artifacts
@@ -32,6 +35,18 @@ log = logging.getLogger(__name__)
 SHORT_KINDS = frozenset({"generate", "load", "tag", "refresh"})
 MAX_METRICS = 100_000  # one row a step for a long training run; older rows are dropped past this
 
+_worker = threading.local()
+
+
+def current_worker() -> int:
+    """The index of the worker whose thread calls this (0 outside any worker: tests, handlers)."""
+    return getattr(_worker, "index", 0)
+
+
+def in_worker() -> bool:
+    """Whether the calling thread is one of a JobQueue's workers."""
+    return getattr(_worker, "index", None) is not None
+
 
 @dataclass
 class ProgressSnapshot:
@@ -54,6 +69,7 @@ class ProgressSnapshot:
     textinfo: str = ""
     queue_length: int = 0
     position: int = -1  # 0 = running, n = n jobs ahead, -1 = finished / none
+    worker: int | None = None  # the worker (device) that runs or ran it
 
     @property
     def fraction(self) -> float:
@@ -83,6 +99,7 @@ class JobContext:
         self.preview_every = preview_every
         self._queue = queue
         self._lock = threading.Lock()
+        self.worker = current_worker()  # the device's worker this job runs on
 
     # -- progress -----------------------------------------------------------------
     def set_total(self, total_steps: int, job_count: int = 1) -> None:
@@ -218,13 +235,17 @@ class Job:
 
 
 class JobQueue:
-    """Jobs served by one worker thread (the only one that touches the GPU), fair across owners.
+    """Jobs served by ``workers`` threads (one per device, each the only one touching it), fair
+    across owners.
 
     Owners take turns (round robin, in the order they first queued): one user's 100-image batch
-    does not lock the others out, and each owner's own jobs keep their order.
+    does not lock the others out, and each owner's own jobs keep their order (with several
+    workers an owner's next job may start before their previous one ends, on another device).
     """
 
-    def __init__(self, preview_every: int | Callable[[], int] = 0, *, history: int = 50):
+    def __init__(self, preview_every: int | Callable[[], int] = 0, *, history: int = 50, workers: int = 1):
+        if workers < 1:
+            raise ValueError("a queue needs at least one worker")
         self._preview_every = preview_every
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -233,8 +254,14 @@ class JobQueue:
         self._ids = itertools.count(1)
         self._turns: deque[str | None] = deque()  # owners with queued jobs, whose turn comes first
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="kiln-gpu-worker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, args=(index,), name=f"kiln-gpu-worker-{index}",
+                                          daemon=True) for index in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def workers(self) -> int:
+        return len(self._threads)
 
     def submit(self, fn: Callable[[JobContext], Any], description: str = "", owner: str | None = None, *,
                kind: str = "generate", options: Any = None) -> Job:
@@ -358,7 +385,9 @@ class JobQueue:
             self._cond.notify_all()
         for job in running:
             job.interrupt_event.set()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     # -- worker -------------------------------------------------------------------
     def _order_locked(self) -> list[Job]:
@@ -384,7 +413,8 @@ class JobQueue:
             self._turns.append(job.owner)
         return job
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
+        _worker.index = index
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -396,7 +426,7 @@ class JobQueue:
 
     def _run_short_jobs_for(self, long_job: Job) -> int:
         """Run every queued short job now (called from ``long_job``'s pause point)."""
-        if threading.current_thread() is not self._thread:
+        if threading.current_thread() not in self._threads:
             return 0
         ran = 0
         while True:
@@ -429,6 +459,7 @@ class JobQueue:
             options_period = getattr(job.options, "preview_every", None)
             ctx = JobContext(job, self, preview_every=period if options_period is None else options_period)
             p.state = "running"
+            p.worker = ctx.worker
             p.started_at = time.time()
             job.started_monotonic = time.monotonic()
             try:

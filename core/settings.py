@@ -197,20 +197,47 @@ class DevicePolicy:
         return getattr(torch, self.vae_dtype)
 
 
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_devices(flags: Flags, cuda_device_count: int) -> list[int | None]:
+    """The workers a machine runs (pure): one per CUDA device that ``--device-id`` lists
+    (``all``: every visible one), else one on the default device. Machines without CUDA have one
+    worker (its policy says why --device-id was ignored). An index the machine lacks: KilnError."""
+    if cuda_device_count == 0 or {"all", "sd"} & set(flags.use_cpu):
+        return [None]
+    if flags.all_devices:
+        return list(range(cuda_device_count))
+    if not flags.device_ids:
+        return [None]
+    missing = [i for i in flags.device_ids if i >= cuda_device_count]
+    if missing:
+        raise KilnError(f"--device-id {','.join(map(str, flags.device_ids))}: this machine has "
+                        f"{cuda_device_count} CUDA device(s), no device {missing[0]}",
+                        hint=f"use indexes 0 to {cuda_device_count - 1}, or --device-id all")
+    return list(flags.device_ids)
+
+
 def derive_device_policy(
     flags: Flags,
     *,
     cuda_device_count: int,
     mps_available: bool = False,
     xformers_available: bool = False,
+    device_id: int | None = None,
 ) -> DevicePolicy:
-    """The policy the flags ask for on a machine with the given capabilities (pure; testable anywhere)."""
+    """The policy the flags ask for on a machine with the given capabilities (pure; testable anywhere).
+
+    ``device_id``: the CUDA device of one worker (default: --device-id's first, else 0)."""
     warnings: list[str] = []
     cuda_available = cuda_device_count > 0
     cpu_modules = frozenset(flags.use_cpu)
     # The best device on this machine; modules not named by --use-cpu run there.
     if cuda_available:
-        index = flags.device_id if flags.device_id is not None else 0
+        index = device_id if device_id is not None else flags.device_id if flags.device_id is not None else 0
         if index >= cuda_device_count:
             raise KilnError(
                 f"--device-id {index}: this machine has {cuda_device_count} CUDA device(s)",
@@ -221,8 +248,9 @@ def derive_device_policy(
         accelerator = "mps"
     else:
         accelerator = "cpu"
-    if flags.device_id is not None and not accelerator.startswith("cuda"):
-        warnings.append(f"--device-id {flags.device_id} ignored: there is no CUDA device")
+    if (flags.device_id is not None or flags.all_devices) and not accelerator.startswith("cuda"):
+        shown = "all" if flags.all_devices else ",".join(map(str, flags.device_ids or (flags.device_id,)))
+        warnings.append(f"--device-id {shown} ignored: there is no CUDA device (one worker on the {accelerator})")
     # The device of the main model code (checkpoint, VAE, text encoders, training).
     device = "cpu" if ("all" in cpu_modules or "sd" in cpu_modules) else accelerator
 
@@ -379,7 +407,8 @@ class Settings:
         """--ckpt wins over the saved choice, as in the WebUI."""
         return self.flags.ckpt or self.options.sd_model_checkpoint
 
-    def device_policy(self) -> DevicePolicy:
+    def device_policy(self, device_id: int | None = None) -> DevicePolicy:
+        """The policy for one worker's device (``device_id`` a CUDA index; None: --device-id's first)."""
         # torch is imported here, not at module level: --help and the UI shell start faster.
         import importlib.util
 
@@ -388,10 +417,15 @@ class Settings:
         mps = getattr(torch.backends, "mps", None)
         return derive_device_policy(
             self.flags,
-            cuda_device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            cuda_device_count=_cuda_device_count(),
             mps_available=bool(mps and mps.is_available()),
             xformers_available=importlib.util.find_spec("xformers") is not None,
+            device_id=device_id,
         )
+
+    def worker_devices(self) -> list[int | None]:
+        """One entry per worker: the CUDA devices --device-id names (or all of them), else [None]."""
+        return worker_devices(self.flags, _cuda_device_count())
 
 
 OPTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Options) if f.default is not MISSING}

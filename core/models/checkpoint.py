@@ -55,11 +55,24 @@ class LoadedModel:
 
 
 def _empty(factory):
-    from accelerate import init_empty_weights
-
-    # include_buffers=False: non-persistent buffers (CLIP position_ids) are real, small, and not in files.
-    with init_empty_weights(include_buffers=False):
+    # torch.device("meta") is a per-thread mode: two workers may build models at once
+    # (--device-id 0,1), which accelerate's init_empty_weights (it swaps nn.Module.register_parameter
+    # for the whole process) does not allow. Non-persistent buffers are rebuilt in assign_weights.
+    with torch.device("meta"):
         return factory()
+
+
+def _rebuild_meta_buffers(model) -> None:
+    """Non-persistent buffers are not in files and stay on the meta device after an empty build;
+    the only one SD models have is CLIP's ``position_ids`` (0..n-1)."""
+    for name, buffer in list(model.named_buffers()):
+        if buffer.device.type != "meta":
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        if leaf != "position_ids":
+            raise RuntimeError(f"{type(model).__name__} has a buffer Kiln cannot rebuild: {name}")
+        value = torch.arange(buffer.shape[-1], dtype=buffer.dtype).expand(buffer.shape).clone()
+        model.get_submodule(owner_name).register_buffer(leaf, value, persistent=False)
 
 
 def empty_unet(config: dict):
@@ -105,6 +118,7 @@ def assign_weights(model, state_dict: dict[str, torch.Tensor], *, what: str, pat
             parts.append(f"{len(unexpected)} unexpected {what} weights (e.g. {', '.join(unexpected[:3])})")
         raise ModelFileError("; ".join(parts), path=path,
                              hint="the file is incomplete or a variant Kiln does not support")
+    _rebuild_meta_buffers(model)
     # Non-persistent float buffers follow the weights. torch's own .to: diffusers' override warns
     # about fp32-pinned modules, which SD models do not have.
     torch.nn.Module.to(model, device=device, dtype=dtype)

@@ -232,8 +232,7 @@ class NetworkCatalog:
         """Reload the embedding folder, also in the loaded model's database (WebUI force_reload)."""
         with self._lock:
             self._embedding_files.clear()
-        extras = self.engine.extras
-        if extras is not None:
+        for extras in self.engine.loaded_extras():  # every device's model
             extras.refresh_embeddings(force=True)
 
     # -- cards --------------------------------------------------------------------
