@@ -188,6 +188,16 @@ def test_bad_base64_names_the_field():
     assert info.value.field == "image"
 
 
+def test_a_png_declaring_a_huge_size_is_refused_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 4000)).save(buffer, format="PNG", optimize=True)  # ~20 KB, 20 MP
+    bomb = base64.b64encode(buffer.getvalue()).decode("ascii")
+    assert len(bomb) < 200_000
+    with pytest.raises(InvalidParameterError) as info:
+        convert.decode_base64_image(bomb, field="init_images")
+    assert info.value.field == "init_images" and "5000×4000" in str(info.value)
+
+
 def test_progress_idle_matches_webui_idle():
     body = convert.progress_body(ProgressSnapshot(), lambda _i: "x", False)
     assert body["progress"] == 0 and body["eta_relative"] == 0 and body["current_image"] is None

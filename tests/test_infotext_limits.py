@@ -161,3 +161,19 @@ def test_a_large_but_allowed_chunk_reads_whole():
     data = _png_with([_chunk(b"zTXt", b"parameters\x00\x00" + zlib.compress(text.encode(), 9))])
     assert read_png_infotext(data) == text
     assert parse_generation_parameters(text)["Seed"] == "2"
+
+
+def test_png_info_tab_shows_the_reason_for_a_bomb_or_a_broken_file(tmp_path):
+    from ui.pnginfo import image_outputs
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_with([_chunk(b"zTXt", b"parameters\x00\x00" + BOMB)]))
+    text, _table, parsed = image_outputs(str(bomb))
+    assert "text chunks are too large" in text and parsed == {}
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    text, _table, parsed = image_outputs(str(broken))
+    assert text.startswith("This file is not an image Kiln can read.") and parsed == {}
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert image_outputs(str(plain))[0] == "This image has no generation parameters."

@@ -146,6 +146,7 @@ EN: dict[str, str] = {
     "Value": "Value",
     "Send to txt2img": "Send to txt2img",
     "This image has no generation parameters.": "This image has no generation parameters.",
+    "This file is not an image Kiln can read.": "This file is not an image Kiln can read.",
     # Settings
     "SD VAE": "SD VAE",
     "Clip skip": "Clip skip",
@@ -285,6 +286,7 @@ ZH_CN: dict[str, str] = {
     "Value": "值",
     "Send to txt2img": "发送到 文生图",
     "This image has no generation parameters.": "该图像没有生成参数。",
+    "This file is not an image Kiln can read.": "该文件不是 Kiln 能读取的图像。",
     "SD VAE": "外挂 VAE 模型",
     "Clip skip": "CLIP 终止层数 (Clip skip)",
     "Random number generator source.": "随机数生成器来源",

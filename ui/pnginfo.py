@@ -58,12 +58,9 @@ def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]
     """(the ``parameters`` text or None, its parsed form) for an image file."""
     if not path:
         return None, {}
-    from PIL import Image
-
     from core.generation.infotext import parse_generation_parameters, read_png_infotext
 
-    with Image.open(path) as image:
-        text = read_png_infotext(image)
+    text = read_png_infotext(path)  # a text-chunk bomb: InfotextTooLarge with the reason
     if not text:
         return None, {}
     return text, parse_generation_parameters(text)
@@ -117,12 +114,25 @@ def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]]) -> dic
     return values
 
 
+def image_outputs(path: str | None, request: Any = None) -> tuple[str, Any, dict[str, Any]]:
+    """(parameters text or a message, the table, the parsed fields) for the picture dropped in."""
+    from core.errors import KilnError
+
+    try:
+        text, parsed = read_image_parameters(path)
+    except KilnError as exc:  # parameters too large to parse: say so, keep the page working
+        return exc.message, table_update({}, request), {}
+    except (OSError, ValueError) as exc:  # not a picture Pillow reads
+        return f"{translate('This file is not an image Kiln can read.', request)} ({exc})", \
+            table_update({}, request), {}
+    if path and text is None:
+        return translate("This image has no generation parameters.", request), table_update({}, request), {}
+    return text or "", table_update(parsed, request), parsed
+
+
 def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: Engine, clip_skip: Any = None) -> None:
     def on_image(path: str | None, request: gr.Request):
-        text, parsed = read_image_parameters(path)
-        if path and text is None:
-            return translate("This image has no generation parameters.", request), table_update({}, request), {}
-        return text or "", table_update(parsed, request), parsed
+        return image_outputs(path, request)
 
     tab.image.change(on_image, inputs=tab.image, outputs=[tab.parameters, tab.table, tab.parsed_state],
                      show_progress="hidden")

@@ -325,12 +325,20 @@ def decode_base64_image(text: str, field: str = "image") -> Image.Image:
     """A base64 (optionally ``data:image/...;base64,``) image; InvalidParameterError if it isn't one."""
     from PIL import Image, UnidentifiedImageError
 
+    from core.generation.params import MAX_PIXELS
+
     payload = _DATA_URL.sub("", text.strip())
     try:
         data = base64.b64decode(payload, validate=False)
         image = Image.open(io.BytesIO(data))
+        # The header gives the size: refuse a picture that would unpack to gigabytes before decoding it
+        # (a few KB of PNG can declare 30000×30000 pixels).
+        if image.width * image.height > MAX_PIXELS:
+            raise InvalidParameterError(
+                field, f"the image is {image.width}×{image.height} pixels; the most Kiln accepts is "
+                f"{MAX_PIXELS:,} pixels (4096×4096): make it smaller first")
         image.load()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InvalidParameterError(field, f"not a base64-encoded image ({type(exc).__name__})") from None
     return image
 
