@@ -63,6 +63,36 @@ def atomic_save_with(path: str | Path, writer) -> Path:
     return path
 
 
+def atomic_write_many(items: Iterable[tuple[str | Path, bytes]]) -> list[Path]:
+    """Replace many small files at once, all or none: every new text goes to a temp file first,
+    the data reaches the disk with one ``os.sync`` (an fsync per file where there is none; one
+    per file costs ~1 ms, 10 s for a 10,000-caption save), then each temp file is renamed over its
+    final name. A failure while writing (disk full) removes the temp files and changes nothing."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in items:
+            path = Path(path)
+            fd, tmp = _new_temp(path)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                if not hasattr(os, "sync"):
+                    f.flush()
+                    os.fsync(f.fileno())
+        if hasattr(os, "sync"):
+            os.sync()
+    except BaseException:
+        for tmp, _ in staged:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return [path for _, path in staged]
+
+
 def write_new_file(folder: str | Path, names: Iterable[str], data: bytes) -> Path:
     """Write ``data`` under the first of ``names`` that ``folder`` does not have; never over a file.
 

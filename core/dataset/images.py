@@ -7,6 +7,7 @@ read raises ``UnreadableImage`` naming the file and the reason, so a batch lists
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,13 @@ def list_images(folder: str | Path, *, recursive: bool = False) -> list[Path]:
         raise KilnError("folder not found", path=root, hint="check the path; it must exist on the server")
     if not root.is_dir():
         raise KilnError("is a file, not a folder", path=root)
-    found = root.rglob("*") if recursive else root.iterdir()
-    return sorted((p for p in found if is_image_file(p)), key=lambda p: str(p).lower())
+    if recursive:
+        found = [p for p in root.rglob("*") if is_image_file(p)]
+    else:  # scandir's entries know their type without a stat per file (10,000-picture folders)
+        with os.scandir(root) as entries:
+            found = [Path(e.path) for e in entries if not e.name.startswith(".")
+                     and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file()]
+    return sorted(found, key=lambda p: str(p).lower())
 
 
 def open_image(path: str | Path, *, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
