@@ -1,0 +1,266 @@
+"""The LoRA training loop: kohya's objective over a leased, frozen base model, resumable bit-exactly.
+
+One step (as train_network.py): the batch's latents (VAE, cached per picture and flip), the
+captions through kohya's caption rules and the text encoder (``clip_skip``), noise (+
+``noise_offset``), a uniform timestep, the noisy latents on the model's own schedule (the one
+generation uses, zero-terminal-SNR included), the U-Net's prediction against ε or v (the
+model's prediction type), per-sample MSE × the prior loss weight of reg pictures ×
+min-SNR-γ weights, gradient accumulation, ``max_grad_norm`` clipping, optimizer and scheduler.
+
+Everything random comes from two generators seeded by ``seed`` (torch for noise and timesteps,
+Python for captions and crops); their states, the step and epoch, the network, optimizer and
+scheduler are what ``TrainState`` saves, so a run resumed from a state ends on exactly the
+weights of an uninterrupted run (batches are a pure function of seed and epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.dataset.caption_rules import process_caption
+from core.errors import KilnError
+from core.fileio import atomic_save_with
+from core.sampling.schedule import NoiseSchedule
+from core.training.data import Item, TrainingData
+from core.training.network import LoRANetwork
+
+CHUNK = 75  # tokens of one CLIP window without BOS/EOS
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The loop's numbers, by kohya's names."""
+
+    train_batch_size: int = 1
+    max_train_epochs: int | None = None
+    max_train_steps: int = 1600  # kohya's default; max_train_epochs wins when given
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    prior_loss_weight: float = 1.0
+    clip_skip: int = 1
+    max_token_length: int = 75
+    seed: int = 0
+    cache_latents: bool = True
+    flip_aug: bool = False
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0
+    epoch: int = 1  # the epoch in progress (1-based)
+    step_in_epoch: int = 0  # optimizer steps already done inside it
+    torch_rng: torch.Tensor | None = None
+    python_rng: Any = None
+    network: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic: a kill -9 mid-save leaves the previous state whole."""
+        data = {k: getattr(self, k) for k in ("global_step", "epoch", "step_in_epoch", "torch_rng", "python_rng",
+                                              "network", "optimizer", "scheduler")}
+        return atomic_save_with(path, lambda tmp: torch.save(data, tmp))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainState:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise KilnError(f"cannot read the training state ({exc})", path=path,
+                            hint="point resume at a state file Kiln saved (save_state)") from exc
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    global_step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    average_loss: float
+    lr: float
+
+
+def total_steps(data: TrainingData, options: LoopOptions) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps), kohya's arithmetic."""
+    per_epoch = math.ceil(data.batches_per_epoch(options.train_batch_size) / options.gradient_accumulation_steps)
+    if options.max_train_epochs:
+        return per_epoch, per_epoch * options.max_train_epochs
+    return per_epoch, options.max_train_steps
+
+
+def input_ids(tokenizer, caption: str, max_token_length: int) -> torch.Tensor:
+    """kohya's ids for one caption: ``max_token_length`` tokens (75/150/225) as 77-token windows
+    (BOS, 75 tokens, EOS; padding with the tokenizer's pad token after the first EOS)."""
+    ids = tokenizer(caption, add_special_tokens=False, truncation=False)["input_ids"][:max_token_length]
+    windows = max(1, max_token_length // CHUNK)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    out = []
+    for w in range(windows):
+        piece = ids[w * CHUNK:(w + 1) * CHUNK]
+        ended = len(ids) < (w + 1) * CHUNK
+        row = [bos, *piece]
+        if ended or len(piece) == CHUNK:
+            row.append(eos)
+        row += [pad] * (CHUNK + 2 - len(row))
+        out.append(row[:CHUNK + 2])
+    return torch.tensor(out)
+
+
+def encode_captions(text_encoder, tokenizer, captions: list[str], options: LoopOptions) -> torch.Tensor:
+    """(batch, 77 × windows, width) hidden states, ``clip_skip`` counted as the WebUI and kohya do."""
+    ids = torch.stack([input_ids(tokenizer, c, options.max_token_length) for c in captions])
+    batch, windows, length = ids.shape
+    flat = ids.reshape(batch * windows, length).to(text_encoder.device)
+    if options.clip_skip > 1:
+        out = text_encoder(flat, output_hidden_states=True)
+        hidden = text_encoder.text_model.final_layer_norm(out.hidden_states[-options.clip_skip])
+    else:
+        hidden = text_encoder(flat).last_hidden_state
+    return hidden.reshape(batch, windows * length, hidden.shape[-1])
+
+
+class LoraTrainer:
+    """The loop over ``data`` for ``network`` on the leased ``model`` (a core.models LoadedModel)."""
+
+    def __init__(self, model: Any, network: LoRANetwork, data: TrainingData, options: LoopOptions,
+                 make_optimizer: Callable[[list[dict]], torch.optim.Optimizer],
+                 make_scheduler: Callable[[torch.optim.Optimizer, int], Any],
+                 learning_rates: tuple[float | None, float | None, float]):
+        self.model, self.network, self.data, self.options = model, network, data, options
+        if options.max_token_length not in (75, 150, 225):
+            raise KilnError(f"max_token_length must be 75, 150 or 225, not {options.max_token_length}")
+        spec = model.spec
+        self.schedule = NoiseSchedule.from_config(zero_terminal_snr=spec.zero_terminal_snr,
+                                                  prediction_type=spec.prediction_type)
+        self.alphas_cumprod = self.schedule.alphas_cumprod.float()
+        self.prediction = spec.prediction_type
+        self.steps_per_epoch, self.total = total_steps(data, options)
+        self.optimizer = make_optimizer(network.param_groups(*learning_rates))
+        self.scheduler = make_scheduler(self.optimizer, self.total)
+        self.state = TrainState(torch_rng=None, python_rng=None)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self.rng = random.Random(options.seed)
+        self.latent_cache: dict[tuple[Path, bool], torch.Tensor] = {}
+        self.losses: list[float] = []
+        self.device = next(model.unet.parameters()).device
+        self.dtype = next(model.unet.parameters()).dtype
+
+    # ---- state
+
+    def snapshot(self) -> TrainState:
+        return TrainState(self.state.global_step, self.state.epoch, self.state.step_in_epoch,
+                          self.generator.get_state(), self.rng.getstate(),
+                          {k: v.detach().clone() for k, v in self.network.state_dict().items()},
+                          self.optimizer.state_dict(), self.scheduler.state_dict())
+
+    def restore(self, state: TrainState) -> None:
+        self.network.load_state_dict(state.network)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.generator.set_state(state.torch_rng)
+        self.rng.setstate(state.python_rng)
+        self.state = TrainState(state.global_step, state.epoch, state.step_in_epoch)
+
+    # ---- pieces of a step
+
+    def latents(self, item: Item, flip: bool) -> torch.Tensor:
+        key = (item.path, flip)
+        cached = self.latent_cache.get(key) if self.options.cache_latents else None
+        if cached is not None:
+            return cached
+        pixels = self.data.pixels(item, self.rng, flip=flip).unsqueeze(0).to(self.device, self.dtype)
+        with torch.no_grad():
+            # The distribution's mean: a cached latent must not depend on the order pictures are met.
+            latent = self.model.vae.encode(pixels).latent_dist.mean * self.model.spec.vae_scaling_factor
+        latent = latent[0]
+        if self.options.cache_latents:
+            self.latent_cache[key] = latent
+        return latent
+
+    def loss(self, batch: list[Item], epoch: int) -> torch.Tensor:
+        options = self.options
+        flips = [options.flip_aug and self.rng.random() < 0.5 for _ in batch]
+        latents = torch.stack([self.latents(item, flip) for item, flip in zip(batch, flips)])
+        captions = [process_caption(item.caption, self.data.options.captions, self.rng, epoch) for item in batch]
+        text_encoder = self.model.text_encoders[0]
+        trains_te = any(te for _, _, te in self.network.targets)
+        with torch.set_grad_enabled(trains_te):
+            context = encode_captions(text_encoder, self.model.tokenizers[0], captions, options).to(self.dtype)
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device, self.dtype)
+        if options.noise_offset:
+            noise = noise + options.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
+                                                               generator=self.generator).to(self.device, self.dtype)
+        timesteps = torch.randint(0, len(self.alphas_cumprod), (latents.shape[0],), generator=self.generator)
+        abar = self.alphas_cumprod[timesteps].to(self.device, self.dtype).view(-1, 1, 1, 1)
+        noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+        target = abar.sqrt() * noise - (1 - abar).sqrt() * latents if self.prediction == "v_prediction" else noise
+        prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = torch.tensor([options.prior_loss_weight if item.is_reg else 1.0 for item in batch])
+        if options.min_snr_gamma:
+            snr = (abar.flatten().float() / (1 - abar.flatten().float()).clamp_min(1e-8)).cpu()
+            snr_weight = torch.minimum(snr, torch.full_like(snr, options.min_snr_gamma))
+            weights = weights * (snr_weight / (snr + 1) if self.prediction == "v_prediction" else snr_weight / snr)
+        return (loss * weights.to(loss.device)).mean()
+
+    # ---- the loop
+
+    def run(self, *, on_step: Callable[[StepReport], None] | None = None,
+            on_epoch_end: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            pause: Callable[[], None] | None = None) -> TrainState:
+        """Train until the last step (or ``should_stop``); returns the state to save."""
+        options, state = self.options, self.state
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        while state.global_step < self.total:
+            batches = self.data.epoch_batches(state.epoch, options.train_batch_size)
+            accumulation = options.gradient_accumulation_steps
+            start = state.step_in_epoch * accumulation
+            for index in range(start, len(batches), accumulation):
+                group = batches[index:index + accumulation]
+                self.optimizer.zero_grad(set_to_none=True)
+                with self.network.attached():
+                    step_loss = 0.0
+                    for batch in group:
+                        loss = self.loss(batch, state.epoch) / len(group)
+                        if not torch.isfinite(loss):
+                            raise KilnError(f"the loss became {loss.item()} at step {state.global_step + 1}: training "
+                                            "stopped, the last saved file is kept",
+                                            hint="lower the learning rate, or use mixed_precision bf16 instead of fp16")
+                        loss.backward()
+                        step_loss += float(loss.detach())
+                if options.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                state.global_step += 1
+                state.step_in_epoch += 1
+                self.losses.append(step_loss)
+                if on_step is not None:
+                    window = self.losses[-self.steps_per_epoch:]
+                    on_step(StepReport(state.global_step, self.total, state.epoch, step_loss,
+                                       sum(window) / len(window), self.optimizer.param_groups[0]["lr"]))
+                if state.global_step >= self.total or (should_stop is not None and should_stop()):
+                    break
+            finished_epoch = state.step_in_epoch >= self.steps_per_epoch
+            if finished_epoch:
+                if on_epoch_end is not None:
+                    on_epoch_end(state.epoch, state.global_step)
+                state.epoch += 1
+                state.step_in_epoch = 0
+            if should_stop is not None and should_stop():
+                break
+            if pause is not None and finished_epoch:
+                pause()  # the network is detached here: others' jobs see the plain base model
+        return self.snapshot()

@@ -1,0 +1,253 @@
+"""A LoRA training run from start to files: dataset → checks → network → loop → kohya files.
+
+``LoraJob`` holds everything a run needs as explicit parts (the data, network, loop and output
+options); ``train_lora(job, model, hooks)`` runs it on a leased model and writes
+``<output_name>-000001.safetensors`` every ``save_every_n_epochs`` epochs and
+``<output_name>.safetensors`` at the end (or at "stop and save"), each with kohya's metadata,
+atomically, never over a file that was there before the run. ``save_state`` keeps a state
+beside them to resume from.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.dataset.checks import CheckOptions, blocking, check_layout
+from core.dataset.kohya_folders import scan_dataset
+from core.errors import KilnError
+from core.networks.kohya import save_lora, training_metadata
+from core.training.data import DataOptions, TrainingData
+from core.training.loop import LoopOptions, LoraTrainer, StepReport, TrainState
+from core.training.network import LoRANetwork, NetworkSpec
+
+SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    output_dir: Path
+    output_name: str = "last"  # kohya's default name
+    save_every_n_epochs: int | None = None
+    save_precision: str | None = None  # None: as trained (float32 here)
+    save_state: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class LoraJob:
+    train_data_dir: Path
+    output: OutputOptions
+    reg_data_dir: Path | None = None
+    data: DataOptions = field(default_factory=DataOptions)
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    loop: LoopOptions = field(default_factory=LoopOptions)
+    learning_rate: float = 1e-4
+    unet_lr: float | None = None
+    text_encoder_lr: float | None = None
+    optimizer_type: str = "AdamW"
+    lr_scheduler: str = "constant"
+    resume: Path | None = None
+    ignore_check_errors: bool = False
+    training_comment: str | None = None
+    extra_metadata: dict[str, Any] = field(default_factory=dict)  # ss_* values the config layer adds
+
+
+@dataclass
+class Hooks:
+    """How a run talks to the queue: progress, stop requests, pause points, new files."""
+
+    on_step: Callable[[StepReport], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    pause: Callable[[], None] | None = None
+    on_file: Callable[[Path, int], None] | None = None  # each saved LoRA, with its epoch
+
+
+def _default_optimizer(job: LoraJob):
+    def make(groups: list[dict]) -> torch.optim.Optimizer:
+        try:
+            from core.training.optimizers import build_optimizer
+        except ImportError:  # the optimizer registry of [4/8] not present: torch's AdamW, kohya's default
+            if job.optimizer_type.lower() != "adamw":
+                raise KilnError(f"optimizer {job.optimizer_type} is not available in this build") from None
+            return torch.optim.AdamW(groups, lr=job.learning_rate)
+        return build_optimizer(job.optimizer_type, groups, job.learning_rate)
+    return make
+
+
+def _default_scheduler(job: LoraJob):
+    def make(optimizer, total: int):
+        try:
+            from core.training.schedulers import build_scheduler
+        except ImportError:
+            if job.lr_scheduler != "constant":
+                raise KilnError(f"lr_scheduler {job.lr_scheduler} is not available in this build") from None
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        return build_scheduler(job.lr_scheduler, optimizer, num_training_steps=total)
+    return make
+
+
+def output_paths(output: OutputOptions, epochs: int) -> list[Path]:
+    names = [f"{output.output_name}-{e:06d}.safetensors" for e in range(1, epochs + 1)
+             if output.save_every_n_epochs and e % output.save_every_n_epochs == 0 and e < epochs]
+    return [output.output_dir / n for n in names] + [output.output_dir / f"{output.output_name}.safetensors"]
+
+
+def prepare_data(job: LoraJob) -> TrainingData:
+    """The dataset, after the checks of core/dataset/checks.py: an error stops the run with its
+    message unless ``ignore_check_errors``."""
+    layout = scan_dataset(job.train_data_dir, job.reg_data_dir)
+    problems = check_layout(layout, CheckOptions(resolution=job.data.resolution,
+                                                 caption_extension=job.data.caption_extension,
+                                                 check_near_duplicates=False))
+    errors = blocking(problems)
+    if errors and not job.ignore_check_errors:
+        lines = "; ".join(p.line() for p in errors[:5])
+        raise KilnError(f"the dataset check found {len(errors)} errors: {lines}",
+                        hint="fix them (python -m core.dataset check), or tick 'train anyway' to override")
+    return TrainingData(layout, job.data, seed=job.loop.seed)
+
+
+def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrainer, started: float,
+                 session_id: int) -> dict[str, str]:
+    spec, loop = model.spec, job.loop
+    optimizer = type(trainer.optimizer)
+    values = dict(
+        training_comment=job.training_comment, seed=loop.seed, lowram=False, sd_scripts_commit_hash="kiln",
+        learning_rate=job.learning_rate, text_encoder_lr=job.text_encoder_lr, unet_lr=job.unet_lr,
+        optimizer=f"{optimizer.__module__}.{optimizer.__name__}", max_grad_norm=loop.max_grad_norm,
+        lr_scheduler=job.lr_scheduler, lr_warmup_steps=0,
+        num_train_images=data.num_train_images, num_validation_images=0, num_reg_images=data.num_reg_images,
+        num_batches_per_epoch=data.batches_per_epoch(loop.train_batch_size),
+        num_epochs=-(-trainer.total // trainer.steps_per_epoch), max_train_steps=trainer.total,
+        gradient_checkpointing=False, gradient_accumulation_steps=loop.gradient_accumulation_steps,
+        network_dropout=job.network.network_dropout or None, mixed_precision="no", full_fp16=False,
+        fp8_base=False, fp8_base_unet=False, clip_skip=loop.clip_skip if loop.clip_skip > 1 else None,
+        max_token_length=loop.max_token_length if loop.max_token_length != 75 else None,
+        cache_latents=loop.cache_latents, noise_offset=loop.noise_offset or None,
+        noise_offset_random_strength=False, multires_noise_iterations=None, multires_noise_discount=0.3,
+        adaptive_noise_scale=None, zero_terminal_snr=spec.zero_terminal_snr, ip_noise_gamma=None,
+        ip_noise_gamma_random_strength=False, min_snr_gamma=loop.min_snr_gamma, debiased_estimation=False,
+        scale_weight_norms=None, prior_loss_weight=loop.prior_loss_weight, loss_type="l2",
+        huber_schedule="snr", huber_scale=1.0, huber_c=0.1,
+        caption_dropout_rate=job.data.captions.caption_dropout_rate,
+        caption_dropout_every_n_epochs=job.data.captions.caption_dropout_every_n_epochs,
+        caption_tag_dropout_rate=job.data.captions.caption_tag_dropout_rate, face_crop_aug_range=None,
+        validation_seed=None, validation_split=0.0, max_validation_steps=None, validate_every_n_epochs=None,
+        validate_every_n_steps=None, resize_interpolation=None,
+        # legacy train_data_dir mode
+        batch_size_per_device=loop.train_batch_size,
+        total_batch_size=loop.train_batch_size * loop.gradient_accumulation_steps,
+        resolution=tuple(job.data.resolution), color_aug=False, flip_aug=job.data.flip_aug,
+        random_crop=job.data.random_crop, shuffle_caption=job.data.captions.shuffle_caption,
+        enable_bucket=job.data.enable_bucket, bucket_no_upscale=job.data.bucket_no_upscale,
+        min_bucket_reso=job.data.min_bucket_reso if job.data.enable_bucket else None,
+        max_bucket_reso=job.data.max_bucket_reso if job.data.enable_bucket else None,
+        keep_tokens=job.data.captions.keep_tokens, dataset_dirs=data.dataset_dirs(),
+        reg_dataset_dirs=data.dataset_dirs(reg=True), tag_frequency=data.tag_frequency(),
+        bucket_info=data.bucket_info(),
+        sd_model_name=model.path.name if getattr(model, "path", None) else None,
+    )
+    values.update(job.extra_metadata)
+    network_args = {"conv_dim": job.network.conv_dim, "conv_alpha": job.network.conv_alpha} \
+        if job.network.conv_dim else None
+    return training_metadata(output_name=job.output.output_name, family=spec.family,
+                             network_dim=job.network.network_dim, network_alpha=float(job.network.network_alpha),
+                             network_args=network_args, v_prediction=spec.prediction_type == "v_prediction",
+                             session_id=session_id, training_started_at=started, **values)
+
+
+def modelspec(model: Any, job: LoraJob, started: float) -> dict[str, str]:
+    """The ``modelspec.*`` keys kohya adds (sai_model_spec 1.0.1 layout)."""
+    family = model.spec.family
+    arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v", "sdxl": "stable-diffusion-xl-v1-base"}
+    w, h = job.data.resolution
+    meta = {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": f"{arch[family]}/lora",
+            "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
+            "modelspec.implementation_version": "kiln", "modelspec.title": job.output.output_name,
+            "modelspec.resolution": f"{w}x{h}", "modelspec.prediction_type":
+                "v" if model.spec.prediction_type == "v_prediction" else "epsilon",
+            "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started))}
+    if job.loop.clip_skip > 1:
+        meta["modelspec.encoder_layer"] = str(job.loop.clip_skip)
+    return meta
+
+
+def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Path]:
+    """Train on the leased ``model`` (frozen, never written); returns the files written."""
+    import random as _random
+
+    hooks = hooks or Hooks()
+    data = prepare_data(job)
+    # The LoRA's initial weights come from ``seed`` (kohya seeds before building the network),
+    # drawn in a forked RNG so the server's global generator is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job.loop.seed)
+        network = LoRANetwork(model.unet, model.text_encoders, model.spec.family, job.network,
+                              model.spec.unet_config)
+    network.to(next(model.unet.parameters()).device)
+    loop = job.loop
+    if job.data.random_crop and loop.cache_latents:
+        raise KilnError("cache_latents cannot be used with random_crop (the crop changes every epoch)",
+                        hint="turn one of them off, as kohya requires")
+    trainer = LoraTrainer(model, network, data, loop, _default_optimizer(job), _default_scheduler(job),
+                          (job.unet_lr, job.text_encoder_lr, job.learning_rate))
+    epochs = -(-trainer.total // trainer.steps_per_epoch)
+    out = job.output
+    out.output_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out.output_dir / f"{out.output_name}-state.pt"
+    if job.resume is not None:
+        trainer.restore(TrainState.load(job.resume))
+    elif not out.overwrite:
+        existing = [p for p in output_paths(out, epochs) if p.exists()]
+        if existing:
+            raise KilnError("a file of this output_name is already there; nothing was trained", path=existing[0],
+                            hint="choose another output_name, or allow overwriting")
+    started, session_id = time.time(), _random.randint(0, 2**32)
+    base_meta = {**run_metadata(job, model, data, trainer, started, session_id), **modelspec(model, job, started)}
+    save_dtype = SAVE_DTYPES.get(out.save_precision)
+    written: list[Path] = []
+    log_path = out.output_dir / f"{out.output_name}.loss.csv"
+    log = open(log_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed in finally)
+    writer = csv.writer(log)
+    if log.tell() == 0:
+        writer.writerow(["step", "epoch", "loss", "average_loss", "lr"])
+
+    def save(path: Path, epoch: int, steps: int) -> None:
+        meta = {**base_meta, "ss_training_finished_at": str(time.time()), "ss_steps": str(steps),
+                "ss_epoch": str(epoch)}
+        save_lora(path, network.kohya_state_dict(save_dtype), meta)
+        written.append(path)
+        if hooks.on_file is not None:
+            hooks.on_file(path, epoch)
+
+    def on_step(report: StepReport) -> None:
+        writer.writerow([report.global_step, report.epoch, f"{report.loss:.6f}", f"{report.average_loss:.6f}",
+                         f"{report.lr:.8g}"])
+        if hooks.on_step is not None:
+            hooks.on_step(report)
+
+    def on_epoch_end(epoch: int, steps: int) -> None:
+        log.flush()
+        if out.save_every_n_epochs and epoch % out.save_every_n_epochs == 0 and epoch < epochs:
+            save(out.output_dir / f"{out.output_name}-{epoch:06d}.safetensors", epoch, steps)
+            if out.save_state:
+                trainer.snapshot().save(state_path)
+
+    try:
+        final = trainer.run(on_step=on_step, on_epoch_end=on_epoch_end, should_stop=hooks.should_stop,
+                            pause=hooks.pause)
+    finally:
+        log.close()
+    finished = final.global_step >= trainer.total
+    epoch_done = final.epoch - 1 if final.step_in_epoch == 0 else final.epoch
+    save(out.output_dir / f"{out.output_name}.safetensors", epoch_done, final.global_step)
+    if out.save_state or not finished:
+        final.save(state_path)  # "stop and save" can continue from here
+    return written

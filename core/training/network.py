@@ -1,0 +1,178 @@
+"""A trainable kohya LoRA (``networks.lora``, LoCon with ``conv_dim``) over a frozen base model.
+
+The modules are kohya's: for each target layer a ``lora_down`` (Linear, 1×1 or the layer's own
+3×3 Conv) of ``network_dim`` outputs and a ``lora_up`` back to the layer's width, scaled by
+``alpha / dim``; ``lora_down`` starts Kaiming-uniform and ``lora_up`` at zero, so step 0 is
+the base model exactly. Targets and names are those of core/networks/kohya.py (the loader's
+own rules), so the saved file is the one kohya writes and Kiln, the WebUI and ComfyUI load.
+
+The base model is never written: the LoRA adds its output to a layer's output through a
+forward hook while ``attached`` (the trainer detaches it at pause points, when generation jobs
+of other users borrow the same shared model), which is the unfused runtime form training needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.errors import KilnError
+from core.networks.kohya import ALPHA, LORA_DOWN, LORA_UP, target_modules, te_name, te_prefixes, unet_names
+
+# kohya networks/lora.py: 3×3 convolutions LoCon adds when conv_dim is given.
+CONV3X3_TARGET_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+
+
+class LoRAModule(nn.Module):
+    def __init__(self, name: str, base: nn.Module, dim: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.lora_name = name
+        if isinstance(base, nn.Conv2d):
+            in_dim, out_dim = base.in_channels, base.out_channels
+            if dim > min(in_dim, out_dim) and base.kernel_size == (1, 1):
+                raise KilnError(f"network_dim {dim} is larger than the layer {name} ({in_dim}→{out_dim})",
+                                hint=f"use network_dim {min(in_dim, out_dim)} or less")
+            self.lora_down = nn.Conv2d(in_dim, dim, base.kernel_size, base.stride, base.padding, bias=False)
+            self.lora_up = nn.Conv2d(dim, out_dim, (1, 1), (1, 1), bias=False)
+        elif isinstance(base, nn.Linear):
+            in_dim, out_dim = base.in_features, base.out_features
+            if dim > min(in_dim, out_dim):
+                raise KilnError(f"network_dim {dim} is larger than the layer {name} ({in_dim}→{out_dim})",
+                                hint=f"use network_dim {min(in_dim, out_dim)} or less")
+            self.lora_down = nn.Linear(in_dim, dim, bias=False)
+            self.lora_up = nn.Linear(dim, out_dim, bias=False)
+        else:
+            raise KilnError(f"{name}: a {type(base).__name__} cannot carry a LoRA")
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        alpha = dim if alpha is None or alpha == 0 else alpha
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.dim = dim
+        self.scale = float(alpha) / dim
+        self.dropout = dropout
+        self.multiplier = 1.0
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.lora_down(x.to(self.lora_down.weight.dtype))
+        if self.dropout and self.training:
+            hidden = nn.functional.dropout(hidden, p=self.dropout)
+        return self.lora_up(hidden) * (self.multiplier * self.scale)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    network_dim: int = 4
+    network_alpha: float = 1.0
+    conv_dim: int | None = None  # LoCon: also the 3×3 convolutions of the U-Net
+    conv_alpha: float | None = None
+    network_dropout: float = 0.0
+    train_unet: bool = True
+    train_text_encoder: bool = True
+
+
+class LoRANetwork(nn.Module):
+    def __init__(self, unet: nn.Module, text_encoders: list[nn.Module], family: str, spec: NetworkSpec,
+                 unet_config: dict | None = None):
+        super().__init__()
+        if spec.network_dim < 1:
+            raise KilnError(f"network_dim must be 1 or more, not {spec.network_dim}")
+        self.spec = spec
+        self.family = family
+        unet_name = unet_names(unet, family, unet_config)
+        prefixes = te_prefixes(family, len(text_encoders))
+        self.targets: list[tuple[LoRAModule, nn.Module, bool]] = []  # (lora, base layer, is_text_encoder)
+        modules: dict[str, LoRAModule] = {}
+        for component, path, layer in target_modules(unet, text_encoders):
+            is_te = component > 0
+            if (is_te and not spec.train_text_encoder) or (not is_te and not spec.train_unet):
+                continue
+            name = te_name(prefixes[component - 1], path) if is_te else unet_name.get(path)
+            if name is None:
+                continue
+            modules[name] = LoRAModule(name, layer, spec.network_dim, spec.network_alpha, spec.network_dropout)
+            self.targets.append((modules[name], layer, is_te))
+        if spec.conv_dim and spec.train_unet:
+            for path, block in unet.named_modules():
+                if type(block).__name__ not in CONV3X3_TARGET_CLASSES:
+                    continue
+                for child_path, child in block.named_modules():
+                    if isinstance(child, nn.Conv2d) and child.kernel_size == (3, 3):
+                        name = unet_name.get(f"{path}.{child_path}")
+                        if name is not None and name not in modules:
+                            modules[name] = LoRAModule(name, child, spec.conv_dim, spec.conv_alpha or spec.conv_dim,
+                                                       spec.network_dropout)
+                            self.targets.append((modules[name], child, False))
+        if not modules:
+            raise KilnError("no layer to train: the model has no attention layers Kiln can attach a LoRA to",
+                            hint="check network_train_unet_only / network_train_text_encoder_only")
+        self.loras = nn.ModuleDict({name.replace(".", "_"): module for name, module in modules.items()})
+        self._hooks: list = []
+
+    # ---- attaching to the base model
+
+    def attach(self) -> None:
+        if self._hooks:
+            return
+        for lora, layer, _ in self.targets:
+            self._hooks.append(layer.register_forward_hook(lambda _m, args, out, lora=lora: out + lora.delta(args[0])))
+
+    def detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    @contextmanager
+    def attached(self) -> Iterator[LoRANetwork]:
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for lora, _, _ in self.targets:
+            lora.multiplier = multiplier
+
+    # ---- parameters
+
+    def param_groups(self, unet_lr: float | None, text_encoder_lr: float | None, default_lr: float) -> list[dict]:
+        """kohya's groups: text-encoder LoRAs at ``text_encoder_lr``, U-Net ones at ``unet_lr``
+        (each falling back to ``learning_rate``); a group whose LR is 0 is left out (frozen)."""
+        groups = []
+        for is_te, lr in ((True, text_encoder_lr), (False, unet_lr)):
+            params = [p for lora, _, te in self.targets if te == is_te for p in lora.parameters()]
+            lr = default_lr if lr is None else lr
+            if params and lr != 0:
+                groups.append({"params": params, "lr": lr, "name": "text_encoder" if is_te else "unet"})
+        if not groups:
+            raise KilnError("nothing to train: both learning rates are 0 or the chosen parts have no LoRA layers")
+        return groups
+
+    def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """``<lora_name>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, as kohya saves."""
+        out = {}
+        for lora, _, _ in self.targets:
+            for key, tensor in ((LORA_DOWN, lora.lora_down.weight), (LORA_UP, lora.lora_up.weight), (ALPHA, lora.alpha)):
+                t = tensor.detach().to("cpu")
+                out[f"{lora.lora_name}.{key}"] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        return out
+
+    def load_kohya_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Continue from a saved LoRA (kohya's ``network_weights``): every module's weights must be there."""
+        missing = []
+        for lora, _, _ in self.targets:
+            down, up = tensors.get(f"{lora.lora_name}.{LORA_DOWN}"), tensors.get(f"{lora.lora_name}.{LORA_UP}")
+            if down is None or up is None or down.shape != lora.lora_down.weight.shape:
+                missing.append(lora.lora_name)
+                continue
+            with torch.no_grad():
+                lora.lora_down.weight.copy_(down)
+                lora.lora_up.weight.copy_(up)
+        if missing:
+            raise KilnError(f"the LoRA file does not match this network: {len(missing)} modules missing or of "
+                            f"another rank (e.g. {missing[0]})", hint="use the same network_dim and targets")

@@ -1,0 +1,184 @@
+"""LoRA training on a tiny SD1 checkpoint through the real loaders: kohya files, metadata, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from core.dataset.caption_rules import CaptionRules
+from core.errors import KilnError
+from core.models.checkpoint import load_checkpoint
+from core.models.fixtures import write_tiny_checkpoint
+from core.training.data import Buckets, DataOptions, TrainingData, make_bucket_resolutions
+from core.training.loop import LoopOptions, TrainState, input_ids
+from core.training.lora import Hooks, LoraJob, OutputOptions, train_lora
+from core.training.network import LoRANetwork, NetworkSpec
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), "sd1")
+
+
+def _dataset(root: Path, *, n: int = 3, repeats: int = 2, size=(32, 32)) -> Path:
+    folder = root / "train" / f"{repeats}_teal star"
+    folder.mkdir(parents=True)
+    for k in range(n):
+        im = Image.new("RGB", size, (255, 255, 255))
+        ImageDraw.Draw(im).ellipse([k * 2, k * 3, 20 + k, 24], fill=(0, 128, 128))
+        im.save(folder / f"{k}.png")
+        (folder / f"{k}.txt").write_text(f"teal star, shape {k}", encoding="utf-8")
+    return root / "train"
+
+
+def _job(root: Path, **changes) -> LoraJob:
+    loop = LoopOptions(train_batch_size=2, max_train_epochs=2, seed=7, **changes.pop("loop", {}))
+    output = OutputOptions(output_dir=root / "out", output_name="teal", save_every_n_epochs=1,
+                           **changes.pop("output", {}))
+    return LoraJob(train_data_dir=root / "train", output=output, loop=loop,
+                   data=DataOptions(resolution=(32, 32), caption_extension=".txt"),
+                   network=NetworkSpec(network_dim=2, network_alpha=1.0), learning_rate=1e-3, **changes)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.clone() for i, part in enumerate([model.unet, model.vae, *model.text_encoders])
+            for k, v in part.state_dict().items()}
+
+
+def test_kohya_bucket_resolutions_and_selection():
+    resos = make_bucket_resolutions((512, 512), 256, 1024, 64)
+    assert (512, 512) in resos and (256, 1024) in resos and (1024, 256) in resos and (640, 384) in resos
+    assert all(w * h <= 512 * 512 and w % 64 == 0 and h % 64 == 0 for w, h in resos)
+    buckets = Buckets(DataOptions(resolution=(512, 512), enable_bucket=True))
+    bucket, resized, _ = buckets.select(1200, 800)  # 3:2 → the bucket nearest in aspect, covered
+    assert bucket == (640, 384) and resized[0] >= 640 and resized[1] >= 384
+    fixed = Buckets(DataOptions(resolution=(512, 512)))
+    assert fixed.select(1000, 500)[0] == (512, 512)
+    no_up = Buckets(DataOptions(resolution=(512, 512), enable_bucket=True, bucket_no_upscale=True))
+    assert no_up.select(300, 200)[0] == (256, 192)  # own size, rounded down to 64
+    assert no_up.select(2000, 1000)[0][0] * no_up.select(2000, 1000)[0][1] <= 512 * 512
+
+
+def test_data_reg_balance_epochs_and_metadata_counts(tmp_path):
+    train = _dataset(tmp_path, n=3, repeats=2)
+    reg = tmp_path / "reg" / "1_star"
+    reg.mkdir(parents=True)
+    for k in range(4):
+        Image.new("RGB", (32, 32), (k * 40, 0, 0)).save(reg / f"r{k}.png")
+    from core.dataset.kohya_folders import scan_dataset
+
+    data = TrainingData(scan_dataset(train, tmp_path / "reg"), DataOptions(resolution=(32, 32),
+                                                                          caption_extension=".txt"), seed=3)
+    assert data.num_train_images == 6 and data.num_reg_images == 4
+    assert sum(i.repeats for i in data.reg) == 6  # balanced to the train count
+    assert data.batches_per_epoch(2) == 6
+    assert data.epoch_batches(1, 2) == data.epoch_batches(1, 2) != data.epoch_batches(2, 2)
+    freq = data.tag_frequency()
+    assert freq["2_teal star"]["teal star"] == 3 and freq["1_star"] == {"star": 4}  # class tokens as caption
+    assert data.dataset_dirs() == {"2_teal star": {"n_repeats": 2, "img_count": 3}}
+    pixels = data.pixels(data.train[0], __import__("random").Random(0))
+    assert pixels.shape == (3, 32, 32) and -1.0 <= float(pixels.min()) and float(pixels.max()) <= 1.0
+
+
+def test_caption_ids_follow_kohya_windows(checkpoint):
+    model = load_checkpoint(checkpoint)
+    tok = model.tokenizers[0]
+    ids = input_ids(tok, "a red circle", 75)
+    assert ids.shape == (1, 77) and ids[0, 0] == tok.bos_token_id and tok.eos_token_id in ids[0].tolist()
+    assert input_ids(tok, "a red circle", 225).shape == (3, 77)
+
+
+def test_train_writes_kohya_files_that_load_and_match_the_runtime_network(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    before = _state(model)
+    _dataset(tmp_path)
+    steps = []
+    files = train_lora(_job(tmp_path), model, Hooks(on_step=steps.append))
+    assert [p.name for p in files] == ["teal-000001.safetensors", "teal.safetensors"]
+    assert len(steps) == 6 and all(torch.isfinite(torch.tensor(s.loss)) for s in steps)  # 2 epochs × 3 batches
+    after = _state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base model is never written
+    tensors = load_file(files[-1])
+    assert any(k.startswith("lora_unet_") for k in tensors) and any(k.startswith("lora_te_text_model_") for k in tensors)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
+    with safe_open(files[-1], "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_num_train_images"] == "6" and meta["ss_num_batches_per_epoch"] == "3"
+    assert meta["ss_max_train_steps"] == "6" and meta["ss_epoch"] == "2" and meta["ss_steps"] == "6"
+    assert meta["ss_network_dim"] == "2" and meta["ss_network_alpha"] == "1.0" and meta["ss_v2"] == "False"
+    assert meta["ss_resolution"] == "(32, 32)" and meta["ss_bucket_info"] == "null"
+    assert json.loads(meta["ss_dataset_dirs"]) == {"2_teal star": {"n_repeats": 2, "img_count": 3}}
+    assert json.loads(meta["ss_tag_frequency"])["2_teal star"]["teal star"] == 3
+    assert meta["ss_output_name"] == "teal" and meta["modelspec.resolution"] == "32x32"
+    assert all(isinstance(v, str) for v in meta.values()) and "sshs_model_hash" in meta
+    loss_log = (tmp_path / "out" / "teal.loss.csv").read_text().splitlines()
+    assert loss_log[0] == "step,epoch,loss,average_loss,lr" and len(loss_log) == 7
+
+    # Kiln's own loader finds every key, and the merged weights give the runtime network's output.
+    from core.networks.lora import NetworkManager, NetworkRequest, load_network
+
+    manager = NetworkManager(model.unet, model.text_encoders, "sd1", model.spec.unet_config)
+    network = load_network(files[-1])
+    match = manager.match(network)
+    assert not match.unmatched_keys and match.matched_keys == len(tensors)
+    trained = LoRANetwork(model.unet, model.text_encoders, "sd1", NetworkSpec(network_dim=2, network_alpha=1.0),
+                          model.spec.unet_config)
+    trained.load_kohya_state_dict(tensors)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 77, model.text_encoders[0].config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), trained.attached():
+        runtime = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+        with torch.no_grad():
+            plain_ids = torch.tensor([[49406] + [49407] * 76])
+            runtime_te = model.text_encoders[0](plain_ids).last_hidden_state
+    manager.apply([NetworkRequest(network, 1.0, 1.0)])
+    with torch.no_grad():
+        merged = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+        merged_te = model.text_encoders[0](plain_ids).last_hidden_state
+    manager.restore()
+    assert torch.allclose(runtime, merged, atol=1e-5) and torch.allclose(runtime_te, merged_te, atol=1e-5)
+
+
+def test_resume_from_a_stopped_run_ends_on_the_same_weights(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _dataset(a)
+    _dataset(b)
+    whole = load_file(train_lora(_job(a), model)[-1])
+    stop_after = {"n": 0}
+
+    def stop() -> bool:  # "stop and save" after 4 of the 6 steps (mid-epoch 2)
+        return stop_after["n"] >= 4
+
+    def count(_report) -> None:
+        stop_after["n"] += 1
+    train_lora(_job(b), model, Hooks(on_step=count, should_stop=stop))
+    state_path = b / "out" / "teal-state.pt"
+    assert TrainState.load(state_path).global_step == 4
+    resumed = load_file(train_lora(_job(b, resume=state_path), model)[-1])
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)  # bit-exact on CPU
+
+
+def test_bad_input_gives_clear_messages(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    with pytest.raises(KilnError, match="dataset check found"):
+        train_lora(_job(tmp_path), model)
+    _dataset(tmp_path / "x")
+    job = _job(tmp_path / "x")
+    train_lora(job, model)
+    with pytest.raises(KilnError, match="already there"):
+        train_lora(job, model)
+    with pytest.raises(KilnError, match="network_dim"):
+        LoRANetwork(model.unet, model.text_encoders, "sd1", NetworkSpec(network_dim=4096), model.spec.unet_config)
+    with pytest.raises(KilnError, match="random_crop"):
+        train_lora(LoraJob(train_data_dir=job.train_data_dir, output=OutputOptions(tmp_path / "o2"),
+                           data=DataOptions(resolution=(32, 32), random_crop=True, caption_extension=".txt",
+                                            captions=CaptionRules())), model)
