@@ -110,15 +110,17 @@ class JobContext:
     def set_text(self, text: str) -> None:
         self.job.progress.textinfo = text
 
-    def advance(self, steps: int = 1) -> None:
-        """One sampler step done; raises JobInterrupted/JobSkipped when asked to stop."""
+    def advance(self, steps: int = 1, *, check: bool = True) -> None:
+        """One sampler step done; raises JobInterrupted/JobSkipped when asked to stop (unless
+        ``check`` is False: a trainer reads ``stop_requested`` and saves before it ends)."""
         p = self.job.progress
         with self._lock:
             p.step = min(p.step + steps, max(p.total_steps, p.step + steps))
             elapsed = self.job.running_seconds()
             if p.step and p.total_steps:
                 p.eta_seconds = elapsed / p.step * (p.total_steps - p.step)
-        self.check()
+        if check:
+            self.check()
 
     def image_done(self) -> None:
         self.job.progress.job_no += 1

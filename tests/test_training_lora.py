@@ -182,3 +182,35 @@ def test_bad_input_gives_clear_messages(checkpoint, tmp_path):
         train_lora(LoraJob(train_data_dir=job.train_data_dir, output=OutputOptions(tmp_path / "o2"),
                            data=DataOptions(resolution=(32, 32), random_crop=True, caption_extension=".txt",
                                             captions=CaptionRules())), model)
+
+
+def test_training_runs_as_a_queue_job_and_stop_and_save_keeps_a_file(tmp_path):
+    import threading
+
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.settings import Settings
+    from core.training.jobs import training_job
+
+    write_tiny_checkpoint(tmp_path / "data", "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path / "data")]), tmp_path / "data")
+    engine, queue = Engine(settings), JobQueue()
+    _dataset(tmp_path)
+    job = _job(tmp_path, loop={"max_train_steps": 6})
+    job = LoraJob(**{**job.__dict__, "loop": LoopOptions(train_batch_size=2, max_train_steps=50, seed=7)})
+    try:
+        running = queue.submit(training_job(engine, job), "LoRA teal", "user:ann", kind="train")
+        deadline = __import__("time").monotonic() + 120
+        while len(running.metrics) < 3 and __import__("time").monotonic() < deadline:
+            threading.Event().wait(0.1)
+        assert queue.stop(running.id, owner="user:ann")
+        files = running.wait(120)
+        snapshot = queue.progress(owner="user:ann", job_id=running.id)
+        assert running.progress.total_steps == 50 and 3 <= running.progress.step < 50
+        assert files[-1].endswith("teal.safetensors") and Path(files[-1]).is_file()
+        assert TrainState.load(tmp_path / "out" / "teal-state.pt").global_step == running.progress.step
+        assert {"loss", "average_loss", "lr", "epoch"} <= set(running.metrics[-1])
+        assert any(a.kind == "lora" for a in running.artifacts) and snapshot is not None
+    finally:
+        queue.shutdown()
