@@ -69,3 +69,56 @@ def write_tiny_wd14(folder: str | Path, *, size: int = 32, batch: int | str = "N
         lines.append(f"{9999000 + i},{quoted},{category},{1000 - i}")
     (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
+
+
+# tag → the logit the tiny DeepBooru model gives ``DEEPBOORU_REFERENCE`` (a grey picture)
+DEEPBOORU_TAGS: tuple[tuple[str, float], ...] = (
+    ("1girl", 3.0), ("solo", 1.0), ("long_hair", 0.5), ("fate_(series)", 0.2), ("smile", -0.5),
+    ("rating:safe", 2.0), ("rating:explicit", -3.0),
+)
+DEEPBOORU_REFERENCE = (128, 128, 128)
+
+
+def write_tiny_deepbooru(folder: str | Path, *, width: int = 2, seed: int = 0) -> Path:
+    """``folder/model-resnet_custom_v3.pt``: the WebUI layout with ``width`` instead of 64 channels.
+
+    The head is solved so that a grey ``DEEPBOORU_REFERENCE`` picture scores the logits of
+    ``DEEPBOORU_TAGS`` exactly, through the real preprocessing and network."""
+    import torch
+    from PIL import Image
+
+    from core.dataset.taggers.deepbooru import HEAD, MODEL_FILE, build_model, preprocess, published_shapes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tags = [t for t, _ in DEEPBOORU_TAGS]
+    model = build_model(published_shapes(width, len(tags)), tags).eval()
+    head = getattr(model, f"n_Conv_{HEAD}")
+    x = torch.from_numpy(preprocess(Image.new("RGB", (64, 48), DEEPBOORU_REFERENCE)))[None]
+    with torch.no_grad():
+        # pooled features f of the reference picture: logit_i = w_i · f; take w_i = logit_i f / |f|²
+        feats = _deepbooru_features(model, x)
+        if float(feats.norm()) == 0:
+            raise RuntimeError("the random network has dead features; pick another seed")
+        targets = torch.tensor([logit for _, logit in DEEPBOORU_TAGS])
+        head.weight[:, :, 0, 0] = targets[:, None] * feats[None, :] / feats.dot(feats)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["tags"] = tags
+    torch.save(state, folder / MODEL_FILE)
+    return folder
+
+
+def _deepbooru_features(model, x):
+    """The pooled input of the head conv for ``x`` (a forward hook, no copy of the forward)."""
+    import torch
+
+    from core.dataset.taggers.deepbooru import HEAD
+
+    seen = {}
+    handle = getattr(model, f"n_Conv_{HEAD}").register_forward_hook(lambda _m, inp, _o: seen.update(x=inp[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return torch.nn.functional.adaptive_avg_pool2d(seen["x"], 1).flatten()
