@@ -122,3 +122,61 @@ def _deepbooru_features(model, x):
     finally:
         handle.remove()
     return torch.nn.functional.adaptive_avg_pool2d(seen["x"], 1).flatten()
+
+
+TINY_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "the", "man", "girl", "cat", "in", "on",
+              "with", "red", "blue", "kitchen", "hammer", "fire", "picture", "of", "and", "is", "holding")
+
+
+def _tiny_bert_tokenizer(folder: Path):
+    from transformers import BertTokenizer
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    return BertTokenizer(str(vocab), do_lower_case=True, model_max_length=64)
+
+
+def write_tiny_blip(folder: str | Path, *, seed: int = 0) -> Path:
+    """A BLIP captioning folder (config.json model_type "blip", model.safetensors, processor, BERT
+    tokenizer) with 32-wide layers and a 24-word vocabulary, loadable by ``CaptionModel``."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_bert_tokenizer(folder)
+    config = BlipConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        text_config={"vocab_size": len(TINY_VOCAB), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 64,
+                     "encoder_hidden_size": 32, "bos_token_id": 2, "sep_token_id": 3, "eos_token_id": 3,
+                     "pad_token_id": 0},
+        projection_dim=32,
+    )
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def write_tiny_git(folder: str | Path, *, seed: int = 0) -> Path:
+    """A GIT captioning folder (model_type "git") with the same tiny sizes and vocabulary."""
+    import torch
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tokenizer = _tiny_bert_tokenizer(folder)
+    config = GitConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        vocab_size=len(TINY_VOCAB), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=0,
+    )
+    GitForCausalLM(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    GitProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
