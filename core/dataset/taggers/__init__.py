@@ -8,8 +8,8 @@ Where they live (the WebUI's and the tagger extensions' folders, under the data 
 - BLIP / GIT: ``models/BLIP/<name>/`` as transformers' ``save_pretrained`` writes it.
 
 A model is named by its folder (WD14, BLIP) or file stem (DeepBooru); a path to a model folder
-or file works too. "deepdanbooru" / "deepbooru" mean the first DeepBooru file, "clip" / "blip"
-the first BLIP folder (the WebUI's interrogate names).
+or file works too. "deepdanbooru" / "deepbooru" mean the first DeepBooru file, "clip" the first BLIP or
+GIT folder (the WebUI's interrogate names), "blip" / "git" the first of that kind.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ __all__ = ["CaptionOptions", "ModelInfo", "TagOptions", "TagResult", "Tagger", "
 
 KINDS = ("wd14", "deepbooru", "blip", "git")
 KIND_LABELS = {"wd14": "WD14", "deepbooru": "DeepBooru", "blip": "BLIP", "git": "GIT"}
-ALIASES = {"deepdanbooru": "deepbooru", "deepbooru": "deepbooru", "clip": "blip", "blip": "blip", "git": "git"}
+# The WebUI's interrogate names → the kinds they may mean ("clip" is its BLIP caption + CLIP ranking)
+ALIASES = {"deepdanbooru": ("deepbooru",), "deepbooru": ("deepbooru",), "clip": ("blip", "git"),
+           "blip": ("blip",), "git": ("git",)}
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def resolve_model(name_or_path: str | Path, paths: KilnPaths) -> ModelInfo:
     alias = ALIASES.get(text.lower())
     if alias is not None:
         for info in models:
-            if info.kind == alias:
+            if info.kind in alias:
                 return info
     candidate = Path(text).expanduser()
     if candidate.exists():
