@@ -237,8 +237,9 @@ def build(engine: Engine, queue: JobQueue) -> None:
                 with gr.Column():
                     caption = gr.Textbox(label=tr("dataset.tag.caption"), lines=3, elem_id="dataset-tag-caption",
                                          buttons=["copy"])
-                    tags = gr.Label(label=tr("dataset.tag.tags"), num_top_classes=40, elem_id="dataset-tag-tags")
-                    ratings = gr.Label(label=tr("dataset.tag.ratings"), elem_id="dataset-tag-ratings")
+                    tags = gr.Label(label=tr("dataset.tag.tags"), num_top_classes=40, elem_id="dataset-tag-tags",
+                                    show_heading=False)
+                    ratings = gr.Label(label=tr("dataset.tag.ratings"), elem_id="dataset-tag-ratings", show_heading=False)
         with gr.Tab(tr("dataset.tag.batch"), elem_id="dataset-tag-batch"):
             folder = gr.Textbox(label=tr("dataset.tag.folder"), elem_id="dataset-tag-folder")
             with gr.Row():
@@ -272,7 +273,9 @@ def build(engine: Engine, queue: JobQueue) -> None:
                                    owner=ui_owner(request))
         except KilnError as exc:
             return gr.update(), gr.update(), gr.update(), error_html(exc.message, request)
-        scores = result.scores() if result.caption is None else None
+        # The Label shows what the model found; the additional tags (certain by definition) are in the caption.
+        lead = set(tag_options(*values).additional)
+        scores = {t: s for t, s in result.scores().items() if t not in lead} if result.caption is None else None
         return result.text, scores, result.ratings or None, ""
 
     interrogate.click(do_interrogate, inputs=[model, image, *option_inputs], outputs=[caption, tags, ratings, error],
