@@ -179,3 +179,23 @@ def test_cli_list_models_and_failures(data_dir, tmp_path, capsys):
     (folder / "bad.png").write_bytes(b"\x89PNG broken")
     assert main(["--data-dir", str(data_dir), "tag", str(folder), "--model", "wd-tiny"]) == 1
     assert "skipped" in capsys.readouterr().err and (folder / "00_red.txt").exists()
+
+
+def test_pictures_sharing_a_caption_file_are_listed_not_overwritten(paths, tmp_path):
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "red").save(folder / "a.jpg")
+    Image.new("RGB", (32, 32), "blue").save(folder / "a.png")
+    report = tag_folder(folder, load_tagger("wd-tiny", paths))
+    assert [p.name for p in report.written] == ["a.txt"]
+    assert "red theme" in read_caption(folder / "a.txt").text  # the first one (a.jpg) only
+    (skipped,) = report.broken
+    assert skipped.path.name == "a.png" and "shares a.txt with a.jpg" in skipped.reason
+
+
+def test_cli_takes_data_dir_after_the_command(data_dir, tmp_path, capsys):
+    from core.dataset.__main__ import main
+
+    folder = _pictures(tmp_path / "after", ("white",))
+    assert main(["tag", str(folder), "--data-dir", str(data_dir), "--model", "wd-tiny"]) == 0
+    assert read_caption(folder / "00_white.txt").text.startswith("white background")

@@ -19,6 +19,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("tag", help="tag / caption every picture of a folder (WD14, DeepBooru, BLIP, GIT)",
                               description="Write a caption file beside each picture of DIR.")
     p.add_argument("dir", nargs="?", help="the folder of pictures")
+    # also accepted after the command (``tag DIR --data-dir X``), as users type it
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="Kiln's data folder (models/ under it)")
     p.add_argument("--model", help="a folder name under models/tagger/ (WD14), a file under "
                    "models/torch_deepdanbooru/, a folder under models/BLIP/, or a path to a model")
     p.add_argument("--list-models", action="store_true", help="list the installed taggers and captioners")

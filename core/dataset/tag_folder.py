@@ -107,6 +107,16 @@ def tag_folder(folder: str | Path, tagger: Tagger, options: TagFolderOptions | N
                         hint="put .png / .jpg / .webp files here (sub-folders only with recursive)")
     report = TagFolderReport(total=len(images))
     captions = {img: caption_path(img, options.extension) for img in images}
+    # a.jpg and a.png would share a.txt (kohya reads one caption per stem): tag the first, list the others.
+    owner: dict[Path, Path] = {}
+    shared: list[Path] = []
+    for img in images:
+        first = owner.setdefault(captions[img], img)
+        if first != img:
+            shared.append(img)
+            report.broken.append(Skipped(img, f"shares {captions[img].name} with {first.name}; rename one of "
+                                         "them so each picture has its own caption"))
+    images = [img for img in images if img not in shared]
     todo = images
     if options.mode == "skip":
         # An empty caption file counts as no caption: there is nothing in it to keep.
@@ -115,13 +125,13 @@ def tag_folder(folder: str | Path, tagger: Tagger, options: TagFolderOptions | N
         report.kept = [img for img in images if img in has]
     else:
         report.backup = backup_captions(folder, [captions[img] for img in todo], label="tag")
-    done = len(report.kept)
+    done = len(report.kept) + len(shared)
     started = time.monotonic()
 
     def progress(image: Path | None, result: TagResult | None) -> None:
         if on_progress is None:
             return
-        handled = done - len(report.kept)
+        handled = done - len(report.kept) - len(shared)
         elapsed = time.monotonic() - started
         left = report.total - done
         eta = elapsed / handled * left if handled else None

@@ -146,12 +146,15 @@ def select_tags(probs: np.ndarray, labels: Labels, options: TagOptions) -> TagRe
     return TagResult(tags=finish_tags(rest, options, lead=lead), ratings=ratings)
 
 
-def _providers(device: str) -> list[str]:
+def _providers(device: str) -> list:
+    """CUDA (on the worker's GPU: "cuda:1" → device_id 1) when onnxruntime has it, else the CPU."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device.startswith("cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        index = device.partition(":")[2]
+        cuda = ("CUDAExecutionProvider", {"device_id": int(index)}) if index.isdigit() else "CUDAExecutionProvider"
+        return [cuda, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
