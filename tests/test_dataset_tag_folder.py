@@ -199,3 +199,43 @@ def test_cli_takes_data_dir_after_the_command(data_dir, tmp_path, capsys):
     folder = _pictures(tmp_path / "after", ("white",))
     assert main(["tag", str(folder), "--data-dir", str(data_dir), "--model", "wd-tiny"]) == 0
     assert read_caption(folder / "00_white.txt").text.startswith("white background")
+
+
+def test_folder_job_on_the_queue_reports_progress_and_stops(data_dir, tmp_path):
+    from core.cli import parse_flags
+    from core.dataset.taggers.service import submit_tag_folder, tag_images
+    from core.engine import Engine
+    from core.errors import JobInterrupted
+    from core.jobs import JobQueue
+    from core.settings import Settings
+
+    engine = Engine(Settings.from_flags(parse_flags(["--data-dir", str(data_dir), "--use-cpu", "all"]), data_dir))
+    queue = JobQueue()
+    try:
+        folder = _pictures(tmp_path / "job")
+        job = submit_tag_folder(engine, queue, "wd-tiny", folder, TagFolderOptions(batch_size=1), owner="ui:t")
+        report = job.wait(60)
+        assert job.kind == "tag" and len(report.written) == 3
+        assert job.progress.step == 3 and job.progress.total_steps == 3
+        assert "3 of 3 captions written" in job.progress.textinfo
+        (one,) = tag_images(engine, queue, "wd-tiny", [Image.new("RGB", (8, 8), "red")], owner="ui:t")
+        assert "red theme" in one.text
+
+        import threading
+
+        stopped = _pictures(tmp_path / "job2")
+        release = threading.Event()
+        blocker = queue.submit(lambda _ctx: release.wait(30), "hold the worker", owner="ui:t", kind="tag")
+        job = submit_tag_folder(engine, queue, "wd-tiny", stopped, TagFolderOptions(batch_size=1), owner="ui:t")
+        # Stop as a running job sees it (queue.stop sets this once the job runs): checked before each batch
+        job.stop_event.set()
+        never = submit_tag_folder(engine, queue, "wd-tiny", stopped, TagFolderOptions(), owner="ui:t")
+        assert queue.stop(never.id, owner="ui:t")  # still queued: it never starts
+        release.set()
+        blocker.wait(30)
+        report = job.wait(60)
+        assert report.stopped and report.written == [] and not list(stopped.glob("*.txt"))
+        with pytest.raises(JobInterrupted):
+            never.wait(30)
+    finally:
+        queue.shutdown()
