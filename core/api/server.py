@@ -42,6 +42,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.jobs_routes import jobs_router
 
     app.include_router(jobs_router(engine, queue))  # /kiln/v1/jobs: the caller's queue
+    from core.api.tagger_routes import tagger_router
+
+    app.include_router(tagger_router(engine, queue))  # /sdapi/v1/interrogate, /tagger/v1/...
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
