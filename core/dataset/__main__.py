@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules that add commands (preprocess, tag, tags, check); each has add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("core.dataset.preprocess_cli",)
 
 
 def kiln_paths(args: argparse.Namespace):
