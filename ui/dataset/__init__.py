@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 def subtabs() -> list[ModuleType]:
     """The sub-tab modules, in the order the tab shows them."""
-    return []
+    from ui.dataset import preprocess
+
+    return [preprocess]
 
 
 def i18n_tables() -> dict[str, dict[str, str]]:
