@@ -42,6 +42,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.jobs_routes import jobs_router
 
     app.include_router(jobs_router(engine, queue))  # /kiln/v1/jobs: the caller's queue
+    from core.api.extras_routes import extras_router
+
+    app.include_router(extras_router(engine, queue))  # extra-single-image, extra-batch-images
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
