@@ -123,9 +123,9 @@ def report_html(report: PreprocessReport, request: Any = None) -> str:
     text = ", ".join(parts)
     if report.stopped:
         text += f" ({say('stopped; run again to continue', request)})"
-    lines = "".join(f"<li>{html.escape(line)}</li>" for line in report.problems())
+    lines = "<br>".join(html.escape(line) for line in report.problems())
     return (f'<div class="kiln-notice" id="preprocess-summary">{html.escape(text)}</div>'
-            + (f'<ul class="kiln-error" id="preprocess-problems">{lines}</ul>' if lines else ""))
+            + (f'<div class="kiln-error" id="preprocess-problems">{lines}</div>' if lines else ""))
 
 
 def preprocess_job(source: str, destination: str, options: PreprocessOptions, upscale: Callable | None,
