@@ -92,14 +92,16 @@ def test_stop_keeps_finished_pictures(tmp_path):
     gate, release = threading.Event(), threading.Event()
     calls = []
 
-    def slow_upscale(image, name, w, h):  # never called for big pictures; used as a hook below
-        return image
+    def tagger(_image):  # holds the first picture until Stop was pressed
+        calls.append(1)
+        gate.set()
+        release.wait(10)
+        return "tag"
 
-    options = PreprocessOptions(width=64, height=64, caption=lambda im: calls.append(1) or (
-        gate.set(), release.wait(10), "tag")[2])
+    options = PreprocessOptions(width=64, height=64, caption=tagger)
     queue = JobQueue()
     try:
-        job = queue.submit(preprocess_job(str(src), str(tmp_path / "out"), options, slow_upscale, "x"),
+        job = queue.submit(preprocess_job(str(src), str(tmp_path / "out"), options, None, "x"),
                            owner="me", kind="preprocess")
         assert gate.wait(30)
         queue.stop(owner="me")
@@ -107,5 +109,15 @@ def test_stop_keeps_finished_pictures(tmp_path):
         report = job.wait(60)
     finally:
         queue.shutdown()
-    assert report.stopped and len(report.written) == 1
+    assert report.stopped and len(report.written) == 1 and calls == [1]
     assert (tmp_path / "out" / "0.png").is_file() and (tmp_path / "out" / "0.txt").read_text() == "tag"
+
+
+def test_colour_picker_values():
+    from ui.dataset.preprocess import parse_colour
+
+    assert parse_colour("#ff0000") == (255, 0, 0)
+    assert parse_colour("rgba(10.4, 20.6, 30, 1)") == (10, 21, 30)
+    assert parse_colour(None) == (255, 255, 255)
+    with pytest.raises(ValueError):
+        parse_colour("blue-ish")

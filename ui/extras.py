@@ -28,6 +28,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "Scale by": "Scale by",
         "Scale to": "Scale to",
         "Resize": "Resize",
+        "Resize mode": "Resize mode",
         "Crop to fit": "Crop to fit",
         "Upscaler 1": "Upscaler 1",
         "Upscaler 2": "Upscaler 2",
@@ -48,6 +49,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "Scale by": "等比缩放",
         "Scale to": "指定分辨率缩放",
         "Resize": "缩放比例",
+        "Resize mode": "缩放模式",
         "Crop to fit": "裁剪以适应宽高比",
         "Upscaler 1": "放大算法 1",
         "Upscaler 2": "放大算法 2",
@@ -105,7 +107,7 @@ def build_extras_tab(engine: Engine, queue: JobQueue) -> None:
                     src = gr.Textbox(label=tr("Input directory"), elem_id="extras-batch-src")
                     dst = gr.Textbox(label=tr("Output directory"), elem_id="extras-batch-dst")
                     flip = gr.Checkbox(False, label=tr("Create flipped copies"), elem_id="extras-batch-flip")
-            mode = gr.Radio([(tr("Scale by"), 0), (tr("Scale to"), 1)], value=0, label=tr("Resize"),
+            mode = gr.Radio([(tr("Scale by"), 0), (tr("Scale to"), 1)], value=0, label=tr("Resize mode"),
                             elem_id="extras-resize-mode")
             resize = gr.Slider(1.0, 8.0, value=2.0, step=0.05, label=tr("Resize"), elem_id="extras-upscaling-resize")
             with gr.Row():

@@ -50,6 +50,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "Dimension upper bound": "Dimension upper bound",
         "Upscale smaller images first with": "Upscale smaller images first with",
         "Include subfolders": "Include subfolders",
+        "Background for transparent pictures": "Background for transparent pictures",
         "Stop": "Stop",
         "Preprocessing": "Preprocessing",
         "pictures written to": "pictures written to",
@@ -84,6 +85,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "Dimension upper bound": "维度上限",
         "Upscale smaller images first with": "小图先用此放大算法放大",
         "Include subfolders": "包含子文件夹",
+        "Background for transparent pictures": "透明图片的背景颜色",
         "Stop": "停止",
         "Preprocessing": "预处理中",
         "pictures written to": "张图片已写入",
@@ -152,6 +154,22 @@ def preprocess_job(source: str, destination: str, options: PreprocessOptions, up
     return fn
 
 
+def parse_colour(value: str | None) -> tuple[int, int, int]:
+    """The colour picker's value ("#ffffff", or "rgba(255, 255, 255, 1)" with float parts) as RGB."""
+    import re
+
+    from PIL import ImageColor
+
+    text = (value or "#ffffff").strip()
+    try:
+        return ImageColor.getrgb(text)[:3]
+    except ValueError:
+        numbers = [float(n) for n in re.findall(r"[\d.]+", text)[:3]]
+        if len(numbers) < 3:
+            raise ValueError(f"not a colour: {value!r}") from None
+        return tuple(max(0, min(255, round(n))) for n in numbers)  # type: ignore[return-value]
+
+
 def upscaler_choices(engine: Engine) -> list[str]:
     from core.generation.upscale import IMAGE_RESAMPLERS
 
@@ -192,8 +210,11 @@ def build(engine: Engine, queue: JobQueue) -> None:
     with gr.Row(visible=False) as auto_row:
         min_dim = gr.Slider(64, 2048, value=384, step=64, label=tr("Dimension lower bound"))
         max_dim = gr.Slider(64, 2048, value=768, step=64, label=tr("Dimension upper bound"))
-    upscaler = gr.Dropdown(upscaler_choices(engine), value="Lanczos", label=tr("Upscale smaller images first with"),
-                           elem_id="preprocess-upscaler")
+    with gr.Row():
+        upscaler = gr.Dropdown(upscaler_choices(engine), value="Lanczos",
+                               label=tr("Upscale smaller images first with"), elem_id="preprocess-upscaler")
+        background = gr.ColorPicker("#ffffff", label=tr("Background for transparent pictures"),
+                                    elem_id="preprocess-background")
     with gr.Row():
         run = gr.Button(tr("Preprocess"), variant="primary", elem_id="preprocess-run")
         stop = gr.Button(tr("Stop"), elem_id="preprocess-stop")
@@ -204,18 +225,20 @@ def build(engine: Engine, queue: JobQueue) -> None:
         box.change(lambda on: gr.update(visible=on), inputs=box, outputs=row, show_progress="hidden")
 
     def start(src_dir, dst_dir, w, h, mode_value, flip_on, split_on, thr, ovl, focal_on, fw, ew, gw, auto_on,
-              lo, hi, rec, up_name, request: gr.Request):
+              lo, hi, rec, up_name, colour, request: gr.Request):
+
         from core.dataset.focal import FocalWeights
         from core.dataset.preprocess import PreprocessOptions, check_folders
 
         try:
             check_folders(src_dir or "", dst_dir or "")
+            fill = parse_colour(colour)
             options = PreprocessOptions(
                 width=int(w), height=int(h), mode=mode_value or "crop", split=bool(split_on),
                 split_threshold=float(thr), overlap_ratio=float(ovl), focal=bool(focal_on),
                 focal_weights=FocalWeights(float(fw), float(ew), float(gw)), auto_size=bool(auto_on),
                 auto_min_dim=int(lo), auto_max_dim=int(hi), auto_max_area=int(hi) * int(hi), flip=bool(flip_on),
-                upscaler=up_name or None, recursive=bool(rec))
+                upscaler=up_name or None, recursive=bool(rec), background=fill)
         except (KilnError, ValueError) as exc:
             yield "", error_html(exc.message if isinstance(exc, KilnError) else str(exc), request)
             return
@@ -230,7 +253,7 @@ def build(engine: Engine, queue: JobQueue) -> None:
             yield "", report_html(job.result, request)
 
     run.click(start, inputs=[src, dst, width, height, mode, flip, split, threshold, overlap, focal, face_w,
-                             entropy_w, edges_w, auto, min_dim, max_dim, recursive, upscaler],
+                             entropy_w, edges_w, auto, min_dim, max_dim, recursive, upscaler, background],
               outputs=[progress, result], show_progress="hidden")
 
     def stop_mine(request: gr.Request) -> None:
