@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from gradio.i18n import I18nData
 
 from ui.common import (
     CSS,
@@ -25,6 +26,8 @@ from ui.common import (
 from ui.dataset import build_dataset_tab, subtabs
 from ui.dataset import i18n_tables as dataset_i18n_tables
 from ui.extra_networks import build_extra_networks, i18n_tables
+from ui.extras import STRINGS as EXTRAS_STRINGS
+from ui.extras import build_extras_tab
 from ui.i18n import make_i18n, t
 from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
@@ -51,7 +54,8 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
-    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), *extra_tables))}
+    return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
+                                                                     *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
@@ -63,6 +67,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                 extra = build_extra_networks(engine, txt2img.fields["prompt"])
             with gr.Tab(t("img2img"), id="img2img", elem_id="tab-img2img"):
                 img2img = build_img2img_tab(engine)
+            with gr.Tab(I18nData("Extras"), id="extras", elem_id="tab-extras"):
+                build_extras_tab(engine, queue)
             if subtabs():
                 with gr.Tab(t("Dataset"), id="dataset", elem_id="tab-dataset"):
                     build_dataset_tab(engine, queue)

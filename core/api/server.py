@@ -45,6 +45,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.tagger_routes import tagger_router
 
     app.include_router(tagger_router(engine, queue))  # /sdapi/v1/interrogate, /tagger/v1/...
+    from core.api.extras_routes import extras_router
+
+    app.include_router(extras_router(engine, queue))  # extra-single-image, extra-batch-images
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:

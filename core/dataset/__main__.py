@@ -11,7 +11,8 @@ import importlib
 import sys
 
 # Modules that add commands (preprocess, tag, tags, check); each has add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("core.dataset.tag_cli", "core.dataset.tags_cli", "core.dataset.check_cli")
+COMMAND_MODULES: tuple[str, ...] = ("core.dataset.preprocess_cli", "core.dataset.tag_cli", "core.dataset.tags_cli",
+                                   "core.dataset.check_cli")
 
 
 def kiln_paths(args: argparse.Namespace):

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 def subtabs() -> list[ModuleType]:
     """The sub-tab modules, in the order the tab shows them."""
-    from ui.dataset import folders, tag, tag_editor
+    from ui.dataset import folders, preprocess, tag, tag_editor
 
-    return [tag, tag_editor, folders]
+    return [preprocess, tag, tag_editor, folders]
 
 
 def i18n_tables() -> dict[str, dict[str, str]]:
