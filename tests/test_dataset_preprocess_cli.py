@@ -83,3 +83,22 @@ def test_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "core.dataset", "preprocess", str(tmp_path / "missing"),
                            str(tmp_path / "out2")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "not found" in proc.stderr
+
+
+def test_caption_in_the_same_pass_with_a_tagger(tmp_path, capsys):
+    """Seed 003: preprocess and tag in one go; each result gets its .txt, the trigger first."""
+    from core.dataset.taggers.fixtures import write_tiny_wd14
+
+    data = tmp_path / "data"
+    write_tiny_wd14(data / "models" / "tagger" / "tiny-wd14")
+    src = make_source(tmp_path / "src")
+    code = main(["--data-dir", str(data), "preprocess", str(src), str(tmp_path / "out"), "--size", "32x32",
+                 "--caption", "tiny-wd14", "--trigger", "shengcai", "--caption-action", "ignore"])
+    assert code == 0, capsys.readouterr().err
+    a = (tmp_path / "out" / "a.txt").read_text(encoding="utf-8")
+    b = (tmp_path / "out" / "b.txt").read_text(encoding="utf-8")
+    assert a.startswith("shengcai, ") and "red theme" in a
+    assert b.startswith("shengcai, ") and "green theme" in b
+    assert (src / "a.txt").read_text(encoding="utf-8") == "sls, 1girl"  # the original untouched
+    assert main(["--data-dir", str(data), "preprocess", str(src), str(tmp_path / "o2"), "--caption", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err

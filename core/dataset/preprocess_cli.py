@@ -57,6 +57,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--recursive", action="store_true", help="also subfolders (layout kept)")
     p.add_argument("--background", default="#ffffff", help="colour transparency is flattened on")
     p.add_argument("--caption-action", choices=CAPTION_ACTIONS, default="copy")
+    p.add_argument("--caption", metavar="MODEL", default=None,
+                   help="tag / caption each result in the same pass with a tagger of models/tagger, "
+                        "models/torch_deepdanbooru or models/BLIP (as `tag --model`)")
+    p.add_argument("--threshold", type=float, default=0.35, help="tag threshold for --caption (default 0.35)")
+    p.add_argument("--trigger", default="", help="with --caption: words put first in every caption")
     p.set_defaults(run=run)
 
 
@@ -102,6 +107,20 @@ def upscaler_for(args: argparse.Namespace):
     return models.upscale
 
 
+def captioner_for(args: argparse.Namespace):
+    """Picture → caption text with the tagger ``--caption`` names (seed 003: image + .txt per input)."""
+    from core.dataset.__main__ import kiln_paths
+    from core.dataset.taggers import load_tagger
+    from core.dataset.taggers.common import TagOptions, parse_tag_list
+
+    tagger = load_tagger(args.caption, kiln_paths(args))
+    options = TagOptions(general_threshold=args.threshold, additional=parse_tag_list(args.trigger))
+
+    def caption(picture) -> str:
+        return tagger.tag([picture], options)[0].text
+    return caption
+
+
 class ProgressBar:
     """``[#####-----] 12/40 a.png`` redrawn in place on a terminal, a line every 10% otherwise."""
 
@@ -131,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
     from core.dataset.preprocess import run_preprocess
 
     options = options_from_args(args)
+    if args.caption:
+        import dataclasses
+
+        options = dataclasses.replace(options, caption=captioner_for(args))
     report = run_preprocess(args.src, args.dst, options, upscale=upscaler_for(args), progress=ProgressBar())
     for line in report.problems():
         print(f"skipped: {line}", file=sys.stderr)
