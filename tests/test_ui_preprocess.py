@@ -121,3 +121,17 @@ def test_colour_picker_values():
     assert parse_colour(None) == (255, 255, 255)
     with pytest.raises(ValueError):
         parse_colour("blue-ish")
+
+
+def test_caption_with_a_tagger_of_the_tag_tab(engine):
+    from core.dataset.taggers.fixtures import write_tiny_wd14
+    from core.errors import KilnError
+    from ui.dataset.preprocess import captioner_for
+
+    assert captioner_for(engine, "", 0.35, "") is None
+    write_tiny_wd14(engine.settings.paths.tagger_dir / "tiny-wd14")
+    caption = captioner_for(engine, "tiny-wd14", 0.35, "shengcai")
+    text = caption(Image.new("RGB", (32, 32), (220, 20, 20)))
+    assert text.startswith("shengcai, ") and "red theme" in text
+    with pytest.raises(KilnError):
+        captioner_for(engine, "missing-model", 0.35, "")

@@ -51,6 +51,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "Upscale smaller images first with": "Upscale smaller images first with",
         "Include subfolders": "Include subfolders",
         "Background for transparent pictures": "Background for transparent pictures",
+        "Caption with": "Caption with",
+        "None (copy existing captions)": "None (copy existing captions)",
+        "Tag threshold": "Tag threshold",
+        "Additional tags (trigger word first)": "Additional tags (trigger word first)",
         "Stop": "Stop",
         "Preprocessing": "Preprocessing",
         "pictures written to": "pictures written to",
@@ -86,6 +90,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "Upscale smaller images first with": "小图先用此放大算法放大",
         "Include subfolders": "包含子文件夹",
         "Background for transparent pictures": "透明图片的背景颜色",
+        "Caption with": "使用反推模型生成标注",
+        "None (copy existing captions)": "无（复制已有标注）",
+        "Tag threshold": "标签阈值",
+        "Additional tags (trigger word first)": "附加标签（触发词在前）",
         "Stop": "停止",
         "Preprocessing": "预处理中",
         "pictures written to": "张图片已写入",
@@ -180,6 +188,19 @@ def upscaler_choices(engine: Engine) -> list[str]:
     return [*IMAGE_RESAMPLERS, *models]
 
 
+def captioner_for(engine: Engine, model: str | None, threshold: float, additional: str):
+    """The Tag tab's tagger as the preprocess caption callback (None: captions are only copied).
+    It runs inside the preprocess job, on the worker, through the engine's tagger cache."""
+    if not model:
+        return None
+    from core.dataset.taggers.common import TagOptions, parse_tag_list
+    from core.dataset.taggers.service import cache_for
+
+    tagger = cache_for(engine).get(model)  # a missing model is a KilnError here, before the job
+    options = TagOptions(general_threshold=float(threshold), additional=parse_tag_list(additional))
+    return lambda picture: tagger.tag([picture], options)[0].text
+
+
 def build(engine: Engine, queue: JobQueue) -> None:
     from ui.common import error_html, job_error_message, progress_html, ui_owner, watch_job
 
@@ -216,6 +237,15 @@ def build(engine: Engine, queue: JobQueue) -> None:
         background = gr.ColorPicker("#ffffff", label=tr("Background for transparent pictures"),
                                     elem_id="preprocess-background")
     with gr.Row():
+        from ui.dataset.tag import model_choices
+
+        captioner = gr.Dropdown([(tr("None (copy existing captions)"), ""), *model_choices(engine)], value="",
+                                label=tr("Caption with"), elem_id="preprocess-caption-model")
+        tag_threshold = gr.Slider(0.0, 1.0, value=0.35, step=0.01, label=tr("Tag threshold"),
+                                  elem_id="preprocess-caption-threshold")
+        additional = gr.Textbox(label=tr("Additional tags (trigger word first)"), max_lines=1,
+                                elem_id="preprocess-caption-additional")
+    with gr.Row():
         run = gr.Button(tr("Preprocess"), variant="primary", elem_id="preprocess-run")
         stop = gr.Button(tr("Stop"), elem_id="preprocess-stop")
     progress = gr.HTML(elem_id="preprocess-progress")
@@ -225,7 +255,7 @@ def build(engine: Engine, queue: JobQueue) -> None:
         box.change(lambda on: gr.update(visible=on), inputs=box, outputs=row, show_progress="hidden")
 
     def start(src_dir, dst_dir, w, h, mode_value, flip_on, split_on, thr, ovl, focal_on, fw, ew, gw, auto_on,
-              lo, hi, rec, up_name, colour, request: gr.Request):
+              lo, hi, rec, up_name, colour, caption_model, caption_threshold, caption_extra, request: gr.Request):
 
         from core.dataset.focal import FocalWeights
         from core.dataset.preprocess import PreprocessOptions, check_folders
@@ -238,7 +268,8 @@ def build(engine: Engine, queue: JobQueue) -> None:
                 split_threshold=float(thr), overlap_ratio=float(ovl), focal=bool(focal_on),
                 focal_weights=FocalWeights(float(fw), float(ew), float(gw)), auto_size=bool(auto_on),
                 auto_min_dim=int(lo), auto_max_dim=int(hi), auto_max_area=int(hi) * int(hi), flip=bool(flip_on),
-                upscaler=up_name or None, recursive=bool(rec), background=fill)
+                upscaler=up_name or None, recursive=bool(rec), background=fill,
+                caption=captioner_for(engine, caption_model, caption_threshold, caption_extra))
         except (KilnError, ValueError) as exc:
             yield "", error_html(exc.message if isinstance(exc, KilnError) else str(exc), request)
             return
@@ -253,7 +284,8 @@ def build(engine: Engine, queue: JobQueue) -> None:
             yield "", report_html(job.result, request)
 
     run.click(start, inputs=[src, dst, width, height, mode, flip, split, threshold, overlap, focal, face_w,
-                             entropy_w, edges_w, auto, min_dim, max_dim, recursive, upscaler, background],
+                             entropy_w, edges_w, auto, min_dim, max_dim, recursive, upscaler, background,
+                             captioner, tag_threshold, additional],
               outputs=[progress, result], show_progress="hidden")
 
     def stop_mine(request: gr.Request) -> None:
