@@ -325,21 +325,22 @@ def _pair_text(key: str, value: Any, kind: type) -> str:
     return ",".join(str(n) for n in numbers)
 
 
-def parse_resolution(text: str | int | list | tuple | None) -> tuple[int, int] | None:
+def parse_resolution(text: str | int | list | tuple | None, label: str = "resolution") -> tuple[int, int] | None:
     """kohya's resolution text ("512" or "512,768") -> (width, height)."""
 
     if text is None:
         return None
-    numbers = [int(n) for n in _pair_text("resolution", text, int).split(",")]
+    numbers = [int(n) for n in _pair_text(label, text, int).split(",")]
     return (numbers[0], numbers[-1])
 
 
-def parse_face_crop_aug_range(text: str | list | tuple | None) -> tuple[float, float] | None:
+def parse_face_crop_aug_range(text: str | list | tuple | None,
+                              label: str = "face_crop_aug_range") -> tuple[float, float] | None:
     if text is None:
         return None
-    numbers = [float(n) for n in _pair_text("face_crop_aug_range", text, float).split(",")]
+    numbers = [float(n) for n in _pair_text(label, text, float).split(",")]
     if len(numbers) != 2:
-        raise KilnError(f"face_crop_aug_range: {text!r} needs two numbers", hint='e.g. "2.0,4.0"')
+        raise KilnError(f"{label}: {text!r} needs two numbers", hint='e.g. "2.0,4.0"')
     return (numbers[0], numbers[1])
 
 
@@ -674,9 +675,9 @@ _ARG_TO_DATASET = {"train_batch_size": "batch_size", "dataset_repeats": "num_rep
 def _check_spec_value(cls, key: str, value: Any, label: str) -> Any:
     hint = _hints(cls)[key]
     if key == "resolution":
-        return parse_resolution(value)
+        return parse_resolution(value, label)
     if key == "face_crop_aug_range":
-        return parse_face_crop_aug_range(value)
+        return parse_face_crop_aug_range(value, label)
     if key == "token_warmup_step":
         return _as_float(label, value)
     return coerce_value(key, value, hint, label=label)
