@@ -298,6 +298,7 @@ def test_lenient_spellings_kohya_accepts():
         "lr_warmup_steps": "10%", "optimizer_args": "weight_decay=0.1 betas=0.9,0.99", "caption_extention": ".txt",
         "optimizer_type": "", "lr_scheduler": "adafactor:0.001", "max_token_length": 75,
     })
+    assert config_from_dict({"lr_scheduler": "Cosine"})[0].lr_scheduler == "cosine"  # as seed 001 spells it
     assert unknown == []
     assert config.learning_rate == 1e-4 and config.max_train_epochs == 10 and config.mixed_precision == "fp16"
     assert config.resolution == "768,512" and config.lr_warmup_steps == 0.1

@@ -78,6 +78,8 @@ def test_optimizer_args_are_python_literals_and_reach_the_optimizer():
     assert parse_optimizer_args(["weight_decay=0.01", "betas=0.9,0.99", "decouple=True", "eps=None"]) == {
         "weight_decay": 0.01, "betas": (0.9, 0.99), "decouple": True, "eps": None}
     assert parse_optimizer_args({"weight_decay": 0.1}) == {"weight_decay": 0.1}
+    assert parse_optimizer_args(["decouple=false", "use_bias_correction=true", "algo=lion"]) == {
+        "decouple": False, "use_bias_correction": True, "algo": "lion"}
     assert parse_optimizer_args("weight_decay=0.01 betas=0.9,0.99") == {"weight_decay": 0.01, "betas": (0.9, 0.99)}
     model, _, _ = _problem()
     opt = build_optimizer("AdamW", model.parameters(), 1e-3, ["weight_decay=0.05", "betas=0.8,0.95"])
@@ -121,6 +123,7 @@ def test_adafactor_relative_step_rules():
     # kohya: relative_step defaults to True, lr becomes None, per-group LRs are dropped
     assert all(g["relative_step"] and g["lr"] is None for g in opt.param_groups)
     assert all(g[ADAFACTOR_INITIAL_LR_KEY] == 3e-4 for g in opt.param_groups)
+    assert groups[0]["lr"] == 1e-4  # the caller's groups are not modified
     opt = build_optimizer("Adafactor", model.parameters(), 3e-4, ["relative_step=False"])
     assert opt.param_groups[0]["relative_step"] is False and opt.param_groups[0]["lr"] == 3e-4
     # warmup_init needs relative_step: kohya turns it back on

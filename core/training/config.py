@@ -13,6 +13,7 @@ subset -> dataset -> general -> training config -> default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -209,7 +210,8 @@ KOHYA_ONLY_DEFAULTS: dict[str, Any] = {
     "validation_split": 0.0, "validate_every_n_steps": None, "validate_every_n_epochs": None,
     "max_validation_steps": None, "use_8bit_adam": False, "use_lion_optimizer": False,
     "debiased_estimation_loss": False, "weighted_captions": False, "scale_v_pred_loss_like_noise_pred": False,
-    "v_pred_like_loss": None, "max_train_epochs_in_steps": None,
+    "v_pred_like_loss": None, "deepspeed": False, "zero_stage": 2, "offload_optimizer_device": None,
+    "offload_optimizer_nvme_path": None, "offload_param_device": None, "offload_param_nvme_path": None,
 }
 
 
@@ -393,7 +395,7 @@ def coerce_value(key: str, value: Any, hint: Any, label: str | None = None) -> A
         result = "AdamW"
     if key in CHOICES:
         choices = CHOICES[key]
-        if isinstance(result, str) and key != "lr_scheduler":
+        if isinstance(result, str):
             match = [c for c in choices if isinstance(c, str) and c.lower() == result.lower()]
             result = match[0] if match else result
         if key == "lr_scheduler" and isinstance(result, str) and result.startswith("adafactor:"):
@@ -435,7 +437,7 @@ def config_from_dict(values: dict[str, Any], *, base: TrainConfig | None = None)
 
     flat, unknown = flatten_sections(values)
     hints = _hints(TrainConfig)
-    config = dataclasses.replace(base) if base is not None else TrainConfig()
+    config = copy.deepcopy(base) if base is not None else TrainConfig()
     updates: dict[str, Any] = {}
     # kohya's pre-optimizer_type switches, translated as its get_optimizer does.
     for switch, optimizer in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):

@@ -110,6 +110,10 @@ def parse_optimizer_args(optimizer_args: Iterable[str] | Mapping[str, Any] | Non
 def _literal(raw: str, key: str) -> Any:
     if raw == "":
         raise KilnError(f"optimizer_args: {key}= has no value", hint="e.g. weight_decay=0.01")
+    # TOML habits: true/false/none in lower case mean the Python literals (a string "false" would be truthy).
+    lowered = {"true": True, "false": False, "none": None}
+    if raw.lower() in lowered:
+        return lowered[raw.lower()]
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -248,9 +252,7 @@ def _build_adafactor(name: str, params: list, lr: float, kwargs: dict) -> torch.
     # LR only seeds the 'adafactor' scheduler, and per-group LRs (unet_lr, text_encoder_lr) are dropped.
     kwargs["relative_step"] = adafactor_relative_step(kwargs)
     if kwargs["relative_step"]:
-        for group in params:
-            if isinstance(group, dict):
-                group.pop("lr", None)
+        params = [{k: v for k, v in g.items() if k != "lr"} if isinstance(g, dict) else g for g in params]
         optimizer = _construct(name, Adafactor, params, None, kwargs)
         for group in optimizer.param_groups:
             group[ADAFACTOR_INITIAL_LR_KEY] = lr
