@@ -10,12 +10,16 @@ import pytest
 from core.errors import KilnError
 from core.training.config import (
     TrainConfig,
+    build_optimizer_for,
+    build_scheduler_for,
     config_from_dict,
+    config_guidance,
     config_help,
     config_to_toml,
     dataset_config_from_dict,
     load_config,
     load_dataset_config,
+    network_kind,
     parse_resolution,
     save_config,
     tomllib,  # stdlib on 3.11+, tomli on 3.10
@@ -455,3 +459,46 @@ def test_dataset_config_file_errors_name_the_file(tmp_path):
     with pytest.raises(KilnError) as info:
         load_dataset_config(path)
     assert str(path) in str(info.value) and "num_repeats" in str(info.value)
+
+
+# ---------------------------------------------------------------- helpers for the loop and the UI
+
+def test_learning_rates_follow_kohya():
+    assert TrainConfig(learning_rate=1e-4).learning_rates() == (None, None, 1e-4)
+    c = TrainConfig(learning_rate=1e-4, unet_lr=2e-4, text_encoder_lr=[1e-5, 2e-5])
+    assert c.learning_rates() == (2e-4, 1e-5, 1e-4)
+    assert TrainConfig(unet_lr=2e-4, network_train_unet_only=True).learning_rates()[:2] == (2e-4, 0.0)
+    assert TrainConfig(text_encoder_lr=1e-5, network_train_text_encoder_only=True).learning_rates()[:2] == (0.0, 1e-5)
+
+
+def test_optimizer_and_scheduler_from_a_config():
+    import torch
+
+    config, _ = config_from_dict({"optimizer_type": "SGDNesterov", "learning_rate": 0.1,
+                                  "optimizer_args": ["momentum=0.5"], "lr_scheduler": "linear",
+                                  "lr_warmup_steps": 0.2})
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer_for(config, [{"params": list(model.parameters()), "lr": 0.1}])
+    assert opt.param_groups[0]["momentum"] == 0.5 and opt.param_groups[0]["nesterov"]
+    sched = build_scheduler_for(config, opt, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.0, 0.05, 0.1]) and lrs[-1] == pytest.approx(0.0125)
+
+
+def test_config_guidance_rank_limits_and_optimizer_advice():
+    assert network_kind(TrainConfig(network_module="networks.lora")) == "lora"
+    assert network_kind(TrainConfig(network_args=["conv_dim=4", "conv_alpha=1"])) == "locon"
+    assert network_kind(TrainConfig(network_module="lycoris.kohya", network_args=["algo=loha"])) == "loha"
+    assert any("above the usual limit for lora (64)" in n for n in config_guidance(TrainConfig(network_dim=128)))
+    assert not any("limit" in n for n in config_guidance(TrainConfig(network_dim=64)))
+    loha = TrainConfig(network_module="lycoris.kohya", network_args=["algo='loha'"], network_dim=48)
+    assert any("loha (32)" in n for n in config_guidance(loha))
+    assert any("locon (12)" in n for n in config_guidance(TrainConfig(network_args=["conv_dim=8"], network_dim=16)))
+    prodigy = TrainConfig(optimizer_type="Prodigy", learning_rate=1.0, network_train_unet_only=True)
+    notes = config_guidance(prodigy)
+    assert any("1.0" in n for n in notes) and not any("too low" in n or "only the first" in n for n in notes)
+    assert any("1/3" in n for n in config_guidance(TrainConfig(optimizer_type="Lion", learning_rate=1e-4)))

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
@@ -31,7 +33,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
 
 from core.errors import KilnError
 from core.fileio import atomic_write_text
-from core.training.schedulers import SCHEDULERS
+from core.training.optimizers import build_optimizer, guidance
+from core.training.schedulers import SCHEDULERS, build_scheduler
 
 # The precision / attention / sampler choices sd-scripts' argparse accepts.
 SAMPLE_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver",
@@ -171,6 +174,24 @@ class TrainConfig:
 
     def effective_network_dim(self) -> int:
         return self.network_dim if self.network_dim is not None else 4
+
+    def learning_rates(self) -> tuple[float | None, float | None, float]:
+        """(unet_lr, text_encoder_lr, learning_rate) as kohya's prepare_optimizer_params takes them.
+
+        None falls back to learning_rate there; 0 leaves that part frozen. A list of Text Encoder
+        rates (SDXL, one per encoder) gives its first, as kohya does for single-rate networks.
+        ``network_train_unet_only`` / ``network_train_text_encoder_only`` freeze the other part.
+        """
+
+        te = self.text_encoder_lr
+        if isinstance(te, list):
+            te = te[0] if te else None
+        unet = self.unet_lr
+        if self.network_train_unet_only:
+            te = 0.0
+        if self.network_train_text_encoder_only:
+            unet = 0.0
+        return unet, te, self.learning_rate
 
 
 # Keys that always go into a saved config, so the file reads as a complete recipe.
@@ -583,6 +604,55 @@ def config_to_toml(config: TrainConfig) -> str:
             continue
         lines.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def build_optimizer_for(config: TrainConfig, params_or_groups) -> torch.optim.Optimizer:
+    """``build_optimizer`` with this config's optimizer_type, learning_rate and optimizer_args."""
+
+    return build_optimizer(config.optimizer_type, params_or_groups, config.learning_rate, config.optimizer_args)
+
+
+def build_scheduler_for(config: TrainConfig, optimizer: torch.optim.Optimizer, num_training_steps: int):
+    """``build_scheduler`` with this config's lr_scheduler, warmup, cycles, power and args."""
+
+    return build_scheduler(
+        config.lr_scheduler, optimizer, num_training_steps=num_training_steps,
+        lr_warmup_steps=config.lr_warmup_steps, lr_scheduler_num_cycles=config.lr_scheduler_num_cycles,
+        lr_scheduler_power=config.lr_scheduler_power, lr_scheduler_args=config.lr_scheduler_args)
+
+
+# Seed 001: "LoRA rank at most 64, LoHa at most 32, LoCon at most 12".
+RANK_ADVICE = {"lora": 64, "loha": 32, "locon": 12}
+
+
+def network_kind(config: TrainConfig) -> str:
+    """lora, locon, loha, lokr ... from network_module and network_args (algo=, conv_dim=)."""
+
+    args = {}
+    for entry in config.network_args or []:
+        key, _, value = entry.partition("=")
+        args[key.strip()] = value.strip().strip("'\"")
+    module = (config.network_module or "networks.lora").lower()
+    if "lycoris" in module:
+        return args.get("algo", "lora").lower()
+    return "locon" if "conv_dim" in args else "lora"
+
+
+def config_guidance(config: TrainConfig) -> list[str]:
+    """The seeds' advice for this config: rank limits per network kind, then the optimizer's."""
+
+    notes = []
+    kind = network_kind(config)
+    limit = RANK_ADVICE.get(kind)
+    dim = config.effective_network_dim()
+    if limit is not None and dim > limit:
+        notes.append(f"network_dim {dim} is above the usual limit for {kind} ({limit}): larger ranks mostly "
+                     "add size and overfitting; simple concepts need much less.")
+    unet_lr, te_lr, _ = config.learning_rates()
+    notes += guidance(config.optimizer_type, config.learning_rate, unet_lr=unet_lr, text_encoder_lr=te_lr,
+                      optimizer_args=config.optimizer_args, lr_scheduler=config.lr_scheduler,
+                      max_grad_norm=config.max_grad_norm)
+    return notes
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

@@ -319,7 +319,7 @@ def guidance(
         if effective is not None and effective <= 0.1:
             notes.append(f"learning rate {effective:g} is too low for {name}; kohya recommends about 1.0.")
         te = text_encoder_lr[0] if isinstance(text_encoder_lr, list) and text_encoder_lr else text_encoder_lr
-        lrs = {v for v in (unet_lr, te) if v is not None}
+        lrs = {v for v in (unet_lr, te) if v}  # 0 freezes a part: not a second rate
         if len(lrs) > 1:
             notes.append(f"{name} uses only the first learning rate when U-Net and Text Encoder rates differ.")
     if key == "adafactor":
