@@ -502,3 +502,5 @@ def test_config_guidance_rank_limits_and_optimizer_advice():
     notes = config_guidance(prodigy)
     assert any("1.0" in n for n in notes) and not any("too low" in n or "only the first" in n for n in notes)
     assert any("1/3" in n for n in config_guidance(TrainConfig(optimizer_type="Lion", learning_rate=1e-4)))
+    both = TrainConfig(dataset_config="ds.toml", train_data_dir="img")
+    assert any("train_data_dir and reg_data_dir are ignored" in n for n in config_guidance(both))

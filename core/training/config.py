@@ -642,6 +642,8 @@ def config_guidance(config: TrainConfig) -> list[str]:
     """The seeds' advice for this config: rank limits per network kind, then the optimizer's."""
 
     notes = []
+    if config.dataset_config and (config.train_data_dir or config.reg_data_dir):
+        notes.append("dataset_config is set, so train_data_dir and reg_data_dir are ignored (as in kohya).")
     kind = network_kind(config)
     limit = RANK_ADVICE.get(kind)
     dim = config.effective_network_dim()
