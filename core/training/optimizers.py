@@ -308,11 +308,10 @@ def guidance(
     key = name.lower()
     lr = learning_rate
     notes: list[str] = []
-    if key in ("lion", "lion8bit", "dadaptlion"):
-        if key != "dadaptlion":
-            notes.append("Lion overfits more easily than AdamW: use about 1/3 of the AdamW learning rate.")
-            if lr is not None and lr >= 1e-4:
-                notes.append(f"learning_rate {lr:g} is an AdamW-sized rate; for Lion try about {lr / 3:.2g}.")
+    if key in ("lion", "lion8bit"):  # seed 004: Lion overfits more easily, LR about 1/3
+        notes.append("Lion overfits more easily than AdamW: use about 1/3 of the AdamW learning rate.")
+        if lr is not None and lr >= 1e-4:
+            notes.append(f"learning_rate {lr:g} is an AdamW-sized rate; for Lion try about {lr / 3:.2g}.")
     if is_adaptive(name):
         notes.append(f"{name} adapts its own step size: set learning_rate (and unet_lr / text_encoder_lr) to 1.0.")
         effective = unet_lr if unet_lr is not None else lr
