@@ -214,3 +214,54 @@ def test_training_runs_as_a_queue_job_and_stop_and_save_keeps_a_file(tmp_path):
         assert any(a.kind == "lora" for a in running.artifacts) and snapshot is not None
     finally:
         queue.shutdown()
+
+
+def _toml(tmp_path: Path, checkpoint: Path, **extra) -> Path:
+    lines = [f'pretrained_model_name_or_path = "{checkpoint}"', f'train_data_dir = "{tmp_path / "train"}"',
+             f'output_dir = "{tmp_path / "out"}"', 'output_name = "teal"', 'resolution = "32,32"',
+             "network_module = \"networks.lora\"", "network_dim = 2", "network_alpha = 1",
+             "learning_rate = 0.001", "unet_lr = 0.001", "text_encoder_lr = 0.0005", "train_batch_size = 2",
+             "max_train_epochs = 2", "save_every_n_epochs = 1", 'caption_extension = ".txt"', "seed = 7",
+             'optimizer_type = "AdamW"', 'lr_scheduler = "cosine"', "lr_warmup_steps = 0.1",
+             "shuffle_caption = true", "keep_tokens = 1"]
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_kohya_toml_trains_headless(checkpoint, tmp_path, capsys):
+    from core.training.__main__ import main
+
+    _dataset(tmp_path)
+    assert main([str(_toml(tmp_path, checkpoint))]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == [str(tmp_path / "out" / "teal-000001.safetensors"), str(tmp_path / "out" / "teal.safetensors")]
+    assert "step 6/6" in out.err
+    with safe_open(tmp_path / "out" / "teal.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_lr_scheduler"] == "cosine" and meta["ss_shuffle_caption"] == "True"
+    assert meta["ss_keep_tokens"] == "1" and meta["ss_text_encoder_lr"] == "0.0005"
+
+
+def test_options_kiln_lacks_are_listed_not_ignored(checkpoint, tmp_path, capsys):
+    from core.training.__main__ import main
+
+    _dataset(tmp_path)
+    config = _toml(tmp_path, checkpoint, color_aug="true", mixed_precision='"fp16"', typo_key="1")
+    assert main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "typo_key" in err and "Kiln would not apply" in err
+    config = _toml(tmp_path, checkpoint, color_aug="true", mixed_precision='"fp16"')
+    assert main([str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "color_aug = True" in err and "mixed_precision" in err
+    assert not (tmp_path / "out" / "teal.safetensors").exists()
+    assert main([str(config), "--allow-unsupported"]) == 0
+
+
+def test_help_lists_every_key():
+    from core.training.__main__ import build_parser
+
+    text = build_parser().format_help()
+    assert "network_dim" in text and "lr_scheduler_num_cycles" in text and "caption_extension" in text

@@ -57,6 +57,9 @@ class LoraJob:
     ignore_check_errors: bool = False
     training_comment: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # ss_* values the config layer adds
+    # Built from the config (optimizer_args, warmup, cycles...); None: optimizer_type / lr_scheduler plain.
+    make_optimizer: Callable[[list[dict]], Any] | None = field(default=None, compare=False)
+    make_scheduler: Callable[[Any, int], Any] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -69,28 +72,20 @@ class Hooks:
     on_file: Callable[[Path, int], None] | None = None  # each saved LoRA, with its epoch
 
 
-def _default_optimizer(job: LoraJob):
-    def make(groups: list[dict]) -> torch.optim.Optimizer:
-        try:
-            from core.training.optimizers import build_optimizer
-        except ImportError:  # the optimizer registry of [4/8] not present: torch's AdamW, kohya's default
-            if job.optimizer_type.lower() != "adamw":
-                raise KilnError(f"optimizer {job.optimizer_type} is not available in this build") from None
-            return torch.optim.AdamW(groups, lr=job.learning_rate)
-        return build_optimizer(job.optimizer_type, groups, job.learning_rate)
-    return make
+def _optimizer_factory(job: LoraJob):
+    if job.make_optimizer is not None:
+        return job.make_optimizer
+    from core.training.optimizers import build_optimizer
+
+    return lambda groups: build_optimizer(job.optimizer_type, groups, job.learning_rate)
 
 
-def _default_scheduler(job: LoraJob):
-    def make(optimizer, total: int):
-        try:
-            from core.training.schedulers import build_scheduler
-        except ImportError:
-            if job.lr_scheduler != "constant":
-                raise KilnError(f"lr_scheduler {job.lr_scheduler} is not available in this build") from None
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        return build_scheduler(job.lr_scheduler, optimizer, num_training_steps=total)
-    return make
+def _scheduler_factory(job: LoraJob):
+    if job.make_scheduler is not None:
+        return job.make_scheduler
+    from core.training.schedulers import build_scheduler
+
+    return lambda optimizer, total: build_scheduler(job.lr_scheduler, optimizer, num_training_steps=total)
 
 
 def output_paths(output: OutputOptions, epochs: int) -> list[Path]:
@@ -196,7 +191,7 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
     if job.data.random_crop and loop.cache_latents:
         raise KilnError("cache_latents cannot be used with random_crop (the crop changes every epoch)",
                         hint="turn one of them off, as kohya requires")
-    trainer = LoraTrainer(model, network, data, loop, _default_optimizer(job), _default_scheduler(job),
+    trainer = LoraTrainer(model, network, data, loop, _optimizer_factory(job), _scheduler_factory(job),
                           (job.unet_lr, job.text_encoder_lr, job.learning_rate))
     epochs = -(-trainer.total // trainer.steps_per_epoch)
     out = job.output

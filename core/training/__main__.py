@@ -1,0 +1,99 @@
+"""``python -m core.training CONFIG.toml``: a kohya config trained headless, with a progress bar.
+
+The same TOML the Train tab saves and loads (sd-scripts' argument names, flat or in sections).
+Exit status 0 when the files were written, 1 on a problem (its message on stderr), 130 when
+interrupted (the run saves what it has and a state to resume from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve_checkpoint(name: str | None, ckpt_dir: Path) -> Path:
+    """``pretrained_model_name_or_path`` as a path, or a file name in the checkpoint folder (or the
+    built-in model's folder); kohya's Hugging Face ids cannot be fetched here and say so."""
+    from core.errors import KilnError
+
+    if not name:
+        raise KilnError("pretrained_model_name_or_path is not set", hint="the base checkpoint (.safetensors)")
+    for candidate in (Path(name), ckpt_dir / name, REPO / "models" / "Stable-diffusion" / name):
+        if candidate.is_file():
+            return candidate
+        if candidate.with_suffix(".safetensors").is_file():
+            return candidate.with_suffix(".safetensors")
+    raise KilnError(f"base checkpoint {name!r} not found", path=ckpt_dir,
+                    hint="give a .safetensors file path or a name in models/Stable-diffusion (no model hub here)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.training.config import config_help
+
+    parser = argparse.ArgumentParser(prog="python -m core.training", description=__doc__,
+                                     epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a kohya training TOML (sd-scripts' argument names)")
+    parser.add_argument("--data-dir", default=None, help="Kiln's data folder, as the app's --data-dir")
+    parser.add_argument("--allow-unsupported", action="store_true",
+                        help="train even when the config sets options Kiln's trainer does not have (listed)")
+    parser.add_argument("--ignore-check-errors", action="store_true",
+                        help="train even when the dataset check finds errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.dataset.__main__ import kiln_paths
+    from core.errors import KilnError
+    from core.models.checkpoint import load_checkpoint
+    from core.training.config import config_guidance, load_config, unknown_key_messages
+    from core.training.from_config import lora_job, model_mismatches
+    from core.training.lora import Hooks, train_lora
+
+    args = build_parser().parse_args(argv)
+    try:
+        config, unknown = load_config(args.config)
+        blocking = []
+        for line in unknown_key_messages(unknown, args.config):
+            print(f"warning: {line}", file=sys.stderr)
+            if "no effect" not in line:
+                blocking.append(line.split(":")[0])
+        if blocking and not args.allow_unsupported:
+            raise KilnError(f"the config has keys Kiln would not apply: {', '.join(blocking)}",
+                            hint="fix or remove them, or pass --allow-unsupported to train without them")
+        for line in config_guidance(config):
+            print(f"note: {line}", file=sys.stderr)
+        paths = kiln_paths(args)
+        job = lora_job(config, default_output_dir=paths.lora_dir, allow_unsupported=args.allow_unsupported,
+                       ignore_check_errors=args.ignore_check_errors)
+        model = load_checkpoint(resolve_checkpoint(config.pretrained_model_name_or_path, paths.ckpt_dir))
+        for line in model_mismatches(config, model.spec):
+            print(f"note: {line}", file=sys.stderr)
+        started = time.monotonic()
+
+        def show(report) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed / report.global_step * (report.total_steps - report.global_step)
+            line = (f"\rstep {report.global_step}/{report.total_steps} epoch {report.epoch} "
+                    f"loss {report.loss:.4f} avg {report.average_loss:.4f} lr {report.lr:.3g} "
+                    f"{report.global_step / elapsed:.2f} it/s ETA {eta:.0f}s")
+            print(line, end="", file=sys.stderr, flush=True)
+        files = train_lora(job, model, Hooks(on_step=show, on_file=lambda p, e: print(f"\nsaved {p}",
+                                                                                       file=sys.stderr)))
+        print(file=sys.stderr)
+        for path in files:
+            print(path)
+        return 0
+    except KilnError as exc:
+        print(f"\nerror: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
