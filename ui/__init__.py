@@ -33,6 +33,8 @@ from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
+from ui.train import STRINGS as TRAIN_STRINGS
+from ui.train import build_train_tab
 from ui.txt2img import build_txt2img_tab, wire_txt2img
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
-                                                                     *extra_tables))}
+                                                                     TRAIN_STRINGS, *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
@@ -72,6 +74,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
             if subtabs():
                 with gr.Tab(t("Dataset"), id="dataset", elem_id="tab-dataset"):
                     build_dataset_tab(engine, queue)
+            with gr.Tab(I18nData("Train"), id="train", elem_id="tab-train"):
+                build_train_tab(engine, queue)
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
