@@ -265,3 +265,28 @@ def test_help_lists_every_key():
 
     text = build_parser().format_help()
     assert "network_dim" in text and "lr_scheduler_num_cycles" in text and "caption_extension" in text
+
+
+def test_diffusers_load_lora_weights_reads_the_file_as_kiln_trained_it(checkpoint, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    model = load_checkpoint(checkpoint)
+    _dataset(tmp_path)
+    path = train_lora(_job(tmp_path), model)[-1]
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 77, model.text_encoders[0].config.hidden_size, generator=torch.Generator().manual_seed(1))
+    network = LoRANetwork(model.unet, model.text_encoders, "sd1", NetworkSpec(network_dim=2, network_alpha=1.0),
+                          model.spec.unet_config)
+    network.load_kohya_state_dict(load_file(path))
+    with torch.no_grad():
+        base = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+        with network.attached():
+            kiln = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+    pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0],
+                                   unet=model.unet, scheduler=DDIMScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+    with torch.no_grad():
+        diffusers_out = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+    assert (kiln - base).abs().max() > 1e-3  # the LoRA does something
+    assert torch.allclose(diffusers_out, kiln, atol=1e-5)
