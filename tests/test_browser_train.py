@@ -35,6 +35,8 @@ def test_train_a_lora_from_the_train_tab(server, browser, tmp_path):  # noqa: F8
     _fill(page, "train-network-dim", 4)
     _fill(page, "train-epochs", 2)
     _fill(page, "train-batch", 2)
+    (tmp_path / "prompts.txt").write_text("a teal circle on a white background --d 3 --s 6\n", encoding="utf-8")
+    _fill(page, "train-sample-prompts", tmp_path / "prompts.txt")
     _fill(page, "train-learning-rate", "abc")
     page.locator("#train-start").click()
     page.wait_for_function("() => document.querySelector('#train-message').innerText.includes('learning_rate')")
@@ -50,6 +52,8 @@ def test_train_a_lora_from_the_train_tab(server, browser, tmp_path):  # noqa: F8
     assert meta["ss_output_name"] == "teal-ui" and meta["ss_num_train_images"] == "2"
     assert "teal-ui.safetensors" in page.locator("#train-files").inner_text()
     page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
+    assert len(list((tmp_path / "out" / "sample").glob("teal-ui_e00000*.png"))) == 2
+    page.wait_for_selector("#train-samples img")
     page.wait_for_timeout(1500)  # the chart draws its lines after its axes
     page.screenshot(path=str(ARTIFACTS / "train-tab.png"), full_page=True)
     page.close()

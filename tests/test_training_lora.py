@@ -290,3 +290,52 @@ def test_diffusers_load_lora_weights_reads_the_file_as_kiln_trained_it(checkpoin
         diffusers_out = model.unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
     assert (kiln - base).abs().max() > 1e-3  # the LoRA does something
     assert torch.allclose(diffusers_out, kiln, atol=1e-5)
+
+
+def test_sample_prompt_lines_as_kohya_writes_them(tmp_path):
+    from core.training.samples import parse_prompt_line, read_sample_prompts, sampler_name
+
+    p = parse_prompt_line("a teal circle, (masterpiece:1.2) --n blurry, lowres --w 64 --h 48 --d 5 --l 6.5 --s 12")
+    assert (p.prompt, p.negative_prompt, p.width, p.height, p.seed, p.cfg_scale, p.steps) == (
+        "a teal circle, (masterpiece:1.2)", "blurry, lowres", 64, 48, 5, 6.5, 12)
+    (tmp_path / "p.txt").write_text("# comment\n\na red square\n", encoding="utf-8")
+    assert [q.prompt for q in read_sample_prompts(tmp_path / "p.txt")] == ["a red square"]
+    assert sampler_name("euler_a") == "Euler a" and sampler_name("ddim") == "DDIM"
+    with pytest.raises(KilnError):
+        parse_prompt_line("x --w big")
+
+
+def test_samples_come_from_the_pipeline_with_the_lora_attached(tmp_path):
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.settings import Settings
+    from core.training.jobs import training_job
+    from core.training.samples import SamplePrompt
+
+    write_tiny_checkpoint(tmp_path / "data", "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path / "data")]), tmp_path / "data")
+    engine, queue = Engine(settings), JobQueue()
+    _dataset(tmp_path)
+    base = _job(tmp_path)
+    job = LoraJob(**{**base.__dict__, "sample_prompts": (SamplePrompt("teal star", width=32, height=32, steps=3,
+                                                                      seed=1),),
+                     "sample_every_n_epochs": 1, "sample_sampler": "euler"})
+    try:
+        running = queue.submit(training_job(engine, job), "LoRA teal", "user:ann", kind="train")
+        running.wait(300)
+        samples = sorted((tmp_path / "out" / "sample").glob("teal_e*.png"))
+        assert [p.name[:12] for p in samples] == ["teal_e000001", "teal_e000002"]
+        assert [a.kind for a in running.artifacts].count("sample") == 2
+        # the same prompt without the LoRA (plain base model afterwards) differs from the last sample
+        from core.generation.params import GenerationParams
+
+        plain = queue.run(lambda ctx: engine.txt2img(GenerationParams(prompt="teal star", width=32, height=32,
+                                                                     steps=3, seed=1, cfg_scale=7.5,
+                                                                     sampler_name="Euler", save_images=False),
+                                                    ctx), timeout=120).images[0].image
+        import numpy as np
+
+        assert not np.array_equal(np.asarray(plain), np.asarray(Image.open(samples[-1])))
+    finally:
+        queue.shutdown()

@@ -52,6 +52,10 @@ ZH = {
     "Min SNR gamma": "最小信噪比 gamma (min_snr_gamma)",
     "Save training state (save_state)": "保存训练状态 (save_state)",
     "Resume from a state (resume)": "从训练状态继续 (resume)",
+    "Sample prompts file (sample_prompts)": "预览提示词文件 (sample_prompts)",
+    "Sample every N epochs": "每 N 轮生成预览图 (sample_every_n_epochs)",
+    "Sample sampler": "预览图采样器 (sample_sampler)",
+    "Samples": "预览图",
     "Train anyway when the dataset check finds errors": "数据集检查发现错误时仍然训练",
     "Train without the options Kiln does not have": "忽略 Kiln 不支持的选项继续训练",
     "Start training": "开始训练",
@@ -79,14 +83,16 @@ FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "ou
           "network_dim", "network_alpha", "conv_dim", "learning_rate", "unet_lr", "text_encoder_lr",
           "optimizer_type", "lr_scheduler", "lr_warmup_steps", "max_train_epochs", "train_batch_size", "resolution",
           "enable_bucket", "save_every_n_epochs", "caption_extension", "shuffle_caption", "keep_tokens", "flip_aug",
-          "seed", "clip_skip", "noise_offset", "min_snr_gamma", "save_state", "resume")
+          "seed", "clip_skip", "noise_offset", "min_snr_gamma", "save_state", "resume", "sample_prompts",
+          "sample_every_n_epochs", "sample_sampler")
 # The tab's starting values: the seeds' usual LoRA (kohya's CLI defaults are for DreamBooth).
 UI_DEFAULTS = {"network_dim": 32, "network_alpha": 16, "conv_dim": 0, "learning_rate": "1e-4", "unet_lr": "1e-4",
                "text_encoder_lr": "5e-5", "optimizer_type": "AdamW", "lr_scheduler": "cosine_with_restarts",
                "lr_warmup_steps": "0", "max_train_epochs": 10, "train_batch_size": 1, "resolution": "512,512",
                "enable_bucket": True, "save_every_n_epochs": 1, "caption_extension": ".txt", "shuffle_caption": True,
                "keep_tokens": 1, "flip_aug": False, "seed": 42, "clip_skip": 1, "noise_offset": 0.0,
-               "min_snr_gamma": 0.0, "save_state": False, "resume": "", "output_name": "my-lora", "reg_data_dir": "",
+               "min_snr_gamma": 0.0, "save_state": False, "resume": "", "sample_prompts": "",
+               "sample_every_n_epochs": 1, "sample_sampler": "euler_a", "output_name": "my-lora", "reg_data_dir": "",
                "train_data_dir": "", "output_dir": ""}
 
 
@@ -200,6 +206,15 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
                 widgets["save_state"] = gr.Checkbox(False, label=tr("Save training state (save_state)"))
             widgets["resume"] = gr.Textbox("", label=tr("Resume from a state (resume)"))
             with gr.Row():
+                from core.training.samples import KOHYA_SAMPLERS
+
+                widgets["sample_prompts"] = gr.Textbox("", label=tr("Sample prompts file (sample_prompts)"),
+                                                       elem_id="train-sample-prompts", scale=3)
+                widgets["sample_every_n_epochs"] = gr.Number(d["sample_every_n_epochs"], precision=0, minimum=0,
+                                                             label=tr("Sample every N epochs"))
+                widgets["sample_sampler"] = gr.Dropdown(list(KOHYA_SAMPLERS), value=d["sample_sampler"],
+                                                        label=tr("Sample sampler"))
+            with gr.Row():
                 ignore_checks = gr.Checkbox(False, label=tr("Train anyway when the dataset check finds errors"),
                                             elem_id="train-ignore-checks")
                 allow_unsupported = gr.Checkbox(False, label=tr("Train without the options Kiln does not have"))
@@ -217,6 +232,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
             plot = gr.LinePlot(x="step", y="loss", color="kind", label=tr("Loss"), elem_id="train-loss-plot",
                                height=260)
             files = gr.Markdown(elem_id="train-files")
+            samples = gr.Gallery(label=tr("Samples"), columns=4, height=220, elem_id="train-samples")
 
     names = list(FIELDS)
     inputs = [widgets[name] for name in names]
@@ -256,7 +272,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
             job_spec = lora_job(config, default_output_dir=engine.settings.paths.lora_dir, allow_unsupported=bool(allow),
                                 ignore_check_errors=bool(ignore))
         except KilnError as exc:
-            yield "", error_html(exc.message, request), gr.update(), ""
+            yield "", error_html(exc.message, request), gr.update(), "", gr.update()
             return
         job = queue.submit(training_job(engine, job_spec, title or None), f"LoRA {config.effective_output_name()}",
                            ui_owner(request), kind="train")
@@ -264,16 +280,16 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
             note = (S.say("Paused: short jobs of others are running between epochs.", request)
                     if status.snapshot is not None and status.snapshot.state == "paused" else "")
             saved = "\n".join(f"- {html.escape(a.label)}" for a in job.artifacts if a.kind == "lora")
-            yield progress_html(status, request), note, _frame(loss_rows(job)), saved
+            yield progress_html(status, request), note, _frame(loss_rows(job)), saved, sample_items(job)
         error = job_error_message(job)
         saved = "\n".join(f"- `{p}`" for p in (job.result or []))
         if error:
-            yield "", error_html(error, request), _frame(loss_rows(job)), saved
+            yield "", error_html(error, request), _frame(loss_rows(job)), saved, sample_items(job)
         else:
             yield "", S.say("Training finished: {n} files.", request, n=len(job.result or [])), \
-                _frame(loss_rows(job)), saved
+                _frame(loss_rows(job)), saved, sample_items(job)
 
-    start.click(on_start, {*inputs, ignore_checks, allow_unsupported}, [progress, message, plot, files],
+    start.click(on_start, {*inputs, ignore_checks, allow_unsupported}, [progress, message, plot, files, samples],
                 show_progress="hidden")
 
     def on_stop(request: gr.Request) -> None:
@@ -320,6 +336,18 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
         return updates + [text]
 
     load_config.click(on_load, [config_path], [*inputs, message])
+
+
+def sample_items(job) -> list[tuple[Any, str]]:
+    """The samples as pictures (their folder may be anywhere on the server, outside what the page serves)."""
+    from PIL import Image
+
+    items = []
+    for artifact in job.artifacts:
+        if artifact.kind == "sample" and artifact.path:
+            with Image.open(artifact.path) as image:
+                items.append((image.copy(), artifact.label))
+    return items
 
 
 def _frame(rows: list[dict[str, Any]]):

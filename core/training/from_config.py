@@ -23,6 +23,7 @@ from core.training.data import DataOptions
 from core.training.loop import LoopOptions
 from core.training.lora import LoraJob, OutputOptions
 from core.training.network import NetworkSpec
+from core.training.samples import read_sample_prompts
 
 # Keys that only tune kohya's own machinery and change nothing in what is trained.
 NO_EFFECT = {"max_data_loader_n_workers", "persistent_data_loader_workers", "lowram", "highvram", "vae_batch_size",
@@ -40,7 +41,7 @@ USED = {
     "lr_scheduler_args", "output_dir", "output_name", "save_precision", "save_every_n_epochs", "save_state",
     "resume", "train_batch_size", "max_train_steps", "max_train_epochs", "gradient_accumulation_steps", "seed",
     "clip_skip", "max_token_length", "noise_offset", "min_snr_gamma", "v2", "v_parameterization",
-    "zero_terminal_snr", "mixed_precision",
+    "zero_terminal_snr", "mixed_precision", "sample_prompts", "sample_every_n_epochs", "sample_sampler",
 }
 
 
@@ -138,6 +139,8 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                    optimizer_type=config.optimizer_type, lr_scheduler=config.lr_scheduler,
                    resume=Path(config.resume) if config.resume else None, ignore_check_errors=ignore_check_errors,
                    training_comment=config.training_comment,
+                   sample_prompts=tuple(read_sample_prompts(config.sample_prompts)) if config.sample_prompts else (),
+                   sample_every_n_epochs=config.sample_every_n_epochs, sample_sampler=config.sample_sampler,
                    make_optimizer=lambda groups: build_optimizer_for(config, groups),
                    make_scheduler=lambda optimizer, total: build_scheduler_for(config, optimizer, total),
                    extra_metadata={"lr_warmup_steps": config.lr_warmup_steps,

@@ -33,8 +33,39 @@ def training_job(engine: Any, job: LoraJob, checkpoint: str | None = None):
         def on_file(path, epoch: int) -> None:
             ctx.add_artifact("lora", f"{path.name} (epoch {epoch})", path=str(path))
 
+        def sample(prompts) -> list:
+            return sample_pictures(engine, prompts, job, checkpoint)
+
+        def on_sample(path, epoch: int) -> None:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                ctx.set_preview(image.copy())
+            ctx.add_artifact("sample", f"{path.name} (epoch {epoch})", path=str(path))
+
         with engine.lease(checkpoint) as model:
             files = train_lora(job, model, Hooks(on_step=on_step, should_stop=lambda: ctx.stop_requested,
-                                                 pause=ctx.pause_point, on_file=on_file))
+                                                 pause=ctx.pause_point, on_file=on_file, sample=sample,
+                                                 on_sample=on_sample))
         return [str(p) for p in files]
     return run
+
+
+def sample_pictures(engine: Any, prompts: list, job: LoraJob, checkpoint: str | None) -> list:
+    """kohya's sample prompts through Kiln's txt2img on the worker, on the leased model (the
+    trainer has the LoRA attached around this call); progress stays the training job's."""
+    from core.generation.params import GenerationParams
+    from core.jobs import Job, JobContext
+    from core.training.samples import sampler_name
+
+    images = []
+    width, height = job.data.resolution
+    private = JobContext(Job(id="sample", description="training sample", fn=lambda ctx: None, kind="generate"))
+    for prompt in prompts:
+        params = GenerationParams(
+            prompt=prompt.prompt, negative_prompt=prompt.negative_prompt, width=prompt.width or width,
+            height=prompt.height or height, steps=prompt.steps, cfg_scale=prompt.cfg_scale,
+            seed=prompt.seed if prompt.seed is not None else job.loop.seed, sampler_name=sampler_name(job.sample_sampler),
+            save_images=False, checkpoint=checkpoint)
+        images += [g.image for g in engine.txt2img(params, private).images]
+    return images

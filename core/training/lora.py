@@ -60,6 +60,9 @@ class LoraJob:
     # Built from the config (optimizer_args, warmup, cycles...); None: optimizer_type / lr_scheduler plain.
     make_optimizer: Callable[[list[dict]], Any] | None = field(default=None, compare=False)
     make_scheduler: Callable[[Any, int], Any] | None = field(default=None, compare=False)
+    sample_prompts: tuple[Any, ...] = ()  # core.training.samples.SamplePrompt
+    sample_every_n_epochs: int | None = None
+    sample_sampler: str = "ddim"  # kohya's name (core.training.samples.KOHYA_SAMPLERS)
 
 
 @dataclass
@@ -70,6 +73,9 @@ class Hooks:
     should_stop: Callable[[], bool] | None = None
     pause: Callable[[], None] | None = None
     on_file: Callable[[Path, int], None] | None = None  # each saved LoRA, with its epoch
+    # Pictures for sample prompts, made while the LoRA is attached (the queue job passes the engine's txt2img).
+    sample: Callable[[list[Any]], list[Any]] | None = None
+    on_sample: Callable[[Path, int], None] | None = None
 
 
 def _optimizer_factory(job: LoraJob):
@@ -228,8 +234,25 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
         if hooks.on_step is not None:
             hooks.on_step(report)
 
+    def make_samples(epoch: int) -> None:
+        if not (job.sample_prompts and job.sample_every_n_epochs and hooks.sample is not None):
+            return
+        if epoch % job.sample_every_n_epochs and epoch != epochs:
+            return
+        folder = out.output_dir / "sample"
+        folder.mkdir(parents=True, exist_ok=True)
+        with network.attached(), torch.no_grad():
+            images = hooks.sample(list(job.sample_prompts))
+        stamp = time.strftime("%Y%m%d%H%M%S")
+        for i, image in enumerate(images):
+            path = folder / f"{out.output_name}_e{epoch:06d}_{i:02d}_{stamp}.png"  # kohya's sample names
+            image.save(path)
+            if hooks.on_sample is not None:
+                hooks.on_sample(path, epoch)
+
     def on_epoch_end(epoch: int, steps: int) -> None:
         log.flush()
+        make_samples(epoch)
         if out.save_every_n_epochs and epoch % out.save_every_n_epochs == 0 and epoch < epochs:
             save(out.output_dir / f"{out.output_name}-{epoch:06d}.safetensors", epoch, steps)
             if out.save_state:
