@@ -339,3 +339,46 @@ def test_samples_come_from_the_pipeline_with_the_lora_attached(tmp_path):
         assert not np.array_equal(np.asarray(plain), np.asarray(Image.open(samples[-1])))
     finally:
         queue.shutdown()
+
+
+def test_multires_noise_is_unit_std_and_seeded():
+    import random
+
+    from core.training.loop import pyramid_noise
+
+    base = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = pyramid_noise(base, 6, 0.3, random.Random(1), torch.Generator().manual_seed(2))
+    b = pyramid_noise(base, 6, 0.3, random.Random(1), torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and abs(float(a.std()) - 1.0) < 1e-5 and not torch.allclose(a, base)
+
+
+def test_network_weights_continue_from_a_lora(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    _dataset(tmp_path / "a")
+    first = train_lora(_job(tmp_path / "a"), model)[-1]
+    _dataset(tmp_path / "b")
+    job = _job(tmp_path / "b", network_weights=first, loop={"multires_noise_iterations": 4})
+    job = LoraJob(**{**job.__dict__, "learning_rate": 1e-12, "loop": LoopOptions(train_batch_size=2, max_train_steps=1,
+                                                                                  multires_noise_iterations=4)})
+    second = load_file(train_lora(job, model)[-1])
+    start = load_file(first)
+    assert all(torch.allclose(start[k], second[k], atol=1e-6) for k in start)
+
+
+def test_latents_cached_to_disk_are_reused_and_invalidated_when_the_picture_changes(checkpoint, tmp_path):
+    import numpy as np
+
+    model = load_checkpoint(checkpoint)
+    _dataset(tmp_path)
+    job = _job(tmp_path, loop={"cache_latents_to_disk": True}, output={"overwrite": True})
+    whole = load_file(train_lora(job, model)[-1])
+    npz = tmp_path / "train" / "2_teal star" / "0.npz"
+    with np.load(npz) as data:
+        assert data["latents"].shape[0] == 4 and list(data["original_size"]) == [32, 32]
+        first = data["latents"].copy()
+    again = load_file(train_lora(job, model)[-1])  # from the .npz files: the same weights
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "train" / "2_teal star" / "0.png")
+    train_lora(job, model)
+    with np.load(npz) as data:
+        assert not np.array_equal(first, data["latents"])  # the changed picture was encoded again

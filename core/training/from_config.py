@@ -42,6 +42,7 @@ USED = {
     "resume", "train_batch_size", "max_train_steps", "max_train_epochs", "gradient_accumulation_steps", "seed",
     "clip_skip", "max_token_length", "noise_offset", "min_snr_gamma", "v2", "v_parameterization",
     "zero_terminal_snr", "mixed_precision", "sample_prompts", "sample_every_n_epochs", "sample_sampler",
+    "multires_noise_iterations", "multires_noise_discount", "network_weights", "cache_latents_to_disk",
 }
 
 
@@ -125,9 +126,12 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                        max_train_steps=config.max_train_steps,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                        max_grad_norm=config.max_grad_norm, noise_offset=config.noise_offset or 0.0,
+                       multires_noise_iterations=config.multires_noise_iterations,
+                       multires_noise_discount=config.multires_noise_discount,
                        min_snr_gamma=config.min_snr_gamma, prior_loss_weight=config.prior_loss_weight,
                        clip_skip=config.clip_skip or 1, max_token_length=config.max_token_length or 75,
                        seed=config.seed if config.seed is not None else 42, cache_latents=not config.random_crop,
+                       cache_latents_to_disk=config.cache_latents_to_disk and not config.random_crop,
                        flip_aug=config.flip_aug)
     output = OutputOptions(output_dir=Path(config.output_dir) if config.output_dir else default_output_dir,
                            output_name=config.effective_output_name(),
@@ -137,7 +141,8 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                    reg_data_dir=Path(config.reg_data_dir) if config.reg_data_dir else None, output=output,
                    data=data, network=network, loop=loop, learning_rate=lr, unet_lr=unet_lr, text_encoder_lr=te_lr,
                    optimizer_type=config.optimizer_type, lr_scheduler=config.lr_scheduler,
-                   resume=Path(config.resume) if config.resume else None, ignore_check_errors=ignore_check_errors,
+                   resume=Path(config.resume) if config.resume else None,
+                   network_weights=Path(config.network_weights) if config.network_weights else None, ignore_check_errors=ignore_check_errors,
                    training_comment=config.training_comment,
                    sample_prompts=tuple(read_sample_prompts(config.sample_prompts)) if config.sample_prompts else (),
                    sample_every_n_epochs=config.sample_every_n_epochs, sample_sampler=config.sample_sampler,

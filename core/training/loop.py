@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.dataset.caption_rules import process_caption
@@ -44,12 +45,15 @@ class LoopOptions:
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     noise_offset: float = 0.0
+    multires_noise_iterations: int | None = None
+    multires_noise_discount: float = 0.3
     min_snr_gamma: float | None = None
     prior_loss_weight: float = 1.0
     clip_skip: int = 1
     max_token_length: int = 75
     seed: int = 0
     cache_latents: bool = True
+    cache_latents_to_disk: bool = False  # kohya's <image>.npz beside each picture, reused across runs
     flip_aug: bool = False
 
 
@@ -130,6 +134,22 @@ def encode_captions(text_encoder, tokenizer, captions: list[str], options: LoopO
     return hidden.reshape(batch, windows * length, hidden.shape[-1])
 
 
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, rng: random.Random,
+                  generator: torch.Generator) -> torch.Tensor:
+    """kohya's multires ("pyramid") noise: coarser noise upsampled and added with ``discount**i``,
+    then renormalised to unit std."""
+    b, c, h, w = noise.shape
+    upsample = torch.nn.Upsample(size=(h, w), mode="bilinear")
+    for i in range(iterations):
+        r = rng.random() * 2 + 2
+        hn, wn = max(1, int(h / (r**i))), max(1, int(w / (r**i)))
+        coarse = torch.randn((b, c, hn, wn), generator=generator).to(noise.device, noise.dtype)
+        noise = noise + upsample(coarse) * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return noise / noise.std()
+
+
 class LoraTrainer:
     """The loop over ``data`` for ``network`` on the leased ``model`` (a core.models LoadedModel)."""
 
@@ -174,11 +194,29 @@ class LoraTrainer:
 
     # ---- pieces of a step
 
+    def _disk_cache(self, item: Item, flip: bool) -> tuple[Path, str, dict]:
+        """kohya's ``<stem>.npz`` beside the picture; Kiln also stores what the latent was made from
+        (the file's size and mtime, the bucket) and recomputes when any of it changed."""
+        stat = item.path.stat()
+        source = f"{stat.st_size}:{stat.st_mtime_ns}:{item.bucket[0]}x{item.bucket[1]}"
+        path = item.path.with_suffix(".npz")
+        key = "latents_flipped" if flip else "latents"
+        try:
+            with np.load(path) as data:
+                return path, key, dict(data) if str(data.get("kiln_source", "")) == source else {"kiln_source": source}
+        except (OSError, ValueError):
+            return path, key, {"kiln_source": source}
+
     def latents(self, item: Item, flip: bool) -> torch.Tensor:
         key = (item.path, flip)
         cached = self.latent_cache.get(key) if self.options.cache_latents else None
         if cached is not None:
             return cached
+        disk = self._disk_cache(item, flip) if self.options.cache_latents_to_disk else None
+        if disk is not None and disk[1] in disk[2]:
+            latent = torch.from_numpy(disk[2][disk[1]]).to(self.device, self.dtype)
+            self.latent_cache[key] = latent
+            return latent
         pixels = self.data.pixels(item, self.rng, flip=flip).unsqueeze(0).to(self.device, self.dtype)
         with torch.no_grad():
             # The distribution's mean: a cached latent must not depend on the order pictures are met.
@@ -186,6 +224,15 @@ class LoraTrainer:
         latent = latent[0]
         if self.options.cache_latents:
             self.latent_cache[key] = latent
+        if disk is not None:
+            path, name, data = disk
+            data = {**data, name: latent.float().cpu().numpy(), "original_size": np.array(item.size),
+                    "kiln_source": np.array(data["kiln_source"])}
+
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **data)
+            atomic_save_with(path, write)
         return latent
 
     def loss(self, batch: list[Item], epoch: int) -> torch.Tensor:
@@ -198,7 +245,10 @@ class LoraTrainer:
         with torch.set_grad_enabled(trains_te):
             context = encode_captions(text_encoder, self.model.tokenizers[0], captions, options).to(self.dtype)
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device, self.dtype)
-        if options.noise_offset:
+        if options.multires_noise_iterations:
+            noise = pyramid_noise(noise, options.multires_noise_iterations, options.multires_noise_discount,
+                                  self.rng, self.generator)
+        elif options.noise_offset:  # kohya: multires noise takes the place of the offset
             noise = noise + options.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1),
                                                                generator=self.generator).to(self.device, self.dtype)
         timesteps = torch.randint(0, len(self.alphas_cumprod), (latents.shape[0],), generator=self.generator)

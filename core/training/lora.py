@@ -54,6 +54,7 @@ class LoraJob:
     optimizer_type: str = "AdamW"
     lr_scheduler: str = "constant"
     resume: Path | None = None
+    network_weights: Path | None = None  # kohya: start from the weights of an existing LoRA file
     ignore_check_errors: bool = False
     training_comment: str | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)  # ss_* values the config layer adds
@@ -132,7 +133,7 @@ def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrai
         fp8_base=False, fp8_base_unet=False, clip_skip=loop.clip_skip if loop.clip_skip > 1 else None,
         max_token_length=loop.max_token_length if loop.max_token_length != 75 else None,
         cache_latents=loop.cache_latents, noise_offset=loop.noise_offset or None,
-        noise_offset_random_strength=False, multires_noise_iterations=None, multires_noise_discount=0.3,
+        noise_offset_random_strength=False, multires_noise_iterations=loop.multires_noise_iterations, multires_noise_discount=loop.multires_noise_discount,
         adaptive_noise_scale=None, zero_terminal_snr=spec.zero_terminal_snr, ip_noise_gamma=None,
         ip_noise_gamma_random_strength=False, min_snr_gamma=loop.min_snr_gamma, debiased_estimation=False,
         scale_weight_norms=None, prior_loss_weight=loop.prior_loss_weight, loss_type="l2",
@@ -192,6 +193,13 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
         torch.manual_seed(job.loop.seed)
         network = LoRANetwork(model.unet, model.text_encoders, model.spec.family, job.network,
                               model.spec.unet_config)
+    if job.network_weights is not None:
+        from safetensors.torch import load_file
+
+        try:
+            network.load_kohya_state_dict(load_file(job.network_weights))
+        except (OSError, RuntimeError) as exc:
+            raise KilnError(f"cannot read the LoRA to continue from ({exc})", path=job.network_weights) from exc
     network.to(next(model.unet.parameters()).device)
     loop = job.loop
     if job.data.random_crop and loop.cache_latents:
