@@ -382,3 +382,40 @@ def test_latents_cached_to_disk_are_reused_and_invalidated_when_the_picture_chan
     train_lora(job, model)
     with np.load(npz) as data:
         assert not np.array_equal(first, data["latents"])  # the changed picture was encoded again
+
+
+def test_others_generate_at_the_trainers_pause_points_on_the_plain_base_model(tmp_path):
+    import time as _time
+
+    import numpy as np
+
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.generation.params import GenerationParams
+    from core.jobs import JobQueue
+    from core.settings import Settings
+    from core.training.jobs import training_job
+
+    write_tiny_checkpoint(tmp_path / "data", "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path / "data")]), tmp_path / "data")
+    engine, queue = Engine(settings), JobQueue()
+    params = GenerationParams(prompt="teal star", width=32, height=32, steps=3, seed=5, sampler_name="Euler",
+                              save_images=False)
+    _dataset(tmp_path)
+    job = _job(tmp_path)
+    job = LoraJob(**{**job.__dict__, "loop": LoopOptions(train_batch_size=2, max_train_epochs=8, seed=7)})
+    try:
+        solo = queue.run(lambda ctx: engine.txt2img(params, ctx), "solo", "user:bob", timeout=120).images[0].image
+        training = queue.submit(training_job(engine, job), "LoRA teal", "user:ann", kind="train")
+        deadline = _time.monotonic() + 120
+        while not training.metrics and not training.done and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        assert training.metrics, training.error_message
+        bob = queue.submit(lambda ctx: engine.txt2img(params, ctx), "bob's picture", "user:bob", kind="generate")
+        picture = bob.wait(300).images[0].image
+        assert not training.done  # bob did not wait for the whole run
+        assert training.paused_seconds > 0  # it ran at the trainer's pause point
+        assert np.array_equal(np.asarray(picture), np.asarray(solo))  # the plain base model, no LoRA
+        training.wait(300)
+    finally:
+        queue.shutdown()
