@@ -419,3 +419,15 @@ def test_others_generate_at_the_trainers_pause_points_on_the_plain_base_model(tm
         training.wait(300)
     finally:
         queue.shutdown()
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_file(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    _dataset(tmp_path)
+    job = _job(tmp_path)
+    job = LoraJob(**{**job.__dict__, "learning_rate": 1e30, "unet_lr": 1e30, "text_encoder_lr": 1e30,
+                     "loop": LoopOptions(train_batch_size=2, max_train_epochs=6, seed=7, max_grad_norm=0)})
+    with pytest.raises(KilnError, match="loss became"):
+        train_lora(job, model)
+    for path in (tmp_path / "out").glob("teal-*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(path).values())
