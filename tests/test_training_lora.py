@@ -431,3 +431,21 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_file(checkpoint
         train_lora(job, model)
     for path in (tmp_path / "out").glob("teal-*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(path).values())
+
+
+def test_an_sd2_v_prediction_base_trains_and_the_config_is_told_what_kohya_needs(tmp_path):
+    from core.training.config import TrainConfig
+    from core.training.from_config import model_mismatches
+
+    model = load_checkpoint(write_tiny_checkpoint(tmp_path / "ckpt", "sd2"))
+    assert model.spec.family == "sd2" and model.spec.prediction_type == "v_prediction"
+    notes = model_mismatches(TrainConfig(), model.spec)
+    assert any("v2 = true" in n for n in notes) and any("v_parameterization = true" in n for n in notes)
+    assert model_mismatches(TrainConfig(v2=True, v_parameterization=True), model.spec) == []
+    _dataset(tmp_path)
+    files = train_lora(_job(tmp_path), model)
+    with safe_open(files[-1], "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2_v"
+    assert meta["modelspec.prediction_type"] == "v"
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in load_file(files[-1]))
