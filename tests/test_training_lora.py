@@ -449,3 +449,53 @@ def test_an_sd2_v_prediction_base_trains_and_the_config_is_told_what_kohya_needs
     assert meta["ss_v2"] == "True" and meta["ss_base_model_version"] == "sd_v2_v"
     assert meta["modelspec.prediction_type"] == "v"
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in load_file(files[-1]))
+
+
+SAVE_LOOP = """
+import sys, torch
+from pathlib import Path
+from core.networks.kohya import save_lora
+from core.training.loop import TrainState
+out = Path(sys.argv[1])
+weights = {"lora_unet_x.lora_down.weight": torch.randn(1024, 2048), "lora_unet_x.alpha": torch.tensor(4.0)}
+print("ready", flush=True)
+for n in range(10**9):
+    weights["lora_unet_x.lora_down.weight"].fill_(float(n))
+    save_lora(out / "teal.safetensors", weights, {"ss_steps": str(n)})
+    TrainState(global_step=n, network=weights).save(out / "teal-state.pt")
+"""
+
+
+def test_kill_9_mid_save_leaves_the_previous_file_and_state_whole(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    repo = Path(__file__).resolve().parents[1]
+    for trial in range(4):
+        out = tmp_path / f"t{trial}"
+        out.mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(out)], cwd=repo, stdout=subprocess.PIPE,
+                                env={**os.environ, "PYTHONPATH": str(repo)})
+        assert proc.stdout.readline().strip() == b"ready"
+        deadline = _time.monotonic() + 60
+        while not (out / "teal-state.pt").exists() and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        _time.sleep(random.uniform(0.1, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        tensors = load_file(out / "teal.safetensors")  # whole: it loads
+        with safe_open(out / "teal.safetensors", "pt") as f:
+            steps = int(f.metadata()["ss_steps"])
+        assert float(tensors["lora_unet_x.lora_down.weight"][0, 0]) == steps
+        state = TrainState.load(out / "teal-state.pt")
+        assert float(state.network["lora_unet_x.lora_down.weight"][0, 0]) == state.global_step
+    from core.fileio import remove_stale_temp_files
+
+    leftovers = [p for p in tmp_path.rglob(".*.tmp")]
+    for folder in {p.parent for p in leftovers}:
+        remove_stale_temp_files(folder, "teal*", older_than_s=0)
+    assert not list(tmp_path.rglob(".*.tmp"))  # what a kill leaves is recognised as Kiln's and removed

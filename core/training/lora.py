@@ -22,6 +22,7 @@ import torch
 from core.dataset.checks import CheckOptions, blocking, check_layout
 from core.dataset.kohya_folders import scan_dataset
 from core.errors import KilnError
+from core.fileio import remove_stale_temp_files
 from core.networks.kohya import save_lora, training_metadata
 from core.training.data import DataOptions, TrainingData
 from core.training.loop import LoopOptions, LoraTrainer, StepReport, TrainState
@@ -210,6 +211,7 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
     epochs = -(-trainer.total // trainer.steps_per_epoch)
     out = job.output
     out.output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out.output_dir, f"{out.output_name}*")  # left by a run killed mid-save
     state_path = out.output_dir / f"{out.output_name}-state.pt"
     if job.resume is not None:
         trainer.restore(TrainState.load(job.resume))
