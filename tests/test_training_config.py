@@ -8,23 +8,17 @@ from pathlib import Path
 import pytest
 
 from core.errors import KilnError
+from core.training.advice import build_optimizer_for, build_scheduler_for, config_guidance, network_kind
 from core.training.config import (
     TrainConfig,
-    build_optimizer_for,
-    build_scheduler_for,
     config_from_dict,
-    config_guidance,
-    config_help,
-    config_to_toml,
-    dataset_config_from_dict,
     load_config,
-    load_dataset_config,
-    network_kind,
     parse_resolution,
-    save_config,
     tomllib,  # stdlib on 3.11+, tomli on 3.10
     unknown_key_messages,
 )
+from core.training.config_toml import config_help, config_to_toml, save_config
+from core.training.dataset_config import dataset_config_from_dict, load_dataset_config
 
 # What kohya_ss's GUI (bmaltais) writes to config_lora-*.toml and passes to train_network.py --config_file.
 KOHYA_SS_TOML = r"""

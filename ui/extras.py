@@ -12,6 +12,7 @@ import gradio as gr
 from gradio.i18n import I18nData
 
 from core.errors import KilnError
+from ui.dataset.strings import Strings
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -63,18 +64,13 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 
-def tr(key: str) -> I18nData:
-    if key not in STRINGS["en"]:
-        raise KeyError(f"UI string {key!r} is missing from ui/extras.py STRINGS")
-    return I18nData(key)
+_STRINGS = Strings(STRINGS)
+tr = _STRINGS.tr  # a label the browser translates (KeyError for a key without an entry)
 
 
 def say(key: str, request: Any = None) -> str:
-    from ui.i18n import pick_locale
-
-    headers = getattr(request, "headers", None) or {}
-    locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
-    return STRINGS.get(locale, STRINGS["en"]).get(key, STRINGS["en"][key])
+    """Run-time text in the language of the browser that sent ``request``."""
+    return _STRINGS.say(key, request)
 
 
 def upscaler_choices(engine: Engine) -> list[str]:

@@ -248,7 +248,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
         return out
 
     def on_advice(data: dict):
-        from core.training.config import config_guidance
+        from core.training.advice import config_guidance
 
         try:
             config, _ = values_to_config(collect(data))
@@ -302,7 +302,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
     stop.click(on_stop, queue=False, show_progress="hidden")
 
     def on_save(data: dict, request: gr.Request):
-        from core.training.config import save_config as write
+        from core.training.config_toml import save_config as write
 
         try:
             config, _ = values_to_config(collect(data))

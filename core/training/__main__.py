@@ -32,7 +32,7 @@ def resolve_checkpoint(name: str | None, ckpt_dir: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.training.config import config_help
+    from core.training.config_toml import config_help
 
     parser = argparse.ArgumentParser(prog="python -m core.training", description=__doc__,
                                      epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.dataset.__main__ import kiln_paths
     from core.errors import KilnError
     from core.models.checkpoint import load_checkpoint
-    from core.training.config import config_guidance, load_config, unknown_key_messages
+    from core.training.advice import config_guidance
+    from core.training.config import load_config, unknown_key_messages
     from core.training.from_config import lora_job, model_mismatches
     from core.training.lora import Hooks, train_lora
 

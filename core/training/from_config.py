@@ -12,11 +12,9 @@ from pathlib import Path
 
 from core.dataset.caption_rules import CaptionRules
 from core.errors import KilnError
+from core.training.advice import build_optimizer_for, build_scheduler_for, network_kind
 from core.training.config import (
     TrainConfig,
-    build_optimizer_for,
-    build_scheduler_for,
-    network_kind,
     parse_resolution,
 )
 from core.training.data import DataOptions

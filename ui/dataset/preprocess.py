@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
-from gradio.i18n import I18nData
 
 from core.errors import JobInterrupted, JobSkipped, KilnError
+from ui.dataset.strings import Strings
 
 if TYPE_CHECKING:
     from core.dataset.preprocess import PreprocessOptions, PreprocessReport
@@ -108,19 +108,13 @@ STRINGS: dict[str, dict[str, str]] = {
 MODE_LABELS = (("Crop and resize", "crop"), ("Resize and fill", "fill"), ("Just resize", "resize"))
 
 
-def tr(key: str) -> I18nData:
-    if key not in STRINGS["en"]:
-        raise KeyError(f"UI string {key!r} is missing from ui/dataset/preprocess.py STRINGS")
-    return I18nData(key)
+_STRINGS = Strings(STRINGS)
+tr = _STRINGS.tr  # a label the browser translates (KeyError for a key without an entry)
 
 
 def say(key: str, request: Any = None) -> str:
     """Run-time text in the browser's language (``STRINGS`` of this module)."""
-    from ui.i18n import pick_locale
-
-    headers = getattr(request, "headers", None) or {}
-    locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
-    return STRINGS.get(locale, STRINGS["en"]).get(key, STRINGS["en"][key])
+    return _STRINGS.say(key, request)
 
 
 def report_html(report: PreprocessReport, request: Any = None) -> str:
