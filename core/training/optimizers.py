@@ -172,7 +172,7 @@ def build_optimizer(
         try:
             lion_pytorch = importlib.import_module("lion_pytorch")
         except ImportError:
-            raise _missing(name, "lion-pytorch", "train") from None
+            raise _missing(name, "lion-pytorch", None) from None
         return _construct(name, lion_pytorch.Lion, params, lr, kwargs)
     if key in _EIGHT_BIT_CLASSES:
         return _build_8bit(name, key, params, lr, kwargs)
@@ -181,13 +181,13 @@ def build_optimizer(
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise _missing(name, "dadaptation", "train") from None
+            raise _missing(name, "dadaptation", None) from None
         return _construct(name, getattr(module, class_name), params, lr, kwargs)
     if key == "prodigy":
         try:
             prodigyopt = importlib.import_module("prodigyopt")
         except ImportError:
-            raise _missing(name, "prodigyopt", "train") from None
+            raise _missing(name, "prodigyopt", None) from None
         return _construct(name, prodigyopt.Prodigy, params, lr, kwargs)
     if key == "adafactor":
         return _build_adafactor(name, params, lr, kwargs)
