@@ -499,3 +499,21 @@ def test_kill_9_mid_save_leaves_the_previous_file_and_state_whole(tmp_path):
     for folder in {p.parent for p in leftovers}:
         remove_stale_temp_files(folder, "teal*", older_than_s=0)
     assert not list(tmp_path.rglob(".*.tmp"))  # what a kill leaves is recognised as Kiln's and removed
+
+
+def test_step_saves_and_keeping_only_the_last_epochs(checkpoint, tmp_path):
+    model = load_checkpoint(checkpoint)
+    _dataset(tmp_path)
+    job = _job(tmp_path, output={"save_every_n_steps": 2, "save_last_n_epochs": 2})
+    job = LoraJob(**{**job.__dict__, "loop": LoopOptions(train_batch_size=2, max_train_epochs=4, seed=7)})
+    (tmp_path / "out").mkdir()
+    keep = tmp_path / "out" / "teal-000099.safetensors"
+    keep.write_bytes(b"someone's file")
+    files = train_lora(job, model)
+    names = sorted(p.name for p in (tmp_path / "out").glob("teal*.safetensors"))
+    assert names == ["teal-000002.safetensors", "teal-000003.safetensors", "teal-000099.safetensors",
+                     "teal-step00000002.safetensors", "teal-step00000004.safetensors", "teal-step00000006.safetensors",
+                     "teal-step00000008.safetensors", "teal-step00000010.safetensors", "teal.safetensors"]
+    assert keep.read_bytes() == b"someone's file" and keep not in files
+    with safe_open(tmp_path / "out" / "teal-step00000004.safetensors", "pt") as f:
+        assert f.metadata()["ss_steps"] == "4" and f.metadata()["ss_epoch"] == "1"  # 0-based inside epoch 2

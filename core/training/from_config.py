@@ -41,6 +41,7 @@ USED = {
     "clip_skip", "max_token_length", "noise_offset", "min_snr_gamma", "v2", "v_parameterization",
     "zero_terminal_snr", "mixed_precision", "sample_prompts", "sample_every_n_epochs", "sample_sampler",
     "multires_noise_iterations", "multires_noise_discount", "network_weights", "cache_latents_to_disk",
+    "save_every_n_steps", "save_last_n_epochs",
 }
 
 
@@ -134,6 +135,7 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
     output = OutputOptions(output_dir=Path(config.output_dir) if config.output_dir else default_output_dir,
                            output_name=config.effective_output_name(),
                            save_every_n_epochs=config.save_every_n_epochs, save_precision=config.save_precision,
+                           save_every_n_steps=config.save_every_n_steps, save_last_n_epochs=config.save_last_n_epochs,
                            save_state=config.save_state)
     return LoraJob(train_data_dir=Path(config.train_data_dir),
                    reg_data_dir=Path(config.reg_data_dir) if config.reg_data_dir else None, output=output,

@@ -36,6 +36,8 @@ class OutputOptions:
     output_dir: Path
     output_name: str = "last"  # kohya's default name
     save_every_n_epochs: int | None = None
+    save_every_n_steps: int | None = None  # also <name>-step00000100.safetensors every N steps
+    save_last_n_epochs: int | None = None  # keep only the newest N epoch files this run wrote
     save_precision: str | None = None  # None: as trained (float32 here)
     save_state: bool = False
     overwrite: bool = False
@@ -241,6 +243,11 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
     def on_step(report: StepReport) -> None:
         writer.writerow([report.global_step, report.epoch, f"{report.loss:.6f}", f"{report.average_loss:.6f}",
                          f"{report.lr:.8g}"])
+        n = out.save_every_n_steps
+        if n and report.global_step % n == 0 and report.global_step < report.total_steps:
+            # kohya's step files; ss_epoch is 0-based inside an epoch there
+            save(out.output_dir / f"{out.output_name}-step{report.global_step:08d}.safetensors", report.epoch - 1,
+                 report.global_step)
         if hooks.on_step is not None:
             hooks.on_step(report)
 
@@ -265,6 +272,12 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
         make_samples(epoch)
         if out.save_every_n_epochs and epoch % out.save_every_n_epochs == 0 and epoch < epochs:
             save(out.output_dir / f"{out.output_name}-{epoch:06d}.safetensors", epoch, steps)
+            if out.save_last_n_epochs:  # kohya: the file save_last_n_epochs saves back goes
+                old = epoch - out.save_every_n_epochs * out.save_last_n_epochs
+                stale = out.output_dir / f"{out.output_name}-{old:06d}.safetensors"
+                if old > 0 and stale in written:  # only a file this run wrote, never one that was there
+                    stale.unlink(missing_ok=True)
+                    written.remove(stale)
             if out.save_state:
                 trainer.snapshot().save(state_path)
 
