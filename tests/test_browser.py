@@ -5,6 +5,7 @@ Screenshots of every tab go to test-artifacts/ (git-ignored) for a human to look
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -60,18 +61,12 @@ def _write_lora_without_preview(path: Path) -> None:
                             f"{key}.alpha": torch.tensor(4.0)}, kohya_metadata(NO_PREVIEW_LORA, "sd1", 4, 4.0))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """app.py on a free port over a fresh data folder holding one small checkpoint."""
-    data = tmp_path_factory.mktemp("browser_data")
-    if not SHAPES_MODEL.exists():  # the shipped model is listed from the repository folder by itself
-        from core.models.fixtures import write_tiny_checkpoint
-
-        write_tiny_checkpoint(data, "sd1")
-    _write_lora_without_preview(data / "models" / "Lora" / f"{NO_PREVIEW_LORA}.safetensors")
+@contextlib.contextmanager
+def serving(data: Path, *extra_flags: str):
+    """app.py on a free port over the data folder ``data``, stopped (SIGINT, then kill) at the end."""
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), "--api"],
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port), *extra_flags],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -84,6 +79,19 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """app.py on a free port over a fresh data folder holding one small checkpoint."""
+    data = tmp_path_factory.mktemp("browser_data")
+    if not SHAPES_MODEL.exists():  # the shipped model is listed from the repository folder by itself
+        from core.models.fixtures import write_tiny_checkpoint
+
+        write_tiny_checkpoint(data, "sd1")
+    _write_lora_without_preview(data / "models" / "Lora" / f"{NO_PREVIEW_LORA}.safetensors")
+    with serving(data, "--api") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 from PIL import Image
 
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _wait_until_serving
+from tests.test_browser import ARTIFACTS, browser, serving  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -21,37 +16,11 @@ def tag_server(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("tag_browser")
     write_tiny_wd14(data / "models" / "tagger" / "wd-tiny")
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data), "--port", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_serving(url + "/", proc, timeout=120)
+    with serving(data) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get update && apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=os.environ.get("KILN_CHROMIUM", str(CHROMIUM)),
-                                    args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def test_tag_one_picture_then_a_folder(tag_server, chromium, tmp_path):
+def test_tag_one_picture_then_a_folder(tag_server, browser, tmp_path):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     picture = tmp_path / "red.png"
     Image.new("RGB", (64, 64), (255, 0, 0)).save(picture)
@@ -60,7 +29,7 @@ def test_tag_one_picture_then_a_folder(tag_server, chromium, tmp_path):
     for colour in ("red", "white", "blue"):
         Image.new("RGB", (48, 48), colour).save(folder / f"{colour}.png")
 
-    page = chromium.new_page(viewport={"width": 1400, "height": 1300}, locale="en-US")
+    page = browser.new_page(viewport={"width": 1400, "height": 1300}, locale="en-US")
     page.set_default_timeout(30_000)
     page.goto(tag_server + "/", wait_until="load")
     page.get_by_role("tab", name="Dataset", exact=True).click()
@@ -87,7 +56,7 @@ def test_tag_one_picture_then_a_folder(tag_server, chromium, tmp_path):
     assert (folder / "red.txt").read_text(encoding="utf-8").startswith("shengcai, red theme")
     assert (folder / "white.txt").read_text(encoding="utf-8").startswith("shengcai, white background")
 
-    zh = chromium.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    zh = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
     zh.goto(tag_server + "/", wait_until="load")
     zh.get_by_role("tab", name="数据集", exact=True).click()
     zh.locator("#dataset-tabs").get_by_role("tab", name="打标", exact=True).click()
