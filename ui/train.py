@@ -28,6 +28,7 @@ ZH = {
     "Regularization folder (reg_data_dir)": "正则化目录 (reg_data_dir)",
     "Output folder (output_dir)": "输出目录 (output_dir)",
     "Output name (output_name)": "输出名称 (output_name)",
+    "Network type (network_module)": "网络类型 (network_module)",
     "Network rank (network_dim)": "网络维度 (network_dim)",
     "Network alpha (network_alpha)": "网络 Alpha (network_alpha)",
     "Conv rank, LoCon (conv_dim; 0 = off)": "卷积维度 LoCon (conv_dim；0 = 关闭)",
@@ -78,15 +79,18 @@ ZH = {
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)
 
+# The network choice as kohya_ss's GUI names it → the LyCORIS algo (None: kohya's networks.lora).
+NETWORK_TYPES = {"LoRA": None, "LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr"}
+
 # (field name, kind): the order of the form, and how a value comes out of its widget.
 FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "output_dir", "output_name",
-          "network_dim", "network_alpha", "conv_dim", "learning_rate", "unet_lr", "text_encoder_lr",
+          "network_type", "network_dim", "network_alpha", "conv_dim", "learning_rate", "unet_lr", "text_encoder_lr",
           "optimizer_type", "lr_scheduler", "lr_warmup_steps", "max_train_epochs", "train_batch_size", "resolution",
           "enable_bucket", "save_every_n_epochs", "caption_extension", "shuffle_caption", "keep_tokens", "flip_aug",
           "seed", "clip_skip", "noise_offset", "min_snr_gamma", "save_state", "resume", "sample_prompts",
           "sample_every_n_epochs", "sample_sampler")
 # The tab's starting values: the seeds' usual LoRA (kohya's CLI defaults are for DreamBooth).
-UI_DEFAULTS = {"network_dim": 32, "network_alpha": 16, "conv_dim": 0, "learning_rate": "1e-4", "unet_lr": "1e-4",
+UI_DEFAULTS = {"network_type": "LoRA", "network_dim": 32, "network_alpha": 16, "conv_dim": 0, "learning_rate": "1e-4", "unet_lr": "1e-4",
                "text_encoder_lr": "5e-5", "optimizer_type": "AdamW", "lr_scheduler": "cosine_with_restarts",
                "lr_warmup_steps": "0", "max_train_epochs": 10, "train_batch_size": 1, "resolution": "512,512",
                "enable_bucket": True, "save_every_n_epochs": 1, "caption_extension": ".txt", "shuffle_caption": True,
@@ -100,11 +104,17 @@ def values_to_config(values: dict[str, Any]):
     """Form values → (TrainConfig, unknown keys), checked as a TOML would be."""
     from core.training.config import check_config, config_from_dict
 
-    raw = {}
+    raw: dict[str, Any] = {"network_module": "networks.lora"}
+    algo = NETWORK_TYPES.get(values.get("network_type") or "LoRA")
+    if algo:
+        raw["network_module"] = "lycoris.kohya"
+        raw["network_args"] = [f"algo={algo}"]
     for key, value in values.items():
+        if key == "network_type":
+            continue
         if key == "conv_dim":
             if value:
-                raw["network_args"] = [f"conv_dim={int(value)}", f"conv_alpha={int(value)}"]
+                raw.setdefault("network_args", []).extend([f"conv_dim={int(value)}", f"conv_alpha={int(value)}"])
             continue
         if isinstance(value, str):
             value = value.strip()
@@ -113,15 +123,20 @@ def values_to_config(values: dict[str, Any]):
         if key in ("min_snr_gamma", "noise_offset") and not value:
             continue
         raw[key] = value
-    raw["network_module"] = "networks.lora"
     config, unknown = config_from_dict(raw)
     check_config(config)
     return config, unknown
 
 
 def config_to_values(config) -> dict[str, Any]:
+    from core.training.advice import network_kind
+
     out = {}
     for key in FIELDS:
+        if key == "network_type":
+            kind = network_kind(config) if "lycoris" in (config.network_module or "") else "lora"
+            out[key] = next((name for name, algo in NETWORK_TYPES.items() if algo == kind), "LoRA")
+            continue
         if key == "conv_dim":
             conv = [a for a in (config.network_args or []) if a.startswith("conv_dim")]
             out[key] = int(float(conv[0].split("=")[1])) if conv else 0
@@ -161,6 +176,9 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
                 widgets["output_name"] = gr.Textbox(d["output_name"], label=tr("Output name (output_name)"),
                                                     elem_id="train-output-name")
             with gr.Row():
+                widgets["network_type"] = gr.Dropdown(list(NETWORK_TYPES), value=d["network_type"],
+                                                      label=tr("Network type (network_module)"),
+                                                      elem_id="train-network-type")
                 widgets["network_dim"] = gr.Number(d["network_dim"], precision=0, minimum=1,
                                                    label=tr("Network rank (network_dim)"), elem_id="train-network-dim")
                 widgets["network_alpha"] = gr.Number(d["network_alpha"], minimum=0,

@@ -20,6 +20,7 @@ from core.training.config import (
 from core.training.data import DataOptions
 from core.training.loop import LoopOptions
 from core.training.lora import LoraJob, OutputOptions
+from core.training.lycoris_net import MODULE_ARGS, parse_module_args
 from core.training.network import NetworkSpec
 from core.training.samples import read_sample_prompts
 
@@ -54,9 +55,13 @@ def unsupported(config: TrainConfig) -> list[str]:
         if f.name in USED or f.name in NO_EFFECT or value == getattr(defaults, f.name):
             continue
         out.append(f"{f.name} = {value!r}")
-    if network_kind(config) not in ("lora", "locon"):
-        out.append(f"network_module / network_args: {network_kind(config)} (Kiln trains LoRA and LoCon for now)")
-    extra_args = [a for a in config.network_args or [] if a.split("=")[0].strip() not in ("conv_dim", "conv_alpha")]
+    module = (config.network_module or "networks.lora").lower()
+    if module not in ("networks.lora", "lycoris.kohya"):
+        out.append(f"network_module = {config.network_module!r} (Kiln trains networks.lora and lycoris.kohya)")
+    elif network_kind(config) not in ("lora", "locon", "loha", "lokr"):
+        out.append(f"network_args algo={network_kind(config)} (Kiln trains LyCORIS locon, loha and lokr)")
+    known = NETWORK_ARGS | (set(MODULE_ARGS) | LYCORIS_ONLY_ARGS if module == "lycoris.kohya" else set())
+    extra_args = [a for a in config.network_args or [] if a.split("=")[0].strip() not in known]
     if extra_args:
         out.append(f"network_args = {extra_args!r}")
     if config.mixed_precision not in ("no", None):
@@ -64,16 +69,52 @@ def unsupported(config: TrainConfig) -> list[str]:
     return out
 
 
-def _network_args(config: TrainConfig) -> dict[str, float]:
-    args = {}
+# network_args both networks.lora and lycoris.kohya read; the numbers among them.
+NETWORK_ARGS = {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "algo"}
+NUMBER_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")
+# lycoris.kohya arguments with no effect on LoCon/LoHa/LoKr beyond what the modules get.
+LYCORIS_ONLY_ARGS = {"preset", "disable_conv_cp", "use_conv_cp", "use_cp", "dropout"}
+
+
+def network_arg_pairs(config: TrainConfig) -> dict[str, str]:
+    pairs = {}
     for entry in config.network_args or []:
         key, _, value = entry.partition("=")
-        if key.strip() in ("conv_dim", "conv_alpha"):
+        pairs[key.strip()] = value.strip().strip("'\"")
+    return pairs
+
+
+def _network_args(config: TrainConfig) -> dict[str, float]:
+    args = {}
+    for key, value in network_arg_pairs(config).items():
+        if key in NUMBER_ARGS:
             try:
-                args[key.strip()] = float(value.strip().strip("'\""))
+                args[key] = float(value)
             except ValueError:
-                raise KilnError(f"network_args: {entry!r} is not a number", hint="e.g. conv_dim=4") from None
+                raise KilnError(f"network_args: {key}={value!r} is not a number", hint="e.g. conv_dim=4") from None
     return args
+
+
+def network_spec(config: TrainConfig) -> NetworkSpec:
+    """The network a config asks for: kohya's LoRA / LoCon, or a LyCORIS algo with its arguments."""
+    net_args = _network_args(config)
+    pairs = network_arg_pairs(config)
+    lycoris = (config.network_module or "").lower() == "lycoris.kohya"
+    if lycoris and pairs.get("preset", "full") != "full":
+        raise KilnError(f"LyCORIS preset {pairs['preset']!r}: Kiln trains the 'full' preset",
+                        hint="remove preset from network_args")
+    dropout = (config.network_dropout or float(pairs.get("dropout", 0) or 0)) if lycoris else config.network_dropout
+    return NetworkSpec(network_dim=config.effective_network_dim(), network_alpha=config.network_alpha,
+                       conv_dim=int(net_args["conv_dim"]) if "conv_dim" in net_args else None,
+                       conv_alpha=net_args.get("conv_alpha"), network_dropout=dropout or 0.0,
+                       rank_dropout=net_args.get("rank_dropout", 0.0),
+                       module_dropout=net_args.get("module_dropout", 0.0),
+                       train_unet=not config.network_train_text_encoder_only,
+                       train_text_encoder=not config.network_train_unet_only,
+                       network_module="lycoris.kohya" if lycoris else "networks.lora",
+                       algo=network_kind(config) if lycoris else "lora",
+                       lycoris_args=tuple(sorted(parse_module_args(pairs).items())) if lycoris else (),
+                       network_args=tuple(pairs.items()))
 
 
 def model_mismatches(config: TrainConfig, spec) -> list[str]:
@@ -102,7 +143,6 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
         raise KilnError("this config sets options Kiln's trainer does not have yet: " + "; ".join(problems),
                         hint="remove them, or choose to train without them")
     resolution = parse_resolution(config.resolution) or (512, 512)
-    net_args = _network_args(config)
     unet_lr, te_lr, lr = config.learning_rates()
     captions = CaptionRules(
         shuffle_caption=config.shuffle_caption, keep_tokens=config.keep_tokens,
@@ -116,11 +156,7 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                        bucket_reso_steps=config.bucket_reso_steps, bucket_no_upscale=config.bucket_no_upscale,
                        caption_extension=config.caption_extension, flip_aug=config.flip_aug,
                        random_crop=config.random_crop, captions=captions)
-    network = NetworkSpec(network_dim=config.effective_network_dim(), network_alpha=config.network_alpha,
-                          conv_dim=int(net_args["conv_dim"]) if "conv_dim" in net_args else None,
-                          conv_alpha=net_args.get("conv_alpha"), network_dropout=config.network_dropout or 0.0,
-                          train_unet=not config.network_train_text_encoder_only,
-                          train_text_encoder=not config.network_train_unet_only)
+    network = network_spec(config)
     loop = LoopOptions(train_batch_size=config.train_batch_size, max_train_epochs=config.max_train_epochs,
                        max_train_steps=config.max_train_steps,
                        gradient_accumulation_steps=config.gradient_accumulation_steps,

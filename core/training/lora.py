@@ -160,11 +160,12 @@ def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrai
         sd_model_name=model.path.name if getattr(model, "path", None) else None,
     )
     values.update(job.extra_metadata)
-    network_args = {"conv_dim": job.network.conv_dim, "conv_alpha": job.network.conv_alpha} \
-        if job.network.conv_dim else None
+    # kohya stores network_args as the strings of the "key=value" list it was given.
+    network_args = dict(job.network.network_args) or (
+        {"conv_dim": job.network.conv_dim, "conv_alpha": job.network.conv_alpha} if job.network.conv_dim else None)
     return training_metadata(output_name=job.output.output_name, family=spec.family,
                              network_dim=job.network.network_dim, network_alpha=float(job.network.network_alpha),
-                             network_args=network_args, v_prediction=spec.prediction_type == "v_prediction",
+                             network_module=job.network.network_module, network_args=network_args, v_prediction=spec.prediction_type == "v_prediction",
                              session_id=session_id, training_started_at=started, **values)
 
 

@@ -1,4 +1,5 @@
-"""A trainable kohya LoRA (``networks.lora``, LoCon with ``conv_dim``) over a frozen base model.
+"""A trainable kohya LoRA (``networks.lora``, LoCon with ``conv_dim``) or LyCORIS network
+(``lycoris.kohya``: LoCon, LoHa, LoKr, see lycoris_net.py) over a frozen base model.
 
 The modules are kohya's: for each target layer a ``lora_down`` (Linear, 1×1 or the layer's own
 3×3 Conv) of ``network_dim`` outputs and a ``lora_up`` back to the layer's width, scaled by
@@ -17,6 +18,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +31,8 @@ CONV3X3_TARGET_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
 class LoRAModule(nn.Module):
-    def __init__(self, name: str, base: nn.Module, dim: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, name: str, base: nn.Module, dim: int, alpha: float, dropout: float = 0.0,
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0):
         super().__init__()
         self.lora_name = name
         if isinstance(base, nn.Conv2d):
@@ -55,13 +58,41 @@ class LoRAModule(nn.Module):
         self.dim = dim
         self.scale = float(alpha) / dim
         self.dropout = dropout
+        self.rank_dropout = rank_dropout
+        self.module_dropout = module_dropout
         self.multiplier = 1.0
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def delta(self, x: torch.Tensor) -> torch.Tensor | float:
+        # kohya networks/lora.py, in its order: module dropout skips the module, dropout acts on the
+        # hidden units, rank dropout masks whole ranks per sample and rescales by 1 / (1 - p).
+        if self.module_dropout and self.training and torch.rand(1) < self.module_dropout:
+            return 0.0
         hidden = self.lora_down(x.to(self.lora_down.weight.dtype))
         if self.dropout and self.training:
             hidden = nn.functional.dropout(hidden, p=self.dropout)
-        return self.lora_up(hidden) * (self.multiplier * self.scale)
+        scale = self.scale
+        if self.rank_dropout and self.training:
+            mask = torch.rand((hidden.size(0), self.dim), device=hidden.device) > self.rank_dropout
+            if hidden.dim() == 3:
+                mask = mask.unsqueeze(1)
+            elif hidden.dim() == 4:
+                mask = mask.unsqueeze(-1).unsqueeze(-1)
+            hidden = hidden * mask
+            scale = self.scale / (1.0 - self.rank_dropout)
+        return self.lora_up(hidden) * (self.multiplier * scale)
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return {LORA_DOWN: self.lora_down.weight, LORA_UP: self.lora_up.weight, ALPHA: self.alpha}
+
+    def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> bool:
+        down, up = tensors.get(LORA_DOWN), tensors.get(LORA_UP)
+        if down is None or up is None or down.shape != self.lora_down.weight.shape \
+                or up.shape != self.lora_up.weight.shape:
+            return False
+        with torch.no_grad():
+            self.lora_down.weight.copy_(down)
+            self.lora_up.weight.copy_(up)
+        return True
 
 
 @dataclass(frozen=True)
@@ -71,8 +102,18 @@ class NetworkSpec:
     conv_dim: int | None = None  # LoCon: also the 3×3 convolutions of the U-Net
     conv_alpha: float | None = None
     network_dropout: float = 0.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    network_module: str = "networks.lora"  # or "lycoris.kohya"
+    algo: str = "lora"  # lycoris.kohya: locon, loha, lokr
+    lycoris_args: tuple[tuple[str, Any], ...] = ()  # extra module arguments (factor, use_tucker, ...)
+    network_args: tuple[tuple[str, str], ...] = ()  # the config's network_args, for ss_network_args
+
+    @property
+    def is_lycoris(self) -> bool:
+        return self.network_module == "lycoris.kohya"
 
 
 class LoRANetwork(nn.Module):
@@ -85,8 +126,19 @@ class LoRANetwork(nn.Module):
         self.family = family
         unet_name = unet_names(unet, family, unet_config)
         prefixes = te_prefixes(family, len(text_encoders))
-        self.targets: list[tuple[LoRAModule, nn.Module, bool]] = []  # (lora, base layer, is_text_encoder)
-        modules: dict[str, LoRAModule] = {}
+        self.targets: list[tuple[Any, nn.Module, bool]] = []  # (module, base layer, is_text_encoder)
+        modules: dict[str, nn.Module] = (self._lycoris_modules(unet, text_encoders, unet_name, prefixes, spec)
+                                         if spec.is_lycoris else self._lora_modules(unet, text_encoders, unet_name,
+                                                                                    prefixes, spec))
+        if not modules:
+            raise KilnError("no layer to train: the model has no attention layers Kiln can attach a LoRA to",
+                            hint="check network_train_unet_only / network_train_text_encoder_only")
+        self.loras = nn.ModuleDict({name.replace(".", "_"): module for name, module in modules.items()})
+        self._hooks: list = []
+
+    def _lora_modules(self, unet, text_encoders, unet_name, prefixes, spec: NetworkSpec) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {}
+        drops = dict(dropout=spec.network_dropout, rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout)
         for component, path, layer in target_modules(unet, text_encoders):
             is_te = component > 0
             if (is_te and not spec.train_text_encoder) or (not is_te and not spec.train_unet):
@@ -94,7 +146,7 @@ class LoRANetwork(nn.Module):
             name = te_name(prefixes[component - 1], path) if is_te else unet_name.get(path)
             if name is None:
                 continue
-            modules[name] = LoRAModule(name, layer, spec.network_dim, spec.network_alpha, spec.network_dropout)
+            modules[name] = LoRAModule(name, layer, spec.network_dim, spec.network_alpha, **drops)
             self.targets.append((modules[name], layer, is_te))
         if spec.conv_dim and spec.train_unet:
             for path, block in unet.named_modules():
@@ -105,13 +157,31 @@ class LoRANetwork(nn.Module):
                         name = unet_name.get(f"{path}.{child_path}")
                         if name is not None and name not in modules:
                             modules[name] = LoRAModule(name, child, spec.conv_dim, spec.conv_alpha or spec.conv_dim,
-                                                       spec.network_dropout)
+                                                       **drops)
                             self.targets.append((modules[name], child, False))
-        if not modules:
-            raise KilnError("no layer to train: the model has no attention layers Kiln can attach a LoRA to",
-                            hint="check network_train_unet_only / network_train_text_encoder_only")
-        self.loras = nn.ModuleDict({name.replace(".", "_"): module for name, module in modules.items()})
-        self._hooks: list = []
+        return modules
+
+    def _lycoris_modules(self, unet, text_encoders, unet_name, prefixes, spec: NetworkSpec) -> dict[str, nn.Module]:
+        from core.training.lycoris_net import LycorisAdapter, te_targets, unet_targets
+
+        modules: dict[str, nn.Module] = {}
+        conv_dim = spec.conv_dim or spec.network_dim
+        conv_alpha = spec.conv_alpha if spec.conv_alpha is not None else spec.network_alpha
+        options = dict(dropout=spec.network_dropout, rank_dropout=spec.rank_dropout,
+                       module_dropout=spec.module_dropout, module_args=dict(spec.lycoris_args))
+        parts = ([(0, path, layer, unet_name.get(path)) for path, layer in unet_targets(unet)] if spec.train_unet
+                 else [])
+        if spec.train_text_encoder:
+            parts += [(k, path, layer, te_name(prefixes[k - 1], path))
+                      for k, te in enumerate(text_encoders, 1) for path, layer in te_targets(te)]
+        for component, _path, layer, name in parts:
+            if name is None or name in modules:
+                continue
+            wide = isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1)
+            dim, alpha = (conv_dim, conv_alpha) if wide else (spec.network_dim, spec.network_alpha)
+            modules[name] = LycorisAdapter(name, layer, spec.algo, dim, alpha, **options)
+            self.targets.append((modules[name], layer, component > 0))
+        return modules
 
     # ---- attaching to the base model
 
@@ -154,10 +224,11 @@ class LoRANetwork(nn.Module):
         return groups
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """``<lora_name>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``, as kohya saves."""
+        """``<lora_name>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` as kohya saves (LyCORIS:
+        ``.hada_w1_a`` ... / ``.lokr_w1`` ... as lycoris saves)."""
         out = {}
         for lora, _, _ in self.targets:
-            for key, tensor in ((LORA_DOWN, lora.lora_down.weight), (LORA_UP, lora.lora_up.weight), (ALPHA, lora.alpha)):
+            for key, tensor in lora.saved_tensors().items():
                 t = tensor.detach().to("cpu")
                 out[f"{lora.lora_name}.{key}"] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
         return out
@@ -166,13 +237,10 @@ class LoRANetwork(nn.Module):
         """Continue from a saved LoRA (kohya's ``network_weights``): every module's weights must be there."""
         missing = []
         for lora, _, _ in self.targets:
-            down, up = tensors.get(f"{lora.lora_name}.{LORA_DOWN}"), tensors.get(f"{lora.lora_name}.{LORA_UP}")
-            if down is None or up is None or down.shape != lora.lora_down.weight.shape:
+            prefix = lora.lora_name + "."
+            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not lora.load_saved_tensors(own):
                 missing.append(lora.lora_name)
-                continue
-            with torch.no_grad():
-                lora.lora_down.weight.copy_(down)
-                lora.lora_up.weight.copy_(up)
         if missing:
             raise KilnError(f"the LoRA file does not match this network: {len(missing)} modules missing or of "
                             f"another rank (e.g. {missing[0]})", hint="use the same network_dim and targets")
