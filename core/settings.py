@@ -54,6 +54,7 @@ class Options:
     outdir_img2img_samples: str = "outputs/img2img-images"
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
     outdir_img2img_grids: str = "outputs/img2img-grids"
+    xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "randn_source": RANDN_SOURCES,
     "samples_format": SAMPLE_FORMATS,
 }
-_MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1}
+_MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
 _RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12),

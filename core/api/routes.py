@@ -73,14 +73,19 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
     settings = engine.settings
 
     async def run_generation(request: Request, mode: str, values: dict[str, Any], params: Any,
-                             parameters: dict[str, Any]) -> dict[str, Any]:
+                             parameters: dict[str, Any], script: Any = None) -> dict[str, Any]:
         """Queue one generation job with the options of this moment (override_settings on top) and
         answer as the WebUI does; an Interrupt returns what was made up to then."""
         overrides = convert.overrides_from_request(values)
         options = await run_in_threadpool(engine.run_options, overrides)
         run = engine.txt2img if mode == "txt2img" else engine.img2img
-        job = queue.submit(lambda ctx: run(params, ctx, options), description=mode, owner=caller(request),
-                           kind="generate", options=options)
+        fn = lambda ctx: run(params, ctx, options)  # noqa: E731
+        if script is not None:  # the X/Y/Z plot: checked now (422 before anything runs), one job
+            from core.api.xyz_routes import xyz_job
+
+            fn = await run_in_threadpool(xyz_job, engine, mode, script, params, options)
+        job = queue.submit(fn, description=mode if script is None else f"{mode} X/Y/Z plot",
+                           owner=caller(request), kind="generate", options=options)
         await wait_for_job(request, job)
         try:
             result = job.wait(0)
@@ -123,14 +128,16 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.post("/txt2img", response_model=TextToImageResponse)
     async def txt2img(req: Txt2ImgRequest, request: Request) -> dict[str, Any]:
+        from core.api.xyz_routes import take_script
         from core.generation.params import validate
 
-        def prepare() -> tuple[dict[str, Any], Any]:
+        def prepare() -> tuple[dict[str, Any], Any, Any]:
             values = convert.request_fields(req, _parse_infotext)
-            return values, validate(convert.params_from_request(values))
+            script = take_script(values)
+            return values, validate(convert.params_from_request(values)), script
 
-        values, params = await run_in_threadpool(prepare)
-        return await run_generation(request, "txt2img", values, params, req.model_dump())
+        values, params, script = await run_in_threadpool(prepare)
+        return await run_generation(request, "txt2img", values, params, req.model_dump(), script)
 
     @router.post("/img2img", response_model=ImageToImageResponse)
     async def img2img(req: Img2ImgRequest, request: Request) -> dict[str, Any]:
@@ -139,16 +146,19 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         if req.init_images is None:
             raise HTTPException(status_code=404, detail="Init image not found")
 
-        def prepare() -> tuple[dict[str, Any], Any]:
-            values = convert.request_fields(req, _parse_infotext)
-            return values, validate_img2img(convert.img2img_params_from_request(values))
+        from core.api.xyz_routes import take_script
 
-        values, params = await run_in_threadpool(prepare)
+        def prepare() -> tuple[dict[str, Any], Any, Any]:
+            values = convert.request_fields(req, _parse_infotext)
+            script = take_script(values)
+            return values, validate_img2img(convert.img2img_params_from_request(values)), script
+
+        values, params, script = await run_in_threadpool(prepare)
         parameters = req.model_dump()
         if not req.include_init_images:
             parameters["init_images"] = None
             parameters["mask"] = None
-        return await run_generation(request, "img2img", values, params, parameters)
+        return await run_generation(request, "img2img", values, params, parameters, script)
 
     # On the event loop, never behind the thread pool: these answer at once whatever the queue holds.
     @router.get("/progress", response_model=ProgressResponse)

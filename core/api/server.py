@@ -48,6 +48,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.extras_routes import extras_router
 
     app.include_router(extras_router(engine, queue))  # extra-single-image, extra-batch-images
+    from core.api.xyz_routes import scripts_router
+
+    app.include_router(scripts_router())  # /sdapi/v1/scripts, /script-info: the X/Y/Z plot
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
