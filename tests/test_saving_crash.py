@@ -26,8 +26,9 @@ from PIL import Image
 from core.generation.saving import save_png, save_png_named
 folder = Path(sys.argv[1])
 image = Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3))  # ~200 KB that does not compress
+save_png(image, folder, 0, "a cat", "p\\nSteps: 1, Seed: 1, Size: 256x256")  # one whole file before any kill
 print("ready", flush=True)
-for n in range(10**9):
+for n in range(1, 10**9):
     if n % 4 == 3:
         save_png_named(image, folder, "named", "p\\nSteps: 1, Seed: 1, Size: 256x256")
     else:
@@ -43,6 +44,8 @@ from core.settings import Settings
 flags = parse_flags(["--data-dir", sys.argv[1]])
 settings = Settings.load(flags, KilnPaths.from_flags(flags, Path(sys.argv[1])))
 settings.options.extra["padding"] = "x" * 200_000  # a larger file: longer writes
+settings.options.extra["n"] = -1
+settings.save()  # one whole file before any kill, however slow the machine
 print("ready", flush=True)
 for n in range(10**9):
     settings.options.extra["n"] = n
