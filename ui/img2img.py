@@ -46,10 +46,12 @@ from ui.txt2img import (
     settings_overrides,
     ui_values,
 )
+from ui.xyz import ScriptControls, build_script_controls, start_xyz, wire_script_controls, xyz_args
 
 if TYPE_CHECKING:
     from core.engine import Engine
     from core.jobs import JobQueue
+    from core.xyz.plan import XyzArgs
 
 # Sub-tab ids (the WebUI's img2img modes 0, 2, 4 and 5); the mask controls show on the last three.
 IMG2IMG, INPAINT, INPAINT_UPLOAD, BATCH = "img2img", "inpaint", "inpaint_upload", "batch"
@@ -81,6 +83,7 @@ class Img2ImgTab(GenerationTab):
     upload_mask: gr.Image
     batch: dict[str, Any]  # BatchParams field name → component
     mask_controls: gr.Column
+    script: ScriptControls | None = None  # the Script dropdown (X/Y/Z plot)
 
 
 def _radio(names: tuple[str, ...], value: str, label: str, elem_id: str) -> gr.Radio:
@@ -145,12 +148,13 @@ def build_img2img_tab(engine: Engine) -> Img2ImgTab:
             f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label=t("Denoising strength"),
                                                 elem_id="img2img-denoising")
             random_seed, reuse_seed = build_seed_controls(f, "img2img")
+            script = build_script_controls(engine, "img2img", "img2img")
         with gr.Column(scale=1, min_width=380):
             outputs = build_output_column("img2img")
     return Img2ImgTab(fields=f, **prompt_row, random_seed=random_seed, reuse_seed=reuse_seed, mode_tabs=mode_tabs,
                       mode_tab=mode_tab, mode=gr.State(IMG2IMG), init_image=init_image, inpaint_editor=inpaint_editor,
                       upload_image=upload_image, upload_mask=upload_mask, batch=batch, mask_controls=mask_controls,
-                      **outputs)
+                      script=script, **outputs)
 
 
 # ----------------------------------------------------------------------- handlers --
@@ -237,11 +241,13 @@ def batch_params(values: dict[str, Any], batch: dict[str, Any], engine: Engine, 
 
 def generate_updates(tab: Img2ImgTab, engine: Engine, queue: JobQueue, values: dict[str, Any], mode: str,
                      pictures: dict[str, Any] | None = None, batch: dict[str, Any] | None = None,
-                     request: Any = None) -> Iterator[dict[Any, Any]]:
+                     request: Any = None, script: XyzArgs | None = None,
+                     confirmed: str | None = None) -> Iterator[dict[Any, Any]]:
     """The Generate button: queue an img2img / inpaint (or a Batch) job and yield page updates.
 
     ``pictures``: ``init_image``, ``editor``, ``upload_image``, ``upload_mask`` (what the sub-tabs
-    hold); ``batch``: the Batch tab's values by BatchParams field name.
+    hold); ``batch``: the Batch tab's values by BatchParams field name; ``script``: the X/Y/Z
+    plot's arguments when chosen (``confirmed`` as in txt2img's generate_updates).
     """
     values = dict(values, save_images=bool(engine.settings.options.samples_save))
     try:
@@ -250,13 +256,21 @@ def generate_updates(tab: Img2ImgTab, engine: Engine, queue: JobQueue, values: d
             template, folders = batch_params(values, batch or {}, engine, options)
         else:
             params = img2img_params(values, mode, **(pictures or {}))
+            fn, description = (lambda ctx: engine.img2img(params, ctx, options)), "img2img"
+            if script is not None:
+                start = start_xyz(engine, "img2img", script, params, options, confirmed, request)
+                if start.job is None:
+                    yield {tab.error: warning_html(start.ask), tab.progress: "", tab.script.confirmed: start.signature}
+                    return
+                fn, description = start.job, "img2img x/y/z plot"
     except KilnError as exc:
         gr.Warning(exc.message)
         yield {tab.error: error_html(exc.message, request), tab.progress: ""}
         return
     if mode != BATCH:
-        job = yield from submit_generation(tab, queue, lambda ctx: engine.img2img(params, ctx, options), "img2img",
-                                           options, request)
+        job = yield from submit_generation(tab, queue, fn, description, options, request)
+        if script is not None:
+            yield {tab.script.confirmed: None}
         yield from result_updates(tab, job)
         return
     from core.generation.img2img_batch import run_img2img_batch
@@ -290,21 +304,23 @@ def wire_img2img(tab: Img2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     pictures = {"init_image": tab.init_image, "editor": tab.inpaint_editor, "upload_image": tab.upload_image,
                 "upload_mask": tab.upload_mask}
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
-               tab.seeds_state, tab.selected_state, *checkpoint_dropdowns]
+               tab.seeds_state, tab.selected_state, tab.script.confirmed, *checkpoint_dropdowns]
     inputs = (set(f.values()) | set(pictures.values()) | set(tab.batch.values()) | {tab.mode}
-              | ({clip_skip} if clip_skip is not None else set()))
+              | ({clip_skip} if clip_skip is not None else set()) | set(tab.script.inputs))
 
     def generate(data: dict[Any, Any], request: gr.Request):
         values = settings_overrides(ui_values(tab, data), data, clip_skip)
         yield from generate_updates(tab, engine, queue, values, data[tab.mode],
                                     {name: data[c] for name, c in pictures.items()},
-                                    {name: data[c] for name, c in tab.batch.items()}, request)
+                                    {name: data[c] for name, c in tab.batch.items()}, request,
+                                    xyz_args(tab.script, data), data[tab.script.confirmed])
         if checkpoint_dropdowns:
             choice = checkpoint_choices(engine)
             yield {dropdown: choice for dropdown in checkpoint_dropdowns}
 
     tab.generate.click(generate, inputs=inputs, outputs=outputs, concurrency_limit=None, show_progress="hidden")
     wire_generation_controls(tab, engine, queue)
+    wire_script_controls(tab.script, engine)
     for mode, sub_tab in tab.mode_tab.items():
         sub_tab.select(lambda mode=mode: (mode, gr.Column(visible=mode in MASK_CONTROL_MODES)),
                        outputs=[tab.mode, tab.mask_controls], queue=False, show_progress="hidden")

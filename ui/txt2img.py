@@ -30,10 +30,12 @@ from ui.common import (
     wire_generation_controls,
 )
 from ui.i18n import t
+from ui.xyz import ScriptControls, build_script_controls, start_xyz, wire_script_controls, xyz_args
 
 if TYPE_CHECKING:
     from core.engine import Engine
     from core.jobs import JobQueue
+    from core.xyz.plan import XyzArgs
 
 DEFAULT_SAMPLER = "DPM++ 2M"
 DEFAULT_SCHEDULER = "Automatic"
@@ -107,6 +109,7 @@ def build_seed_controls(f: dict[str, Any], prefix: str) -> tuple[gr.Button, gr.B
 class Txt2ImgTab(GenerationTab):
     hires_accordion: gr.Accordion
     extra: dict[str, Any] = field(default_factory=dict)
+    script: ScriptControls | None = None  # the Script dropdown (X/Y/Z plot)
 
 
 def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
@@ -141,10 +144,11 @@ def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
             build_size_controls(f, "txt2img", engine.native_size())
             build_cfg_row(f, "txt2img", engine)
             random_seed, reuse_seed = build_seed_controls(f, "txt2img")
+            script = build_script_controls(engine, "txt2img", "txt2img")
         with gr.Column(scale=1, min_width=380):
             outputs = build_output_column("txt2img")
     return Txt2ImgTab(fields=f, **prompt_row, random_seed=random_seed, reuse_seed=reuse_seed,
-                      hires_accordion=hires_accordion, **outputs)
+                      hires_accordion=hires_accordion, script=script, **outputs)
 
 
 # ----------------------------------------------------------------------- handlers --
@@ -160,21 +164,32 @@ def settings_overrides(values: dict[str, Any], data: dict[Any, Any], clip_skip: 
 
 
 def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: dict[str, Any],
-                     request: Any = None) -> Iterator[dict[Any, Any]]:
+                     request: Any = None, script: XyzArgs | None = None,
+                     confirmed: str | None = None) -> Iterator[dict[Any, Any]]:
     """The Generate button: queue a txt2img job for ``values`` (API field names) and yield page
-    updates (progress, live preview, then gallery + infotext, or the error) until it ends."""
+    updates (progress, live preview, then gallery + infotext, or the error) until it ends.
+    ``script``: the X/Y/Z plot's arguments when the Script dropdown chose it (``confirmed``: the
+    over-the-limit grid the user already pressed Generate for once)."""
     values = dict(values, save_images=bool(engine.settings.options.samples_save))
     try:
         from core.generation.params import validate
 
         params = validate(params_from_request(values))
         options = engine.run_options(values.get("override_settings"))
+        fn, description = (lambda ctx: engine.txt2img(params, ctx, options)), "txt2img"
+        if script is not None:
+            start = start_xyz(engine, "txt2img", script, params, options, confirmed, request)
+            if start.job is None:
+                yield {tab.error: warning_html(start.ask), tab.progress: "", tab.script.confirmed: start.signature}
+                return
+            fn, description = start.job, "txt2img x/y/z plot"
     except KilnError as exc:
         gr.Warning(exc.message)
         yield {tab.error: error_html(exc.message, request), tab.progress: ""}
         return
-    job = yield from submit_generation(tab, queue, lambda ctx: engine.txt2img(params, ctx, options), "txt2img",
-                                       options, request)
+    job = yield from submit_generation(tab, queue, fn, description, options, request)
+    if script is not None:
+        yield {tab.script.confirmed: None}  # a later big grid asks again
     yield from result_updates(tab, job)
 
 
@@ -193,8 +208,9 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     ``checkpoint_dropdowns`` are refreshed after a job (a first load gives the title its hash)."""
     f = tab.fields
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
-               tab.seeds_state, tab.selected_state, *checkpoint_dropdowns]
-    inputs = set(f.values()) | ({clip_skip} if clip_skip is not None else set()) | set(picker_inputs)
+               tab.seeds_state, tab.selected_state, tab.script.confirmed, *checkpoint_dropdowns]
+    inputs = (set(f.values()) | ({clip_skip} if clip_skip is not None else set()) | set(picker_inputs)
+              | set(tab.script.inputs))
 
     def generate(data: dict[Any, Any], request: gr.Request):
         values = settings_overrides(ui_values(tab, data), data, clip_skip)
@@ -202,7 +218,8 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
             from ui.extra_networks import apply_picker
 
             values["prompt"] = apply_picker(values["prompt"], *(data[c] for c in picker_inputs))
-        yield from generate_updates(tab, engine, queue, values, request)
+        yield from generate_updates(tab, engine, queue, values, request, xyz_args(tab.script, data),
+                                    data[tab.script.confirmed])
         if checkpoint_dropdowns:
             choice = checkpoint_choices(engine)
             yield {dropdown: choice for dropdown in checkpoint_dropdowns}
@@ -210,6 +227,7 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     tab.generate.click(generate, inputs=inputs, outputs=outputs, concurrency_limit=None,
                        show_progress="hidden")
     wire_generation_controls(tab, engine, queue)
+    wire_script_controls(tab.script, engine)
     # The WebUI's Hires. fix is an accordion whose open state is the switch; keep both in step.
     tab.hires_accordion.expand(lambda: True, outputs=f["enable_hr"], queue=False, show_progress="hidden")
     tab.hires_accordion.collapse(lambda: False, outputs=f["enable_hr"], queue=False, show_progress="hidden")

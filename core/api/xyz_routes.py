@@ -14,9 +14,7 @@ from core.xyz.plan import (
     SCRIPT_TITLE,
     XyzArgs,
     check_cell_limit,
-    check_grid_size,
     from_script_args,
-    resolve,
 )
 
 if TYPE_CHECKING:
@@ -36,11 +34,10 @@ def take_script(values: dict[str, Any]) -> XyzArgs | None:
 def xyz_job(engine: Engine, mode: str, args: XyzArgs, params: Any, options: Any):
     """The plan checked now (bad axis, value, cell count: InvalidParameterError → 422) and the
     job function that renders it."""
-    from core.xyz.job import engine_catalog, run_xyz
+    from core.xyz.job import plan_for, run_xyz
 
-    plan = resolve(args, mode, params, options, engine_catalog(engine))
+    plan = plan_for(engine, mode, args, params, options)
     check_cell_limit(plan, int(engine.settings.options.xyz_max_cells))
-    check_grid_size(plan)
     return lambda ctx: run_xyz(engine, plan, ctx)
 
 

@@ -49,6 +49,16 @@ def engine_catalog(engine: Engine) -> Catalog:
                    upscalers=lambda: upscaler_names(engine))
 
 
+def plan_for(engine: Engine, mode: str, args: Any, params: Any, options: Any) -> XyzPlan:
+    """``args`` (XyzArgs) resolved against the engine's names and checked (bad axis, value, a grid
+    too large to hold: InvalidParameterError); the cell-count limit is the caller's to apply."""
+    from core.xyz.plan import check_grid_size, resolve
+
+    plan = resolve(args, mode, params, options, engine_catalog(engine))
+    check_grid_size(plan)
+    return plan
+
+
 class CellContext:
     """The job's context as one cell's run sees it: its steps add to the grid's progress, its
     per-step previews are dropped (the job's preview is the grid), Interrupt / Skip pass through."""
