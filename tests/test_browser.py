@@ -412,3 +412,48 @@ def test_the_page_answers_while_the_worker_is_busy(server, browser):
     finally:
         httpx.post(server + "/sdapi/v1/interrupt")
         long_job.join(60)
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` in a Gradio dropdown (open it, click the entry)."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator("ul[role=listbox] li[role=option]", has_text=option).first.click()
+
+
+def test_xyz_plot_from_the_script_dropdown(server, browser):
+    from PIL import Image
+
+    page = _open_txt2img(server, browser)
+    page.locator("#txt2img-prompt textarea").fill(PROMPT)
+    _small_fast_settings(page, "txt2img")
+    assert not page.locator("#txt2img-xyz").is_visible()
+    _choose(page, "txt2img-script", "X/Y/Z plot")
+    page.locator("#txt2img-xyz").wait_for(state="visible")
+    # A list axis shows its choices; 📒 fills in every one of them.
+    _choose(page, "txt2img-xyz-y-type", "Sampler")
+    page.locator("#txt2img-xyz-y-fill").click()
+    page.wait_for_function("() => document.querySelectorAll('#txt2img-xyz-y-dropdown .token').length > 5")
+    page.screenshot(path=str(ARTIFACTS / "txt2img-xyz-controls.png"), full_page=True)
+    # A 2 × 2 grid: seeds on X, steps on Y.
+    page.locator("#txt2img-xyz-x-values textarea, #txt2img-xyz-x-values input").first.fill("1, 2")
+    _choose(page, "txt2img-xyz-y-type", "Steps")
+    page.locator("#txt2img-xyz-y-values").wait_for(state="visible")
+    page.locator("#txt2img-xyz-y-values textarea, #txt2img-xyz-y-values input").first.fill("1, 3")
+    page.locator("#txt2img-generate").click()
+    image = _wait_for_gallery_picture(page, "txt2img-gallery")
+    page.screenshot(path=str(ARTIFACTS / "txt2img-xyz-grid.png"), full_page=True)
+    src = image.get_attribute("src")
+    grid = Image.open(io.BytesIO(page.request.get(src if src.startswith("http") else server + src).body()))
+    assert grid.width > 2 * 64 and grid.height > 2 * 64, grid.size
+    info = grid.info.get("parameters", "")
+    assert "Script: X/Y/Z plot" in info and "X Type: Seed" in info and "Y Type: Steps" in info, info
+    page.close()
+
+    chinese = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    chinese.goto(server + "/", wait_until="load")
+    chinese.wait_for_selector("#txt2img-generate")
+    _choose(chinese, "txt2img-script", "X/Y/Z 图表")
+    chinese.locator("#txt2img-xyz").wait_for(state="visible")
+    assert "X轴类型" in chinese.locator("#txt2img-xyz").inner_text()
+    chinese.screenshot(path=str(ARTIFACTS / "txt2img-xyz-zh-CN.png"), full_page=True)
+    chinese.close()

@@ -186,20 +186,23 @@ def wire_script_controls(controls: ScriptControls, engine: Engine) -> None:
                            show_progress="hidden")
     csv = controls.options["csv_mode"]
 
-    def axis_widgets(kind: str, csv_mode: bool):
+    def axis_widgets(kind: str, csv_mode: bool, picks: list[str] | None):
         """A list axis (sampler, checkpoint ...) shows a multiselect of its choices and 📒, unless
-        the user asked for text inputs; other axes a text box."""
+        the user asked for text inputs; other axes a text box. Picks the new axis cannot take are
+        dropped (a value outside its choices would make the page's next event fail)."""
         axis = axis_list(controls.mode).find(kind or "Nothing")
         listed = axis.choices is not None
         choices = axis.choices(engine_catalog(engine)) if listed else []
         dropdown_shown = listed and not csv_mode
-        return (gr.Textbox(visible=not dropdown_shown), gr.Dropdown(choices=choices, visible=dropdown_shown),
-                gr.Button(visible=listed))
+        kept = [p for p in (picks or []) if p in choices]
+        return (gr.Textbox(visible=not dropdown_shown),
+                gr.Dropdown(choices=choices, value=kept, visible=dropdown_shown), gr.Button(visible=listed))
 
     for c in controls.axes.values():
         outputs = [c.values, c.dropdown, c.fill]
-        c.type.change(axis_widgets, inputs=[c.type, csv], outputs=outputs, queue=False, show_progress="hidden")
-        csv.change(axis_widgets, inputs=[c.type, csv], outputs=outputs, queue=False, show_progress="hidden")
+        inputs = [c.type, csv, c.dropdown]
+        c.type.change(axis_widgets, inputs=inputs, outputs=outputs, queue=False, show_progress="hidden")
+        csv.change(axis_widgets, inputs=inputs, outputs=outputs, queue=False, show_progress="hidden")
 
         def fill(kind: str, csv_mode: bool):
             """📒: every value the axis can take (the WebUI's fill button)."""
