@@ -375,7 +375,7 @@ class Engine:
             view = slot.vaes.view(vae_path) if slot.vaes is not None else base
             extras = slot.extras
             if extras is not None:
-                patches, resolved = extras.resolve(tags)
+                patches, resolved = extras.resolve(tags, options.lora_folders)
                 applied = extras.applied(patches)
             else:
                 resolved = Activation(warnings=["extra networks are not available for this model; tags ignored"]

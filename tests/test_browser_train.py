@@ -56,4 +56,24 @@ def test_train_a_lora_from_the_train_tab(server, browser, tmp_path):  # noqa: F8
     page.wait_for_selector("#train-samples img")
     page.wait_for_timeout(1500)  # the chart draws its lines after its axes
     page.screenshot(path=str(ARTIFACTS / "train-tab.png"), full_page=True)
+
+    # The evaluation sheet of the run: its 2 epoch files × 2 weights × 1 prompt, the checker's
+    # score under each cell (the built-in Shapes model), then "Keep this one".
+    page.locator("#train-sheet").click()
+    _fill(page, "train-sheet-weights", "0, 1")
+    _fill(page, "train-sheet-steps", 4)
+    page.locator("#train-sheet-make").click()
+    page.wait_for_function("() => document.querySelector('#train-sheet-message').innerText.includes('Sheet saved')",
+                           timeout=240_000)
+    assert (tmp_path / "out" / "teal-ui-sheet.png").is_file() and (tmp_path / "out" / "teal-ui-sheet.html").is_file()
+    page.wait_for_selector("#train-sheet-image img")
+    cells = page.locator("#train-sheet-cells .thumbnail-item")
+    assert cells.count() == 4
+    cells.first.click()
+    page.wait_for_function("() => document.querySelector('#train-sheet-cell-info').innerText.includes('<lora:teal-ui')")
+    _fill(page, "train-sheet-keep-name", "teal-ui-kept")
+    page.locator("#train-sheet-keep").click()
+    page.wait_for_function("() => document.querySelector('#train-sheet-message').innerText.includes('teal-ui-kept')")
+    assert (tmp_path / "out" / "teal-ui.safetensors").is_file()  # the original stays
+    page.screenshot(path=str(ARTIFACTS / "train-sheet.png"), full_page=True)
     page.close()

@@ -35,6 +35,7 @@ from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
 from ui.train import STRINGS as TRAIN_STRINGS
 from ui.train import build_train_tab
+from ui.train_sheet import STRINGS as SHEET_STRINGS
 from ui.txt2img import build_txt2img_tab, wire_txt2img
 from ui.xyz import STRINGS as XYZ_STRINGS
 
@@ -58,7 +59,8 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
-                                                                     TRAIN_STRINGS, XYZ_STRINGS, *extra_tables))}
+                                                                     TRAIN_STRINGS, XYZ_STRINGS, SHEET_STRINGS,
+                                                                     *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:

@@ -16,6 +16,7 @@ import gradio as gr
 
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.train_sheet import build_sheet_section, sheet_updates, wire_sheet_section
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -251,6 +252,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
                                height=260)
             files = gr.Markdown(elem_id="train-files")
             samples = gr.Gallery(label=tr("Samples"), columns=4, height=220, elem_id="train-samples")
+    sheet = build_sheet_section()
 
     names = list(FIELDS)
     inputs = [widgets[name] for name in names]
@@ -278,10 +280,18 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
     for name in ("optimizer_type", "learning_rate", "network_dim", "unet_lr", "text_encoder_lr", "lr_scheduler"):
         widgets[name].change(on_advice, form, advice, show_progress="hidden")
 
+    sheet_form = {name: widgets[name] for name in ("output_dir", "output_name", "sample_prompts",
+                                                   "pretrained_model_name_or_path")}
+    wire_sheet_section(sheet, engine, queue, sheet_form, lambda title: title or None)
+    run_outputs = [progress, message, plot, files, samples]
+
     def on_start(data: dict, request: gr.Request):
         from core.training.from_config import lora_job
         from core.training.jobs import training_job
         from ui.common import error_html, job_error_message, progress_html, ui_owner, watch_job
+
+        def shown(*values: Any) -> dict[Any, Any]:
+            return dict(zip(run_outputs, values))
 
         ignore, allow = data[ignore_checks], data[allow_unsupported]
         title = data[widgets["pretrained_model_name_or_path"]]
@@ -290,7 +300,7 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
             job_spec = lora_job(config, default_output_dir=engine.settings.paths.lora_dir, allow_unsupported=bool(allow),
                                 ignore_check_errors=bool(ignore))
         except KilnError as exc:
-            yield "", error_html(exc.message, request), gr.update(), "", gr.update()
+            yield shown("", error_html(exc.message, request), gr.update(), "", gr.update())
             return
         job = queue.submit(training_job(engine, job_spec, title or None), f"LoRA {config.effective_output_name()}",
                            ui_owner(request), kind="train")
@@ -298,16 +308,22 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
             note = (S.say("Paused: short jobs of others are running between epochs.", request)
                     if status.snapshot is not None and status.snapshot.state == "paused" else "")
             saved = "\n".join(f"- {html.escape(a.label)}" for a in job.artifacts if a.kind == "lora")
-            yield progress_html(status, request), note, _frame(loss_rows(job)), saved, sample_items(job)
+            yield shown(progress_html(status, request), note, _frame(loss_rows(job)), saved, sample_items(job))
         error = job_error_message(job)
         saved = "\n".join(f"- `{p}`" for p in (job.result or []))
         if error:
-            yield "", error_html(error, request), _frame(loss_rows(job)), saved, sample_items(job)
-        else:
-            yield "", S.say("Training finished: {n} files.", request, n=len(job.result or [])), \
-                _frame(loss_rows(job)), saved, sample_items(job)
+            yield shown("", error_html(error, request), _frame(loss_rows(job)), saved, sample_items(job))
+            return
+        yield shown("", S.say("Training finished: {n} files.", request, n=len(job.result or [])),
+                    _frame(loss_rows(job)), saved, sample_items(job))
+        if data[sheet.auto] and job.result:
+            values = {"output_dir": str(job_spec.output.output_dir), "output_name": job_spec.output.output_name,
+                      "sample_prompts": data[widgets["sample_prompts"]], "checkpoint": title or None,
+                      "weights": data[sheet.weights], "prompts": data[sheet.prompts], "seed": data[sheet.seed],
+                      "steps": data[sheet.steps]}
+            yield from sheet_updates(sheet, engine, queue, values, request)
 
-    start.click(on_start, {*inputs, ignore_checks, allow_unsupported}, [progress, message, plot, files, samples],
+    start.click(on_start, {*inputs, ignore_checks, allow_unsupported, *sheet.inputs}, [*run_outputs, *sheet.outputs],
                 show_progress="hidden")
 
     def on_stop(request: gr.Request) -> None:

@@ -76,9 +76,14 @@ class ExtraNetworks:
     def refresh_embeddings(self, force: bool = False) -> bool:
         return self.embeddings.load_for_model(self.family, self._expected_dims, force=force)
 
-    def lora_index(self) -> dict[str, Path]:
-        """Names a prompt may use: file stems and `ss_output_name` aliases (core.networks.lora.network_names)."""
-        return network_names(find_networks(self.paths.lora_dir).items(), self._alias).files
+    def lora_index(self, extra_folders: tuple[str | Path, ...] = ()) -> dict[str, Path]:
+        """Names a prompt may use: file stems and `ss_output_name` aliases (core.networks.lora.network_names)
+        of models/Lora; the stems of ``extra_folders`` (a job's own, e.g. a run's epoch files) come first."""
+        index = network_names(find_networks(self.paths.lora_dir).items(), self._alias).files
+        for folder in extra_folders:
+            for name, path in find_networks(folder).items():
+                index[name] = path
+        return index
 
     def _alias(self, path: Path) -> str | None:
         if path.suffix.lower() != ".safetensors":
@@ -96,11 +101,13 @@ class ExtraNetworks:
         return self._aliases[key] or None
 
     # -- patches ----------------------------------------------------------------------
-    def resolve(self, tags: dict[str, list[Any]]) -> tuple[NetworkPatches, Activation]:
-        """The patch set a job's prompt tags ask for (files read, nothing applied yet)."""
+    def resolve(self, tags: dict[str, list[Any]],
+                lora_folders: tuple[str | Path, ...] = ()) -> tuple[NetworkPatches, Activation]:
+        """The patch set a job's prompt tags ask for (files read, nothing applied yet);
+        ``lora_folders``: the job's own LoRA folders, searched before models/Lora."""
         out = Activation()
         self.refresh_embeddings()
-        loras, lora_names = self._resolve_loras(tags.get("lora", []), out)
+        loras, lora_names = self._resolve_loras(tags.get("lora", []), out, lora_folders)
         hypernets, hypernet_names = self._resolve_hypernets(tags.get("hypernet", []), out)
         for kind in tags:
             if kind not in ("lora", "hypernet"):
@@ -127,10 +134,11 @@ class ExtraNetworks:
         self._apply_hypernets(patches, out)
         return out
 
-    def _resolve_loras(self, items: list[Any], out: Activation) -> tuple[list[NetworkRequest], list[str]]:
+    def _resolve_loras(self, items: list[Any], out: Activation,
+                       lora_folders: tuple[str | Path, ...] = ()) -> tuple[list[NetworkRequest], list[str]]:
         requests: list[NetworkRequest] = []
         mentioned: list[str] = []
-        index = self.lora_index() if items else {}
+        index = self.lora_index(lora_folders) if items else {}
         for params in items:
             if not params.positional:
                 out.warnings.append("a <lora:...> tag without a name was ignored")

@@ -46,6 +46,9 @@ class RunOptions:
     outdir_img2img_samples: str = "outputs/img2img-images"
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10
+    # Kiln's, set by a job and not a setting: more folders `<lora:name>` tags look in, before
+    # models/Lora (the evaluation sheet names a run's epoch files where the trainer wrote them).
+    lora_folders: tuple[str, ...] = ()
 
     @property
     def clip_skip(self) -> int:
@@ -66,7 +69,8 @@ class RunOptions:
         return dataclasses.replace(self, **changes)
 
 
-RUN_OPTION_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"checkpoint", "checkpoint_explicit"}
+RUN_OPTION_KEYS = frozenset(f.name for f in dataclasses.fields(RunOptions)) - {"checkpoint", "checkpoint_explicit",
+                                                                              "lora_folders"}
 
 
 def snapshot(options: Options, checkpoint: str | None, overrides: dict[str, Any] | None = None) -> RunOptions:

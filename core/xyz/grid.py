@@ -89,7 +89,7 @@ def wrap(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> list[str]:
     return lines
 
 
-def _text_block(text: str, width: int, size: int) -> Image.Image:
+def text_block(text: str, width: int, size: int) -> Image.Image:
     """``text`` wrapped to ``width`` and centred, on a white strip as tall as it needs."""
     font = font_for(text, size)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -120,14 +120,14 @@ def annotate(grid: Image.Image, cell_size: tuple[int, int], column_labels: Seque
     cw, ch = cell_size
     size = font_size_for(cw, ch)
     has_cols, has_rows = any(column_labels), any(row_labels)
-    col_blocks = [_text_block(label, cw, size) for label in column_labels] if has_cols else []
+    col_blocks = [text_block(label, cw, size) for label in column_labels] if has_cols else []
     top = max((b.height for b in col_blocks), default=0)
     left_width = 0
     if has_rows:
         left_width = min(max(cw * 3 // 4, size * 6), max(int(max(
             ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font_for(label, size))
             for label in row_labels)) + size, size * 3))
-    row_blocks = [_text_block(label, left_width, size) for label in row_labels] if has_rows else []
+    row_blocks = [text_block(label, left_width, size) for label in row_labels] if has_rows else []
     out = Image.new("RGB", (grid.width + left_width, grid.height + top), BACKGROUND)
     out.paste(grid, (left_width, top))
     for i, block in enumerate(col_blocks):

@@ -90,12 +90,22 @@ class CellContext:
 
 
 @dataclass
-class _Done:
+class CellDone:
+    """A rendered cell: its picture in the job's temporary folder, and what it was made with."""
+
     path: Path
     infotext: str
     seed: int
     subseed: int
     saved: str | None
+
+
+@dataclass
+class RenderedCells:
+    done: dict[tuple[int, int, int], CellDone]
+    warnings: list[str]
+    interrupted: bool
+    total: int
 
 
 def cell_steps(params: Any) -> int:
@@ -110,59 +120,68 @@ def cell_steps(params: Any) -> int:
 
 def run_xyz(engine: Engine, plan: XyzPlan, ctx: JobContext) -> GenerationResult:
     """worker: render every cell in the plan's order, then draw and save the grid(s)."""
+    with tempfile.TemporaryDirectory(prefix="kiln-xyz-") as tmp:
+        cells = render_cells(engine, plan, ctx, Path(tmp))
+        images = _assemble(engine, plan, cells.done)
+    warnings = list(cells.warnings)
+    if cells.interrupted:
+        warnings.append(f"interrupted: {len(cells.done)} of {cells.total} cells rendered; the grid shows them")
+    return GenerationResult(images=images, params=plan.params, warnings=warnings, interrupted=cells.interrupted)
+
+
+def render_cells(engine: Engine, plan: XyzPlan, ctx: JobContext, folder: Path) -> RenderedCells:
+    """worker: every cell in the plan's order (cell k of n on the job's progress, the grid filling
+    in as its preview), each cell's first picture written to ``folder``; Interrupt stops after the
+    current cell and keeps the finished ones. Raises when no cell could be rendered."""
     run = engine.txt2img if plan.mode == "txt2img" else engine.img2img
     order = plan.order()
     cells = {(ix, iy, iz): plan.cell(ix, iy, iz) for ix, iy, iz in order}
     ctx.set_total(sum(cell_steps(c.params) for c in cells.values()), job_count=len(order))
     warnings: list[str] = []
-    done: dict[tuple[int, int, int], _Done] = {}
+    done: dict[tuple[int, int, int], CellDone] = {}
     interrupted = False
     first_error: BaseException | None = None
     cell_ctx = CellContext(ctx)
     preview = _Preview(plan)
-    with tempfile.TemporaryDirectory(prefix="kiln-xyz-") as tmp:
-        for k, key in enumerate(order, start=1):
-            if ctx.interrupted:
-                interrupted = True
-                break
-            ctx.set_text(f"X/Y/Z plot: cell {k} of {len(order)}")
-            cell = cells[key]
-            try:
-                result = run(cell.params, cell_ctx, cell.options)
-            except JobSkipped:
-                warnings.append(f"cell {k} skipped")
-                continue
-            except JobInterrupted:
-                interrupted = True
-                break
-            except KilnError as exc:
-                first_error = first_error or exc
-                warnings.append(f"cell {k} ({_cell_name(plan, key)}): {exc.message}")
-                continue
-            for w in result.warnings:
-                if w not in warnings:
-                    warnings.append(w)
-            if result.images:
-                first = result.images[0]
-                path = Path(tmp) / f"{plan.index(*key):06}.png"
-                first.image.save(path, format="PNG", compress_level=1)
-                done[key] = _Done(path, first.infotext, first.seed, first.subseed, first.path)
-                preview.add(key, first.image)
-                ctx.set_preview(preview.image())
-            ctx.job.progress.job_no = k
-            if result.interrupted or ctx.interrupted:
-                interrupted = True
-                break
-        if not done:
-            if first_error is not None:
-                raise first_error
-            if interrupted:
-                raise JobInterrupted()
-            raise KilnError("the X/Y/Z plot made no picture", hint="see the warnings of the cells")
-        images = _assemble(engine, plan, done)
-    if interrupted:
-        warnings.append(f"interrupted: {len(done)} of {len(order)} cells rendered; the grid shows them")
-    return GenerationResult(images=images, params=plan.params, warnings=warnings, interrupted=interrupted)
+    for k, key in enumerate(order, start=1):
+        if ctx.interrupted:
+            interrupted = True
+            break
+        ctx.set_text(f"X/Y/Z plot: cell {k} of {len(order)}")
+        cell = cells[key]
+        try:
+            result = run(cell.params, cell_ctx, cell.options)
+        except JobSkipped:
+            warnings.append(f"cell {k} skipped")
+            continue
+        except JobInterrupted:
+            interrupted = True
+            break
+        except KilnError as exc:
+            first_error = first_error or exc
+            warnings.append(f"cell {k} ({_cell_name(plan, key)}): {exc.message}")
+            continue
+        for w in result.warnings:
+            if w not in warnings:
+                warnings.append(w)
+        if result.images:
+            first = result.images[0]
+            path = folder / f"{plan.index(*key):06}.png"
+            first.image.save(path, format="PNG", compress_level=1)
+            done[key] = CellDone(path, first.infotext, first.seed, first.subseed, first.path)
+            preview.add(key, first.image)
+            ctx.set_preview(preview.image())
+        ctx.job.progress.job_no = k
+        if result.interrupted or ctx.interrupted:
+            interrupted = True
+            break
+    if not done:
+        if first_error is not None:
+            raise first_error
+        if interrupted:
+            raise JobInterrupted()
+        raise KilnError("the X/Y/Z plot made no picture", hint="see the warnings of the cells")
+    return RenderedCells(done, warnings, interrupted, len(order))
 
 
 def _cell_name(plan: XyzPlan, key: tuple[int, int, int]) -> str:
@@ -196,7 +215,7 @@ class _Preview:
         return self.canvas.copy() if self.canvas is not None else None
 
 
-def _assemble(engine: Engine, plan: XyzPlan, done: dict[tuple[int, int, int], _Done]) -> list[GeneratedImage]:
+def _assemble(engine: Engine, plan: XyzPlan, done: dict[tuple[int, int, int], CellDone]) -> list[GeneratedImage]:
     """Main grid first, then the sub-grids (include_sub_grids), then the cells (include_lone_images),
     as the WebUI returns them; the grids saved under outputs/<mode>-grids/<date>/."""
     args = plan.args

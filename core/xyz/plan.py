@@ -35,7 +35,7 @@ MAX_MARGIN = 500
 
 @dataclass
 class AxisArgs:
-    type: int | str = 0  # index into the tab's axis list, or a label
+    type: int | str | Axis = 0  # index into the tab's axis list, a label, or an Axis of Kiln's own
     values: str = ""  # CSV / ranges
     dropdown: list[str] | None = None  # the list axes' multiselect
 
@@ -231,7 +231,7 @@ def resolve(args: XyzArgs, mode: str, params: GenerationParams, options: RunOpti
 
 def _resolve_axis(spec: AxisArgs, axes: AxisList, args: XyzArgs, params: GenerationParams,
                   catalog: Catalog) -> ResolvedAxis:
-    axis = axes.find(spec.type)
+    axis = spec.type if isinstance(spec.type, Axis) else axes.find(spec.type)
     if axis.unsupported:
         raise AxisError(f"the axis {axis.label!r} cannot be plotted: {axis.unsupported}")
     if axis.label == "Nothing":
