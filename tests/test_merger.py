@@ -259,3 +259,66 @@ def test_the_merge_job_reports_progress_and_lists_the_new_file(files, tmp_path):
     assert job.progress.total_steps == len(load_file(files["a"])) and job.progress.step == job.progress.total_steps
     assert job.artifacts[0].path == str(result.path)
     assert engine.registry.find_checkpoint("0.5(a) + 0.5(b).safetensors") is not None
+
+
+def test_sdxl_text_encoder_swap_takes_both_embedders_from_b(files, tmp_path):
+    b = save_checkpoint(tiny_model("sdxl", 55), tmp_path / "src" / "xl-b.safetensors")
+    result = run_merge(MergeParams(ref(files, "xl"), ModelRef(b.name, b), interp_method=NO_INTERPOLATION,
+                                   replace_text_encoder=True), tmp_path / "out")
+    a_t, b_t, out = load_file(files["xl"]), load_file(b), load_file(result.path)
+    te = [k for k in a_t if k.startswith("conditioner.embedders.")]
+    assert any(".embedders.0." in k for k in te) and any(".embedders.1." in k for k in te)
+    assert all(torch.equal(out[k], b_t[k]) for k in te)
+    assert all(torch.equal(out[k], a_t[k]) for k in a_t if not k.startswith("conditioner."))
+    assert load_checkpoint(result.path).spec.family == "sdxl"
+
+
+def test_a_pickled_ckpt_merges_like_its_safetensors(files, tmp_path):
+    ckpt = tmp_path / "src" / "a.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": load_file(files["a"])}, ckpt)
+    result = run_merge(MergeParams(ModelRef("a.ckpt", ckpt), ref(files, "b"), multiplier=0.0), tmp_path / "out")
+    assert result.path.name == "1.0(a) + 0.0(b).safetensors"
+    a, out = load_file(files["a"]), load_file(result.path)
+    assert set(a) == set(out) and all(torch.equal(out[k], a[k]) for k in a)
+
+
+def test_an_interrupted_merge_leaves_no_file(files, tmp_path):
+    from core.errors import JobInterrupted
+
+    class StopAfter:
+        def __init__(self, n: int):
+            self.left = n
+
+        def set_total(self, total_steps: int, job_count: int = 1) -> None:
+            self.total = total_steps
+
+        def set_text(self, text: str) -> None:
+            self.text = text
+
+        def advance(self, steps: int = 1, *, check: bool = True) -> None:
+            self.left -= steps
+            if self.left <= 0:
+                raise JobInterrupted()
+
+    progress = StopAfter(20)
+    with pytest.raises(JobInterrupted):
+        run_merge(MergeParams(ref(files, "a"), ref(files, "b")), tmp_path, progress)
+    assert progress.total == len(load_file(files["a"])) and progress.text.endswith(f"key 20 of {progress.total}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_inputs_are_streamed_never_read_whole(files, tmp_path, monkeypatch):
+    """A, B and C are read a tensor at a time (safe_open), never through the whole-file readers."""
+    import safetensors.torch
+
+    import core.models.state_dict_io as io
+
+    def whole_file(*args, **kwargs):
+        raise AssertionError("a whole checkpoint was read")
+
+    monkeypatch.setattr(io, "read_state_dict", whole_file)
+    monkeypatch.setattr(io, "_read_safetensors", whole_file)
+    monkeypatch.setattr(safetensors.torch, "load_file", whole_file)
+    result = merge(files, tmp_path, c="c", interp_method=ADD_DIFFERENCE, multiplier=0.5)
+    assert result.path.is_file()

@@ -52,6 +52,7 @@ EN = {
     "merger.lora_weight": "LoRA weight",
     "merger.overwrite": "Overwrite an existing file of the same name",
     "merger.merge": "Merge",
+    "merger.none": "None",
     "merger.saved": "Checkpoint saved to {path}",
     "merger.no_primary": "Failed: Merging requires a primary model.",
 }
@@ -86,6 +87,7 @@ ZH = {
     "merger.lora_weight": "LoRA 权重",
     "merger.overwrite": "覆盖同名的已有文件",
     "merger.merge": "融合",
+    "merger.none": "无",
     "merger.saved": "模型已保存到 {path}",
     "merger.no_primary": "失败：融合需要一个主要模型。",
 }
@@ -103,12 +105,12 @@ def _checkpoints(engine: Engine) -> list[str]:
     return engine.checkpoint_titles()
 
 
-def _vaes(engine: Engine) -> list[str]:
-    return [NO_VAE, *[e.name for e in engine.registry.vaes()]]
+def _vaes(engine: Engine) -> list[Any]:
+    return [(tr("merger.none"), NO_VAE), *[(e.name, e.name) for e in engine.registry.vaes()]]
 
 
-def _loras(engine: Engine) -> list[str]:
-    return [NO_LORA, *[e.name for e in engine.registry.loras()]]
+def _loras(engine: Engine) -> list[Any]:
+    return [(tr("merger.none"), NO_LORA), *[(e.name, e.name) for e in engine.registry.loras()]]
 
 
 def result_html(message: str, warnings: list[str]) -> str:
