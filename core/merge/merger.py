@@ -27,6 +27,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -187,10 +188,6 @@ def _to_half(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half() if tensor.dtype == torch.float32 else tensor
 
 
-def _open(ref: ModelRef | None) -> TensorSource | None:
-    return TensorSource(ref.path) if ref is not None else None
-
-
 def _config_near(ref: ModelRef | None) -> Path | None:
     """The WebUI's ``find_checkpoint_config_near_filename``: ``<checkpoint stem>.yaml`` beside it."""
     if ref is None:
@@ -251,52 +248,48 @@ def run_merge(params: MergeParams, ckpt_dir: str | Path, progress: Progress | No
     ckpt_dir = Path(ckpt_dir)
     warnings: list[str] = []
     progress.set_text("Checking the models")
-    a = TensorSource(params.primary.path)
-    b = _open(params.secondary) if params.uses_secondary else None
-    c = _open(params.tertiary) if params.uses_tertiary else None
-    spec = a.spec()
-    if b is not None:
-        check_compatible(a, b, "B")
-    if c is not None:
-        check_compatible(a, c, "C")
-        for key in b.keys():  # B − C is taken key by key: C must shape as B does
-            if key in c and _is_merged_key(key) and b.shape(key) != c.shape(key):
-                raise MergeMismatch(f"first mismatched key: {key} is {list(b.shape(key))} in B but "
-                                    f"{list(c.shape(key))} in C", path=c.path, hint="B and C must be the same "
-                                                                                    "architecture")
-    method = params.interp_method
-    merging = method != NO_INTERPOLATION
-    text_encoder = TEXT_ENCODER_PREFIXES[spec.family] if params.replace_text_encoder else ()
-    extra = {}
-    if merging:
-        extra = {key: _extra_channels(a.shape(key), b.shape(key)) for key in a.keys()
-                 if key in b and _is_merged_key(key)}
-    inpainting = 9 in extra.values()
-    pix2pix = 8 in extra.values()
+    with ExitStack() as stack:  # the three files stay open for the streaming pass only
+        a = stack.enter_context(TensorSource(params.primary.path))
+        b = stack.enter_context(TensorSource(params.secondary.path)) if params.uses_secondary else None
+        c = stack.enter_context(TensorSource(params.tertiary.path)) if params.uses_tertiary else None
+        spec = a.spec()
+        if b is not None:
+            check_compatible(a, b, "B")
+        if c is not None:
+            check_compatible(a, c, "C")
+            for key in b.keys():  # B − C is taken key by key: C must shape as B does
+                if key in c and _is_merged_key(key) and b.shape(key) != c.shape(key):
+                    raise MergeMismatch(f"first mismatched key: {key} is {list(b.shape(key))} in B but "
+                                        f"{list(c.shape(key))} in C", path=c.path, hint="B and C must be the same "
+                                                                                        "architecture")
+        method = params.interp_method
+        merging = method != NO_INTERPOLATION
+        text_encoder = TEXT_ENCODER_PREFIXES[spec.family] if params.replace_text_encoder else ()
+        extra = {}
+        if merging:
+            extra = {key: _extra_channels(a.shape(key), b.shape(key)) for key in a.keys()
+                     if key in b and _is_merged_key(key)}
+        inpainting = 9 in extra.values()
+        pix2pix = 8 in extra.values()
 
-    # Where it goes, and everything else that can fail, before the long part.
-    out_path = ckpt_dir / output_filename(params, inpainting=inpainting, instruct_pix2pix=pix2pix)
-    if out_path.exists() and not params.overwrite:
-        raise KilnError(f"{out_path.name} already exists in {ckpt_dir}", path=out_path,
-                        hint="type another Custom Name, or tick Overwrite to replace it")
-    config_from = _config_source(params)
-    config_to = out_path.with_suffix(".yaml") if config_from is not None else None
-    if config_to is not None and config_to.exists() and not params.overwrite:
-        raise KilnError(f"{config_to.name} already exists", path=config_to,
-                        hint="type another Custom Name, or choose Don't under Copy config from")
-    vae = _read_vae(Path(params.bake_in_vae_path), a) if params.bake_in_vae_path is not None else {}
-    network = None
-    if params.lora is not None:
-        from core.networks.lora import load_network
+        # Where it goes, and everything else that can fail, before the long part.
+        out_path = ckpt_dir / output_filename(params, inpainting=inpainting, instruct_pix2pix=pix2pix)
+        if out_path.exists() and not params.overwrite:
+            raise KilnError(f"{out_path.name} already exists in {ckpt_dir}", path=out_path,
+                            hint="type another Custom Name, or tick Overwrite to replace it")
+        config_from = _config_source(params)
+        config_to = out_path.with_suffix(".yaml") if config_from is not None else None
+        if config_to is not None and config_to.exists() and not params.overwrite:
+            raise KilnError(f"{config_to.name} already exists", path=config_to,
+                            hint="type another Custom Name, or choose Don't under Copy config from")
+        vae = _read_vae(Path(params.bake_in_vae_path), a) if params.bake_in_vae_path is not None else {}
+        network = None
+        if params.lora is not None:
+            from core.networks.lora import load_network
 
-        network = load_network(params.lora.path)
+            network = load_network(params.lora.path)
 
-    try:
         out, halve = _merge_tensors(params, a, b, c, extra, text_encoder, progress, warnings)
-    finally:
-        for source in (a, b, c):
-            if source is not None:
-                source.close()
 
     if network is not None:
         progress.set_text(f"Baking in LoRA {params.lora.name}")
