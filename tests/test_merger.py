@@ -161,6 +161,8 @@ def test_an_existing_output_is_never_overwritten_unless_asked(files, tmp_path):
     again = merge(files, tmp_path, custom_name="mine", multiplier=0.9, overwrite=True)
     assert again.path == first.path and again.path.read_bytes() != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.safetensors"]  # no temp file left
+    with pytest.raises(KilnError, match="mine.safetensors already exists"):  # a typed extension is the same name
+        merge(files, tmp_path, custom_name="mine.safetensors")
 
 
 def test_metadata_has_the_webui_recipe_and_model_tree(files, tmp_path):
@@ -322,3 +324,20 @@ def test_the_inputs_are_streamed_never_read_whole(files, tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load_file", whole_file)
     result = merge(files, tmp_path, c="c", interp_method=ADD_DIFFERENCE, multiplier=0.5)
     assert result.path.is_file()
+
+
+def test_output_names_follow_the_webui_rule():
+    from core.merge.recipe import output_filename
+
+    a, b, c = ModelRef("sub/x.safetensors", Path("x")), ModelRef("y.ckpt", Path("y")), ModelRef("z.safetensors",
+                                                                                              Path("z"))
+    assert output_filename(MergeParams(a, b, multiplier=0.25), inpainting=False, instruct_pix2pix=False) \
+        == "0.75(sub_x) + 0.25(y).safetensors"
+    assert output_filename(MergeParams(a, b, c, interp_method=ADD_DIFFERENCE, multiplier=1, checkpoint_format="ckpt"),
+                           inpainting=False, instruct_pix2pix=True) == "sub_x + 1.0(y - z).instruct-pix2pix.ckpt"
+    assert output_filename(MergeParams(a, interp_method=NO_INTERPOLATION), inpainting=True,
+                           instruct_pix2pix=False) == "sub_x.inpainting.safetensors"
+    assert output_filename(MergeParams(a, b, custom_name=" mine.ckpt "), inpainting=False,
+                           instruct_pix2pix=False) == "mine.safetensors"
+    with pytest.raises(KilnError, match="not a plain file name"):
+        MergeParams(a, b, custom_name="../escape").validate()

@@ -121,6 +121,9 @@ def output_stem(params: MergeParams) -> str:
     """The file name without extension: the custom name, else the WebUI's rule for the method
     (``0.7(a) + 0.3(b)``, ``a + 0.3(b - c)``, ``a``), with Kiln's extras named after it."""
     custom = params.custom_name.strip()
+    for suffix in CHECKPOINT_FORMATS:  # "mine.safetensors" means mine.safetensors, not mine.safetensors.safetensors
+        if custom.lower().endswith(f".{suffix}") and len(custom) > len(suffix) + 1:
+            custom = custom[: -len(suffix) - 1]
     if custom:
         return custom
     a = params.primary.model_name
