@@ -63,6 +63,29 @@ def atomic_save_with(path: str | Path, writer) -> Path:
     return path
 
 
+def atomic_save_new_with(path: str | Path, writer) -> Path:
+    """Call ``writer(tmp_path)``, then give the whole file the name ``path`` only if no file has it:
+    FileExistsError otherwise (another writer may have taken the name meanwhile), and the temp file
+    is removed. The name appears with the complete file or not at all (hard link; where the
+    filesystem has none, the name is claimed with O_EXCL and the temp file renamed over it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _new_temp(path)
+    os.close(fd)
+    try:
+        writer(tmp)
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno not in _NO_HARD_LINKS:
+                raise
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 def atomic_write_many(items: Iterable[tuple[str | Path, bytes]]) -> list[Path]:
     """Replace many small files at once, all or none: every new text goes to a temp file first,
     the data reaches the disk with one ``os.sync`` (an fsync per file where there is none; one

@@ -30,6 +30,8 @@ from ui.extras import STRINGS as EXTRAS_STRINGS
 from ui.extras import build_extras_tab
 from ui.i18n import make_i18n, t
 from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
+from ui.merger import STRINGS as MERGER_STRINGS
+from ui.merger import build_merger_tab
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
@@ -60,7 +62,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
     )
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
                                                                      TRAIN_STRINGS, XYZ_STRINGS, SHEET_STRINGS,
-                                                                     *extra_tables))}
+                                                                     MERGER_STRINGS, *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
@@ -79,6 +81,7 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                     build_dataset_tab(engine, queue)
             with gr.Tab(I18nData("Train"), id="train", elem_id="tab-train"):
                 build_train_tab(engine, queue)
+            build_merger_tab(engine, queue, top.dropdown)
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
