@@ -63,7 +63,7 @@ class TrainOptions:
     clip_grad_mode: str = "disabled"
     clip_grad_value: str = "0.1"
     preview: PreviewOptions = field(default_factory=PreviewOptions)
-    clip_skip: int = 1
+    clip_skip: int | None = None  # None: 1 (the job passes the studio's Clip skip setting)
     seed: int | None = None  # None: a new one each run, as the WebUI
 
 
@@ -249,7 +249,7 @@ def run_training(model: Any, target: Trainable, options: TrainOptions, final_pat
             loss_step, prompts = 0.0, []
             for _ in range(options.gradient_step):
                 latents, prompts = next(batches)
-                loss = objective(model, target, latents, prompts, schedule, generator, options.clip_skip)
+                loss = objective(model, target, latents, prompts, schedule, generator, options.clip_skip or 1)
                 loss = loss / options.gradient_step
                 if not torch.isfinite(loss):
                     raise KilnError(f"the loss became {loss.item()} at step {target.step + 1}: training stopped; "
