@@ -51,6 +51,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.xyz_routes import scripts_router
 
     app.include_router(scripts_router())  # /sdapi/v1/scripts, /script-info: the X/Y/Z plot
+    from core.api.train_routes import train_router
+
+    app.include_router(train_router(engine, queue))  # create/train embedding and hypernetwork
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
