@@ -21,6 +21,7 @@ from core.cli import Flags
 from core.errors import KilnError
 from core.fileio import atomic_write_json, remove_stale_temp_files, unique_path
 from core.paths import KilnPaths
+from core.styles import INFOTEXT_STYLES_CHOICES
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
 SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp")
@@ -54,6 +55,7 @@ class Options:
     outdir_img2img_samples: str = "outputs/img2img-images"
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
     outdir_img2img_grids: str = "outputs/img2img-grids"
+    infotext_styles: str = "Apply if any"  # pasting an infotext: "Ignore" | "Apply" | "Discard" | "Apply if any"
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +87,7 @@ class Options:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "randn_source": RANDN_SOURCES,
     "samples_format": SAMPLE_FORMATS,
+    "infotext_styles": INFOTEXT_STYLES_CHOICES,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from packaging import version
 from PIL import Image, PngImagePlugin
@@ -317,13 +318,16 @@ def _split_old_sampler_names(res: dict[str, object]) -> None:
 
 
 def parse_generation_parameters(text: str, skip_fields: Iterable[str] = (), *,
-                                max_chars: int | None = MAX_INFOTEXT_CHARS) -> dict[str, object]:
+                                max_chars: int | None = MAX_INFOTEXT_CHARS, styles: Any = None,
+                                infotext_styles: str = "Apply if any") -> dict[str, object]:
     """The WebUI's ``parse_generation_parameters``: infotext → ``{key: value}``.
 
     Values are strings as written (``Size`` becomes ``Size-1``/``Size-2``); keys the infotext
     leaves out get the WebUI's defaults (``Clip skip`` "1", ``RNG`` "GPU", ``Schedule type``
     "Automatic", ``Hires sampler`` "Use same sampler", ...). Old combined sampler names are split
-    into sampler and schedule type. Prompt styles are not extracted.
+    into sampler and schedule type. With ``styles`` (a :class:`core.styles.StyleDatabase`), the
+    styles found in the prompts are taken out of them and listed as ``Styles array``, as the
+    WebUI's ``infotext_styles`` option says (``"Ignore"``, ``"Apply"``, ``"Discard"``, ``"Apply if any"``).
 
     Time is linear in the text's length; a text longer than ``max_chars`` (None: no limit) raises
     :class:`InfotextTooLarge`.
@@ -353,6 +357,11 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = (), *,
 
     res["Prompt"] = prompt
     res["Negative prompt"] = negative_prompt
+    if styles is not None:
+        from core.styles import extract_pasted_styles
+
+        extract_pasted_styles(res, styles, infotext_styles)
+        prompt, negative_prompt = str(res["Prompt"]), str(res["Negative prompt"])
     res.setdefault("Clip skip", "1")
     hypernet = res.get("Hypernet")
     if hypernet is not None:
