@@ -412,6 +412,7 @@ class Engine:
         for kind, items in negative_tags.items():
             tags.setdefault(kind, []).extend(items)
         with self.job_model(options, tags, checkpoint=params.checkpoint) as gc:
+            gc.style_prompts = tuple(self.styles.styles[n].prompt for n in params.styles if n in self.styles.styles)
             return run_mode(gc, params, ctx)
 
     def txt2img(self, params: GenerationParams, ctx: JobContext, options: RunOptions | None = None

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
 PNG_TEXT_KEY = "parameters"
 _EXIF_IFD = 0x8769
 _EXIF_USER_COMMENT = 0x9286
+_TIFF_LONG = 4
+_TIFF_UNDEFINED = 7
 
 # --- writing -------------------------------------------------------------------------------
 
@@ -469,11 +472,20 @@ def png_info_with_parameters(text: str, extra: Mapping[str, str] | None = None) 
 
 
 def exif_with_parameters(text: str) -> bytes:
-    """EXIF bytes for JPEG/WEBP ``save(exif=...)`` holding the text as a UNICODE UserComment,
-    the form the WebUI writes through piexif."""
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = b"UNICODE\x00" + text.encode("utf_16_be")
-    return exif.tobytes()
+    """EXIF bytes for JPEG/WEBP/AVIF ``save(exif=...)`` holding the text as the WebUI writes it with
+    ``piexif.helper.UserComment.dump(text, encoding="unicode")``: ``b"UNICODE\\0"`` then UTF-16
+    big-endian (piexif's fixed byte order), as an UNDEFINED (type 7) value.
+
+    Written by hand, big-endian TIFF as piexif does: Pillow stores a ``bytes`` UserComment as
+    BYTE (type 1), which piexif hands back as a tuple of numbers that the WebUI cannot decode."""
+    comment = b"UNICODE\x00" + text.encode("utf_16_be", errors="replace")
+    exif_ifd_at = 8 + 2 + 12 + 4  # after the header and IFD0 (one entry, next-IFD offset)
+    value_at = exif_ifd_at + 2 + 12 + 4
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", _EXIF_IFD, _TIFF_LONG, 1, exif_ifd_at) + struct.pack(">I", 0)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", _EXIF_USER_COMMENT, _TIFF_UNDEFINED, len(comment), value_at)
+    tiff += struct.pack(">I", 0) + comment
+    return b"Exif\x00\x00" + tiff
 
 
 __all__ = [
