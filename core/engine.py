@@ -67,6 +67,9 @@ class Engine:
         self.hash_cache = HashCache(self.paths.cache_path)
         self.registry = registry or ModelRegistry(self.paths, hash_cache=self.hash_cache)
         self.registry.refresh()
+        from core.styles import StyleDatabase, styles_path
+
+        self.styles = StyleDatabase(styles_path(self.paths.data_dir))  # the WebUI's styles.csv
         self._lock = threading.RLock()  # the shared choice and error table
         devices = settings.worker_devices() if devices is None else devices
         self.slots = [DeviceModels(i, device_id) for i, device_id in enumerate(devices or [None])]
@@ -399,13 +402,17 @@ class Engine:
                  options: RunOptions | None = None) -> GenerationResult:
         """worker: one generation job of any mode (``run_txt2img``, ``run_img2img``) with its options."""
         from core.prompts.extra_networks import parse_extra_networks
+        from core.styles import apply_styles
 
         options = options or self.run_options()
+        # Styles first, as the WebUI's processing: a style's <lora:...> tags load like the prompt's.
+        params = apply_styles(params, self.styles)
         _, tags = parse_extra_networks(params.prompt)
         _, negative_tags = parse_extra_networks(params.negative_prompt)
         for kind, items in negative_tags.items():
             tags.setdefault(kind, []).extend(items)
         with self.job_model(options, tags, checkpoint=params.checkpoint) as gc:
+            gc.style_prompts = tuple(self.styles.styles[n].prompt for n in params.styles if n in self.styles.styles)
             return run_mode(gc, params, ctx)
 
     def txt2img(self, params: GenerationParams, ctx: JobContext, options: RunOptions | None = None

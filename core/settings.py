@@ -17,13 +17,18 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from PIL import features
+
 from core.cli import Flags
 from core.errors import KilnError
 from core.fileio import atomic_write_json, remove_stale_temp_files, unique_path
 from core.paths import KilnPaths
+from core.styles import INFOTEXT_STYLES_CHOICES
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
-SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp")
+# The formats pictures are saved in (samples_format, grid_format); AVIF where Pillow can write it.
+AVIF_AVAILABLE = features.check("avif")
+SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp") + (("avif",) if AVIF_AVAILABLE else ())
 
 
 @dataclass
@@ -48,12 +53,24 @@ class Options:
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10  # live preview period in steps; -1 = only at the end
     samples_save: bool = True  # always save generated images
-    samples_format: str = "png"
+    samples_format: str = "png"  # png | jpg | jpeg | webp | avif (where Pillow writes AVIF)
+    samples_filename_pattern: str = ""  # "" = "[seed]" (with save_to_dirs) or "[seed]-[prompt_spaces]"
     save_images_add_number: bool = True  # "00012-<seed>.png" numbering
+    grid_save: bool = True  # save every grid (the X/Y/Z plot's)
+    grid_format: str = "png"
+    grid_save_to_dirs: bool = True
+    enable_pnginfo: bool = True  # the infotext inside the file (PNG text chunk, EXIF UserComment)
+    save_txt: bool = False  # and beside it as <name>.txt
+    jpeg_quality: int = 80  # JPEG, WebP and AVIF quality
+    webp_lossless: bool = False
+    save_to_dirs: bool = True  # into a folder below the output folder that directories_filename_pattern names
+    directories_filename_pattern: str = "[date]"
+    directories_max_prompt_words: int = 8  # words of [prompt_words]
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     outdir_img2img_samples: str = "outputs/img2img-images"
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
     outdir_img2img_grids: str = "outputs/img2img-grids"
+    infotext_styles: str = "Apply if any"  # pasting an infotext: "Ignore" | "Apply" | "Discard" | "Apply if any"
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -85,6 +102,8 @@ class Options:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "randn_source": RANDN_SOURCES,
     "samples_format": SAMPLE_FORMATS,
+    "grid_format": SAMPLE_FORMATS,
+    "infotext_styles": INFOTEXT_STYLES_CHOICES,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
@@ -98,6 +117,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "s_noise": (0.0, 1.1),
     "initial_noise_multiplier": (0.0, 1.5),
     "inpainting_mask_weight": (0.0, 1.0),
+    "jpeg_quality": (1, 100),
+    "directories_max_prompt_words": (1, 20),
 }
 
 
@@ -126,10 +147,29 @@ def _check_option(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not text")
+        if key in ("samples_format", "grid_format"):
+            value = value.lower().lstrip(".")
+            if value == "avif" and not AVIF_AVAILABLE:
+                raise ValueError("this Pillow has no AVIF encoder (pip install -U pillow); use png, jpg or webp")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ValueError(f"{value!r} is not one of {', '.join(_CHOICES[key])}")
+        if key in _PATTERNS:
+            _check_pattern(key, value)
         return value
     return value
+
+
+_PATTERNS = ("samples_filename_pattern", "directories_filename_pattern")
+
+
+def _check_pattern(key: str, value: str) -> None:
+    """Names made from a pattern stay below the output folder: no absolute folder, no ``..``;
+    a file name pattern names no folder at all."""
+    parts = value.replace("\\", "/").split("/")
+    if key == "samples_filename_pattern" and len(parts) > 1:
+        raise ValueError(f"{value!r}: a file name pattern cannot hold folders; put them in directories_filename_pattern")
+    if parts[0] == "" and len(parts) > 1 or ".." in parts or value[1:2] == ":":
+        raise ValueError(f"{value!r} would leave the output folder; use tags and folder names below it")
 
 
 def _in_range(key: str, value: float) -> Any:

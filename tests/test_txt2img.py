@@ -82,7 +82,7 @@ def test_saved_png_carries_webui_infotext_that_parses_back(engine, queue, data_d
                    cfg_scale=6.5, save_images=True, sampler_name="DPM++ 2M", scheduler="Karras", clip_skip=2)
     path = Path(res.images[0].path)
     assert path.parent.parent == data_dir / "outputs" / "txt2img-images"
-    assert path.name.startswith("00000-123-a blue square")
+    assert path.name == "00000-123.png"  # the WebUI's default: [date] folder, samples_filename_pattern "[seed]"
     text = read_png_infotext(Image.open(path))
     assert text == res.images[0].infotext
     parsed = parse_generation_parameters(text)
@@ -96,7 +96,7 @@ def test_saved_png_carries_webui_infotext_that_parses_back(engine, queue, data_d
     assert int(parsed["Clip skip"]) == 2
     # A second save never overwrites the first.
     again = generate(engine, queue, seed=123, save_images=True)
-    assert Path(again.images[0].path).name.startswith("00001-123-")
+    assert Path(again.images[0].path).name == "00001-123.png"
 
 
 def test_every_sampler_runs_three_steps_without_nan(engine, queue):

@@ -168,6 +168,12 @@ class SDModelItem(BaseModel):
     config: str | None = None
 
 
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
 class SDVaeItem(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 

@@ -53,6 +53,7 @@ INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Hires schedule type": ("hr_scheduler", _to_str),
     "Hires prompt": ("hr_prompt", _to_str),
     "Hires negative prompt": ("hr_negative_prompt", _to_str),
+    "Styles array": ("styles", list),  # set by the paste when the prompts end with styles (core.styles)
 }
 
 # Keys whose presence means the image was made with Hires. fix on.

@@ -24,6 +24,7 @@ from core.api.models import (
     PNGInfoRequest,
     PNGInfoResponse,
     ProgressResponse,
+    PromptStyleItem,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
@@ -71,6 +72,12 @@ def model_name_of(name: str) -> str:
 def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     settings = engine.settings
+
+    def parse_pasted(text: str) -> dict[str, Any]:
+        """A client's infotext, with the styles of styles.csv found in it (the WebUI's infotext_styles)."""
+        from core.generation.infotext import parse_generation_parameters
+
+        return parse_generation_parameters(text, styles=engine.styles, infotext_styles=settings.options.infotext_styles)
 
     async def run_generation(request: Request, mode: str, values: dict[str, Any], params: Any,
                              parameters: dict[str, Any], script: Any = None) -> dict[str, Any]:
@@ -132,8 +139,9 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         from core.generation.params import validate
 
         def prepare() -> tuple[dict[str, Any], Any, Any]:
-            values = convert.request_fields(req, _parse_infotext)
+            values = convert.request_fields(req, parse_pasted)
             script = take_script(values)
+            engine.styles.check("styles", values.get("styles") or [])
             return values, validate(convert.params_from_request(values)), script
 
         values, params, script = await run_in_threadpool(prepare)
@@ -149,8 +157,9 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         from core.api.xyz_routes import take_script
 
         def prepare() -> tuple[dict[str, Any], Any, Any]:
-            values = convert.request_fields(req, _parse_infotext)
+            values = convert.request_fields(req, parse_pasted)
             script = take_script(values)
+            engine.styles.check("styles", values.get("styles") or [])
             return values, validate_img2img(convert.img2img_params_from_request(values)), script
 
         values, params, script = await run_in_threadpool(prepare)
@@ -273,6 +282,10 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         info = read_png_infotext(image) or ""
         items = {k: v for k, v in (image.info or {}).items()
                  if isinstance(k, str) and isinstance(v, str) and k != "parameters"}
-        return {"info": info, "items": items, "parameters": _parse_infotext(info) if info else {}}
+        return {"info": info, "items": items, "parameters": parse_pasted(info) if info else {}}
+
+    @router.get("/prompt-styles", response_model=list[PromptStyleItem])
+    def prompt_styles() -> list[dict[str, Any]]:
+        return engine.styles.as_api()
 
     return router

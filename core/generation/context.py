@@ -40,3 +40,4 @@ class GenerationContext:
     output_root: Callable[[str], Path] = Path  # an outdir_* option → its absolute folder
     upscale_image: Callable[..., Image.Image] = _plain_upscale  # (image, name, width, height)
     autocast: bool = False
+    style_prompts: tuple[str, ...] = ()  # the job's styles' prompt texts, for the [prompt_no_styles] file names

@@ -33,13 +33,13 @@ from core.generation.pipeline import (
     prompt_pass,
 )
 from core.generation.preview import LatentPreviewer
-from core.generation.saving import output_folder
 from core.generation.txt2img import (
     base_infotext,
     finish_infotext,
     image_rng,
     job_setup,
     keep_image,
+    name_context,
     sampler_options,
 )
 from core.sampling.plan import img2img_steps
@@ -221,7 +221,7 @@ def run_img2img(gc: GenerationContext, params: Img2ImgParams, ctx: JobContext) -
     reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model)))
     multiplier = options.initial_noise_multiplier if p.initial_noise_multiplier is None else p.initial_noise_multiplier
     infotext = _infotext_params(gc, p, prepared, sampler.name, scheduler, cache, multiplier, inpainting_model)
-    folder = output_folder(gc.output_root(options.outdir_img2img_samples))
+    folder = gc.output_root(options.outdir_img2img_samples)
     images: list[GeneratedImage] = []
     interrupted = False
     shape = (model_ops.latent_channels(model), latent_h, latent_w)
@@ -249,7 +249,8 @@ def run_img2img(gc: GenerationContext, params: Img2ImgParams, ctx: JobContext) -
             continue
         for i, image in enumerate(decode(model, out.latents)):
             image = masking.apply_overlay(image, prepared.paste_to, prepared.overlays[i])
-            images.append(keep_image(image, p, options, folder, prompt, infotext, seeds[i], subseeds[i], ctx))
+            images.append(keep_image(image, p, options, folder, prompt, infotext, seeds[i], subseeds[i], ctx,
+                                     names=name_context(gc, p, prompt, seeds, i, n, p.denoising_strength)))
         if out.stopped == INTERRUPTED or ctx.interrupted:
             interrupted = True
             break

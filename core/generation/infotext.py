@@ -12,8 +12,10 @@ import io
 import json
 import math
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from packaging import version
 from PIL import Image, PngImagePlugin
@@ -56,6 +58,8 @@ TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
 PNG_TEXT_KEY = "parameters"
 _EXIF_IFD = 0x8769
 _EXIF_USER_COMMENT = 0x9286
+_TIFF_LONG = 4
+_TIFF_UNDEFINED = 7
 
 # --- writing -------------------------------------------------------------------------------
 
@@ -317,13 +321,16 @@ def _split_old_sampler_names(res: dict[str, object]) -> None:
 
 
 def parse_generation_parameters(text: str, skip_fields: Iterable[str] = (), *,
-                                max_chars: int | None = MAX_INFOTEXT_CHARS) -> dict[str, object]:
+                                max_chars: int | None = MAX_INFOTEXT_CHARS, styles: Any = None,
+                                infotext_styles: str = "Apply if any") -> dict[str, object]:
     """The WebUI's ``parse_generation_parameters``: infotext → ``{key: value}``.
 
     Values are strings as written (``Size`` becomes ``Size-1``/``Size-2``); keys the infotext
     leaves out get the WebUI's defaults (``Clip skip`` "1", ``RNG`` "GPU", ``Schedule type``
     "Automatic", ``Hires sampler`` "Use same sampler", ...). Old combined sampler names are split
-    into sampler and schedule type. Prompt styles are not extracted.
+    into sampler and schedule type. With ``styles`` (a :class:`core.styles.StyleDatabase`), the
+    styles found in the prompts are taken out of them and listed as ``Styles array``, as the
+    WebUI's ``infotext_styles`` option says (``"Ignore"``, ``"Apply"``, ``"Discard"``, ``"Apply if any"``).
 
     Time is linear in the text's length; a text longer than ``max_chars`` (None: no limit) raises
     :class:`InfotextTooLarge`.
@@ -353,6 +360,11 @@ def parse_generation_parameters(text: str, skip_fields: Iterable[str] = (), *,
 
     res["Prompt"] = prompt
     res["Negative prompt"] = negative_prompt
+    if styles is not None:
+        from core.styles import extract_pasted_styles
+
+        extract_pasted_styles(res, styles, infotext_styles)
+        prompt, negative_prompt = str(res["Prompt"]), str(res["Negative prompt"])
     res.setdefault("Clip skip", "1")
     hypernet = res.get("Hypernet")
     if hypernet is not None:
@@ -460,11 +472,20 @@ def png_info_with_parameters(text: str, extra: Mapping[str, str] | None = None) 
 
 
 def exif_with_parameters(text: str) -> bytes:
-    """EXIF bytes for JPEG/WEBP ``save(exif=...)`` holding the text as a UNICODE UserComment,
-    the form the WebUI writes through piexif."""
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_EXIF_USER_COMMENT] = b"UNICODE\x00" + text.encode("utf_16_be")
-    return exif.tobytes()
+    """EXIF bytes for JPEG/WEBP/AVIF ``save(exif=...)`` holding the text as the WebUI writes it with
+    ``piexif.helper.UserComment.dump(text, encoding="unicode")``: ``b"UNICODE\\0"`` then UTF-16
+    big-endian (piexif's fixed byte order), as an UNDEFINED (type 7) value.
+
+    Written by hand, big-endian TIFF as piexif does: Pillow stores a ``bytes`` UserComment as
+    BYTE (type 1), which piexif hands back as a tuple of numbers that the WebUI cannot decode."""
+    comment = b"UNICODE\x00" + text.encode("utf_16_be", errors="replace")
+    exif_ifd_at = 8 + 2 + 12 + 4  # after the header and IFD0 (one entry, next-IFD offset)
+    value_at = exif_ifd_at + 2 + 12 + 4
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", _EXIF_IFD, _TIFF_LONG, 1, exif_ifd_at) + struct.pack(">I", 0)
+    tiff += struct.pack(">H", 1) + struct.pack(">HHII", _EXIF_USER_COMMENT, _TIFF_UNDEFINED, len(comment), value_at)
+    tiff += struct.pack(">I", 0) + comment
+    return b"Exif\x00\x00" + tiff
 
 
 __all__ = [

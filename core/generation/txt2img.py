@@ -7,14 +7,16 @@ reports progress and stops the loop within one step on Interrupt/Skip.
 
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core.generation import model_ops
 from core.generation.cond_schedule import ConditioningCache
+from core.generation.filenames import NameContext
 from core.generation.infotext import create_infotext
 from core.generation.params import GeneratedImage, GenerationParams, GenerationResult, validate
 from core.generation.pipeline import (
@@ -31,7 +33,7 @@ from core.generation.pipeline import (
     resolve_scheduler,
 )
 from core.generation.preview import LatentPreviewer
-from core.generation.saving import output_folder, save_png
+from core.generation.saving import SaveOptions, save_image
 from core.generation.upscale import is_latent_upscaler, upscale_latent
 from core.prompts.conditioning import PromptEncoder
 from core.prompts.extra_networks import parse_extra_networks
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from core.models.checkpoint import LoadedModel
 
 KILN_VERSION = "kiln-0.1.0"
+log = logging.getLogger(__name__)
 
 
 def random_seed() -> int:
@@ -140,7 +143,7 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
     reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model)))
     factor = model_ops.vae_downscale(model)
     base_infotext = _infotext_params(gc, p, sampler.name, scheduler, hires, second, cache)
-    folder = output_folder(gc.output_root(options.outdir_txt2img_samples))
+    folder = gc.output_root(options.outdir_txt2img_samples)
     images: list[GeneratedImage] = []
     interrupted = False
 
@@ -166,7 +169,8 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
                 break
             continue
         for i, image in enumerate(decode(model, latents)):
-            images.append(keep_image(image, p, options, folder, prompt, base_infotext, seeds[i], subseeds[i], ctx))
+            images.append(keep_image(image, p, options, folder, prompt, base_infotext, seeds[i], subseeds[i], ctx,
+                                     names=name_context(gc, p, prompt, seeds, i, n)))
         if out.stopped == INTERRUPTED or ctx.interrupted:
             interrupted = True
             break
@@ -175,14 +179,34 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
 
 
 def keep_image(image, p: GenerationParams, options: RunOptions, folder, prompt: str, infotext: dict[str, object],
-               seed: int, subseed: int, ctx: JobContext) -> GeneratedImage:
-    """One finished picture: its infotext, saved when the job saves, counted in the progress."""
+               seed: int, subseed: int, ctx: JobContext, names: NameContext | None = None) -> GeneratedImage:
+    """One finished picture: its infotext, saved when the job saves (under ``folder``, the samples
+    folder, as the saving options name it), counted in the progress."""
     info = create_infotext(p.prompt, p.negative_prompt, {**infotext, "Seed": seed, **variation_infotext(p, subseed)})
     path = None
     if p.save_images and options.samples_save:
-        path = str(save_png(image, folder, seed, prompt, info))
+        context = names or NameContext(seed=seed, prompt=prompt, negative_prompt=p.negative_prompt)
+        saved = save_image(image, folder, replace(context, seed=seed), info, SaveOptions.of(options))
+        path = str(saved.path)
+        for note in saved.notes:  # a JPEG too large or an infotext too long for EXIF: said, not hidden
+            log.warning("%s: %s", saved.path, note)
     ctx.image_done()
     return GeneratedImage(image=image, seed=seed, subseed=subseed, infotext=info, path=path)
+
+
+def name_context(gc: GenerationContext, p: GenerationParams, prompt: str, seeds: list[int], index: int,
+                 iteration: int, denoising_strength: float | None = None) -> NameContext:
+    """What the file name tags of picture ``index`` of batch ``iteration`` read."""
+    hires = getattr(p, "hires", None)
+    if denoising_strength is None and hires is not None and hires.enabled:
+        denoising_strength = hires.denoising_strength
+    return NameContext(
+        seed=seeds[index], prompt=prompt, negative_prompt=p.negative_prompt, styles=tuple(p.styles),
+        style_prompts=gc.style_prompts, steps=p.steps, cfg_scale=p.cfg_scale, sampler=p.sampler_name,
+        scheduler=p.scheduler, model_name=gc.model_name, model_hash=gc.model_hash, vae_name=gc.vae_name,
+        denoising_strength=denoising_strength, clip_skip=p.clip_skip or gc.options.clip_skip,
+        batch_size=p.batch_size, batch_index=index, iteration=iteration, batch_count=p.batch_count,
+        all_seeds=tuple(seeds))
 
 
 def _txt2img_image_conditioning(model: LoadedModel, batch: int, shape: tuple[int, ...]) -> Inpainting | None:

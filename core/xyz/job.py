@@ -9,9 +9,7 @@ preview; the grids are drawn from those files at the end.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from PIL import Image
 from core.errors import JobInterrupted, JobSkipped, KilnError
 from core.generation.infotext import quote
 from core.generation.params import GeneratedImage, GenerationResult
-from core.generation.saving import output_folder, png_bytes
 from core.xyz import grid as g
 from core.xyz.axes import Catalog
 from core.xyz.plan import XyzPlan
@@ -242,21 +239,32 @@ def _assemble(engine: Engine, plan: XyzPlan, done: dict[tuple[int, int, int], Ce
     base = done[first_key]
     main_info = _with_fields(base.infotext, plan.infotext_fields(with_z=True))
     out: list[GeneratedImage] = []
-    folder = None
     if args.draw_grid:
-        from core.fileio import write_new_file
+        from core.generation.filenames import NameContext
+        from core.generation.saving import SaveOptions, save_image
 
-        outdir = engine.settings.options.outdir_txt2img_grids if plan.mode == "txt2img" \
-            else engine.settings.options.outdir_img2img_grids
-        folder = output_folder(engine.paths.resolve_output(outdir))
-        saved = str(write_new_file(folder, _grid_names(folder, base.seed), png_bytes(main, main_info)))
-        out.append(GeneratedImage(image=main, seed=base.seed, subseed=base.subseed, infotext=main_info, path=saved))
+        settings, options, params = engine.settings.options, plan.options, plan.params
+        outdir = settings.outdir_txt2img_grids if plan.mode == "txt2img" else settings.outdir_img2img_grids
+        root = engine.paths.resolve_output(outdir)
+
+        def save_grid(image: Image.Image, info: str, entry: Any) -> str | None:
+            """``xyz_grid-NNNN-<seed>.<grid_format>`` when grid_save is on (the WebUI's names)."""
+            if not options.grid_save:
+                return None
+            names = NameContext(seed=entry.seed, prompt=params.prompt, negative_prompt=params.negative_prompt,
+                                styles=tuple(params.styles), steps=params.steps, cfg_scale=params.cfg_scale,
+                                sampler=params.sampler_name, scheduler=params.scheduler)
+            return str(save_image(image, root, names, info, SaveOptions.of(options), basename=GRID_BASENAME,
+                                  grid=True).path)
+
+        out.append(GeneratedImage(image=main, seed=base.seed, subseed=base.subseed, infotext=main_info,
+                                  path=save_grid(main, main_info, base)))
         if args.include_sub_grids and nz > 1:
             for iz, sub in enumerate(sub_grids):
                 entry = next((done[k] for k in sorted(done, key=lambda k: plan.index(*k)) if k[2] == iz), base)
                 info = _with_fields(entry.infotext, plan.infotext_fields(with_z=False))
-                path = str(write_new_file(folder, _grid_names(folder, entry.seed), png_bytes(sub, info)))
-                out.append(GeneratedImage(image=sub, seed=entry.seed, subseed=entry.subseed, infotext=info, path=path))
+                out.append(GeneratedImage(image=sub, seed=entry.seed, subseed=entry.subseed, infotext=info,
+                                          path=save_grid(sub, info, entry)))
     if args.include_lone_images:
         for key in sorted(done, key=lambda k: plan.index(*k)):
             entry = done[key]
@@ -273,15 +281,3 @@ def _with_fields(infotext: str, fields: dict[str, str]) -> str:
     return f"{infotext}, {extra}" if infotext else extra
 
 
-_GRID_NUMBER = re.compile(rf"^{GRID_BASENAME}-(\d+)")
-
-
-def _grid_names(folder: Path, seed: int):
-    """``xyz_grid-0000-<seed>.png``, numbered on from the highest in the folder (the WebUI's names)."""
-    highest = -1
-    if folder.is_dir():
-        for path in folder.iterdir():
-            m = _GRID_NUMBER.match(path.name)
-            if m:
-                highest = max(highest, int(m.group(1)))
-    return (f"{GRID_BASENAME}-{n:04}-{seed}.png" for n in itertools.count(highest + 1))

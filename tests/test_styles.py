@@ -1,0 +1,183 @@
+"""Prompt styles (core/styles.py): the WebUI's styles.csv, merge rule, paste extraction, API."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from core.errors import InvalidParameterError, KilnError
+from core.generation.infotext import parse_generation_parameters
+from core.generation.params import GenerationParams, HiresParams
+from core.styles import (
+    PromptStyle,
+    StyleDatabase,
+    apply_styles,
+    extract_style_text_from_prompt,
+    merge_prompts,
+)
+
+WEBUI_CSV = (
+    "\ufeffname,prompt,negative_prompt\r\n"
+    "# Portraits,,\r\n"
+    "Masterpiece,\"masterpiece, best quality\",lowres\r\n"
+    "Frame,\"photo of {prompt}, film grain\",\r\n"
+    "Neg only,,\"blurry, jpeg artifacts\"\r\n"
+)
+
+
+@pytest.fixture()
+def db(tmp_path) -> StyleDatabase:
+    (tmp_path / "styles.csv").write_bytes(WEBUI_CSV.encode("utf-8"))
+    return StyleDatabase(tmp_path / "styles.csv")
+
+
+# --- the WebUI's merge and extraction rules (modules/styles.py, its docstring examples) -----------
+@pytest.mark.parametrize("style, prompt, merged", [
+    ("masterpiece", "1girl", "1girl, masterpiece"),
+    ("masterpiece, {prompt}", "1girl", "masterpiece, 1girl"),
+    ("  masterpiece ", " 1girl ", "1girl, masterpiece"),  # both stripped when appended
+    ("masterpiece", "", "masterpiece"),
+    ("", "1girl", "1girl"),
+    ("{prompt}, {prompt}", "x", "x, x"),  # every placeholder is replaced
+])
+def test_merge_rule(style, prompt, merged):
+    assert merge_prompts(style, prompt) == merged
+
+
+@pytest.mark.parametrize("style, prompt, expected", [
+    ("masterpiece", "1girl, art by greg, masterpiece", (True, "1girl, art by greg")),
+    ("masterpiece, {prompt}", "masterpiece, 1girl, art by greg", (True, "1girl, art by greg")),
+    ("masterpiece, {prompt}", "exquisite, 1girl, art by greg", (False, "exquisite, 1girl, art by greg")),
+    ("masterpiece", "masterpiece", (True, "")),
+    ("", "anything", (True, "anything")),
+])
+def test_extract_style_text_like_the_webui_examples(style, prompt, expected):
+    assert extract_style_text_from_prompt(style, prompt) == expected
+
+
+def test_reads_webui_csv_skipping_dividers(db):
+    assert db.names() == ["Masterpiece", "Frame", "Neg only"]
+    assert db.get("Frame") == PromptStyle("Frame", "photo of {prompt}, film grain", "")
+    assert db.get("# Portraits") is None
+
+
+def test_old_name_text_columns_and_missing_file(tmp_path):
+    (tmp_path / "styles.csv").write_text("name,text\nOld,oil painting\n", encoding="utf-8")
+    assert StyleDatabase(tmp_path / "styles.csv").get("Old") == PromptStyle("Old", "oil painting", "")
+    assert StyleDatabase(tmp_path / "none.csv").names() == []
+
+
+def test_a_csv_without_the_columns_names_the_file(tmp_path):
+    (tmp_path / "styles.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(KilnError) as caught:
+        StyleDatabase(tmp_path / "styles.csv").names()
+    assert "styles.csv" in caught.value.message and "name,prompt,negative_prompt" in caught.value.message
+
+
+def test_styles_apply_in_order_to_both_prompts(db):
+    p = GenerationParams(prompt="a cat", negative_prompt="ugly", styles=["Frame", "Masterpiece", "Neg only"])
+    styled = apply_styles(p, db)
+    assert styled.prompt == "photo of a cat, film grain, masterpiece, best quality"
+    assert styled.negative_prompt == "ugly, lowres, blurry, jpeg artifacts"
+    assert styled.styles == p.styles and p.prompt == "a cat"  # the request itself is not changed
+
+
+def test_hires_prompts_get_the_styles_only_when_set(db):
+    p = GenerationParams(prompt="a", styles=["Masterpiece"], hires=HiresParams(enabled=True, prompt="b"))
+    styled = apply_styles(p, db)
+    assert styled.hires.prompt == "b, masterpiece, best quality" and styled.hires.negative_prompt == ""
+
+
+def test_unknown_style_is_refused_naming_the_field(db):
+    with pytest.raises(InvalidParameterError) as caught:
+        apply_styles(GenerationParams(prompt="a", styles=["Nope"]), db)
+    assert caught.value.field == "styles" and "Nope" in caught.value.message and "Masterpiece" in caught.value.message
+
+
+def test_extraction_round_trips_what_apply_made(db):
+    names = ["Frame", "Masterpiece", "Neg only"]
+    styled = apply_styles(GenerationParams(prompt="a cat", negative_prompt="ugly", styles=names), db)
+    assert db.extract_styles_from_prompt(styled.prompt, styled.negative_prompt) == (names, "a cat", "ugly")
+    # Both prompts must match: a negative prompt without the style's text keeps the style in.
+    assert db.extract_styles_from_prompt("a cat, masterpiece, best quality", "") == \
+        ([], "a cat, masterpiece, best quality", "")
+
+
+@pytest.mark.parametrize("mode, styles, prompt", [
+    ("Apply if any", ["Masterpiece"], "a cat"),
+    ("Apply", ["Masterpiece"], "a cat"),
+    ("Discard", None, "a cat"),
+    ("Ignore", None, "a cat, masterpiece, best quality"),
+])
+def test_infotext_paste_follows_infotext_styles(db, mode, styles, prompt):
+    text = "a cat, masterpiece, best quality\nNegative prompt: lowres\nSteps: 20, Sampler: Euler, Seed: 1"
+    parsed = parse_generation_parameters(text, styles=db, infotext_styles=mode)
+    assert parsed.get("Styles array") == styles and parsed["Prompt"] == prompt
+    if mode != "Ignore":
+        assert parsed["Negative prompt"] == ""
+    plain = parse_generation_parameters("a dog\nSteps: 20, Sampler: Euler, Seed: 1", styles=db, infotext_styles=mode)
+    assert plain.get("Styles array") == ([] if mode == "Apply" else None)
+
+
+def test_save_keeps_dividers_order_and_a_backup(db, tmp_path):
+    before = (tmp_path / "styles.csv").read_bytes()
+    db.save_style(PromptStyle("Frame", "frame of {prompt}", "x, y"))
+    db.save_style(PromptStyle(" New ", "new", ""))
+    assert (tmp_path / "styles.csv.bak").read_bytes().startswith(before[:40])
+    text = (tmp_path / "styles.csv").read_bytes().decode("utf-8")
+    assert text.startswith("\ufeffname,prompt,negative_prompt\r\n# Portraits,,\r\n")
+    assert text.endswith('Frame,frame of {prompt},"x, y"\r\nNeg only,,"blurry, jpeg artifacts"\r\nNew,new,\r\n')
+    again = StyleDatabase(tmp_path / "styles.csv")
+    assert again.names() == ["Masterpiece", "Frame", "Neg only", "New"]
+    db.delete_style("New")
+    assert "New" not in StyleDatabase(tmp_path / "styles.csv").names()
+    with pytest.raises(InvalidParameterError):
+        db.save_style(PromptStyle("#divider", "x", ""))
+
+
+def test_a_hand_edit_is_seen_without_a_restart(db, tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_text("name,prompt,negative_prompt\nOnly,only,\n", encoding="utf-8")
+    import os
+
+    os.utime(path, ns=(1, 1))  # a different stamp even on coarse-clock filesystems
+    assert db.names() == ["Only"]
+
+
+# --- the API ----------------------------------------------------------------------------------------
+def test_prompt_styles_route_and_unknown_style_422(model_api):
+    client, engine = model_api
+    engine.styles.path.write_text(WEBUI_CSV, encoding="utf-8")
+    engine.styles.reload()
+    listed = client.get("/sdapi/v1/prompt-styles").json()
+    assert listed[0] == {"name": "Masterpiece", "prompt": "masterpiece, best quality", "negative_prompt": "lowres"}
+    assert [s["name"] for s in listed] == ["Masterpiece", "Frame", "Neg only"]
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64,
+                                                      "styles": ["Nope"]})
+    assert response.status_code == 422 and response.json()["field"] == "styles"
+
+
+def test_txt2img_applies_styles_into_the_infotext(model_api):
+    client, engine = model_api
+    engine.styles.path.write_text(WEBUI_CSV, encoding="utf-8")
+    engine.styles.reload()
+    response = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a cat", "negative_prompt": "ugly", "steps": 1, "width": 64, "height": 64, "seed": 3,
+        "sampler_name": "Euler", "styles": ["Frame", "Masterpiece"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    image = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    text = image.info["parameters"]
+    assert text.startswith("photo of a cat, film grain, masterpiece, best quality\nNegative prompt: ugly, lowres\n")
+    assert json.loads(body["info"])["styles"] == ["Frame", "Masterpiece"]
+    # PNG Info gives the styles back, and pasting the infotext selects them again.
+    info = client.post("/sdapi/v1/png-info", json={"image": body["images"][0]}).json()
+    assert info["parameters"]["Styles array"] == ["Frame", "Masterpiece"] and info["parameters"]["Prompt"] == "a cat"
+    pasted = client.post("/sdapi/v1/txt2img", json={"infotext": text, "steps": 1, "width": 64, "height": 64})
+    assert pasted.status_code == 200, pasted.text
+    again = Image.open(io.BytesIO(base64.b64decode(pasted.json()["images"][0])))
+    assert again.info["parameters"] == text
