@@ -341,3 +341,18 @@ def test_output_names_follow_the_webui_rule():
                            instruct_pix2pix=False) == "mine.safetensors"
     with pytest.raises(KilnError, match="not a plain file name"):
         MergeParams(a, b, custom_name="../escape").validate()
+
+
+def test_metadata_json_and_the_metadata_switches(files, tmp_path):
+    from core.models.checkpoint import read_checkpoint_metadata
+
+    result = merge(files, tmp_path, custom_name="json", metadata_json='{"author": "me", "tree": {"x": 1}}',
+                   add_merge_recipe=False)
+    meta = read_checkpoint_metadata(result.path)
+    assert meta["author"] == "me" and json.loads(meta["tree"]) == {"x": 1}
+    assert "sd_merge_recipe" not in meta and "sd_merge_models" not in meta
+    bare = read_checkpoint_metadata(merge(files, tmp_path, custom_name="bare", save_metadata=False).path)
+    # no WebUI metadata at all; only what Kiln's loader needs to rebuild this (tiny) model
+    assert set(bare) == {"format"} | {k for k in read_checkpoint_metadata(files["a"]) if k.startswith("kiln.")}
+    with pytest.raises(KilnError, match="metadata_json: not valid JSON"):
+        merge(files, tmp_path, metadata_json="{oops")
