@@ -356,3 +356,21 @@ def test_metadata_json_and_the_metadata_switches(files, tmp_path):
     assert set(bare) == {"format"} | {k for k in read_checkpoint_metadata(files["a"]) if k.startswith("kiln.")}
     with pytest.raises(KilnError, match="metadata_json: not valid JSON"):
         merge(files, tmp_path, metadata_json="{oops")
+
+
+def test_atomic_save_new_with_never_replaces_a_file(tmp_path):
+    from core.fileio import atomic_save_new_with
+
+    target = tmp_path / "x.bin"
+    atomic_save_new_with(target, lambda tmp: Path(tmp).write_bytes(b"first"))
+    with pytest.raises(FileExistsError):
+        atomic_save_new_with(target, lambda tmp: Path(tmp).write_bytes(b"second"))
+    assert target.read_bytes() == b"first"
+
+    def fails(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save_new_with(tmp_path / "y.bin", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]  # no temp file, no half file
