@@ -374,3 +374,18 @@ def test_atomic_save_new_with_never_replaces_a_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_save_new_with(tmp_path / "y.bin", fails)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]  # no temp file, no half file
+
+
+def test_an_old_sd1_layout_merges_under_todays_names(files, tmp_path):
+    """Very old SD1 files have no CLIP ``text_model.`` level; the WebUI reads them renamed, so does the merger."""
+    b = load_file(files["b"])
+    level = TE + "transformer.text_model."
+    old = {(TE + "transformer." + k[len(level):] if k.startswith(level) else k): v for k, v in b.items()}
+    assert TE + "transformer.encoder.layers.0.mlp.fc1.weight" in old
+    path = tmp_path / "src" / "b-old.safetensors"
+    path.parent.mkdir()
+    save_file(old, path, metadata={"format": "pt"})
+    result = run_merge(MergeParams(ref(files, "a"), ModelRef(path.name, path), multiplier=1.0), tmp_path / "out")
+    out = load_file(result.path)
+    key = level + "encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(out[key], b[key]) and set(out) == set(load_file(files["a"]))
