@@ -389,3 +389,15 @@ def test_an_old_sd1_layout_merges_under_todays_names(files, tmp_path):
     out = load_file(result.path)
     key = level + "encoder.layers.0.mlp.fc1.weight"
     assert torch.equal(out[key], b[key]) and set(out) == set(load_file(files["a"]))
+
+
+def test_sd2_models_merge_and_reload_as_v_models(files, tmp_path):
+    src = tmp_path / "src"
+    a = save_checkpoint(tiny_model("sd2", 66), src / "v-a.safetensors")
+    b = save_checkpoint(tiny_model("sd2", 77), src / "v-b.safetensors")
+    result = run_merge(MergeParams(ModelRef(a.name, a), ModelRef(b.name, b), multiplier=0.5), tmp_path / "out")
+    ta, tb, out = load_file(a), load_file(b), load_file(result.path)
+    last_block = TE + "model.transformer.resblocks.2.attn.in_proj_weight"  # the block the HF model drops
+    torch.testing.assert_close(out[last_block], 0.5 * ta[last_block] + 0.5 * tb[last_block], rtol=0, atol=1e-6)
+    model = load_checkpoint(result.path)
+    assert model.spec.family == "sd2" and model.spec.prediction_type == "v_prediction"
