@@ -58,6 +58,10 @@ def test_merge_two_models_from_the_tab(merger_server, browser):  # noqa: F811
     # the same merge again: the file exists, so it is refused and named
     page.locator("#merger-merge").click()
     page.wait_for_function("() => document.querySelector('#merger-result').innerText.includes('already exists')")
+    # Read metadata from selected checkpoints: A's and B's metadata as JSON, for editing
+    page.locator("#merger-metadata").get_by_text("Metadata").first.click()
+    page.locator("#merger-read-metadata").click()
+    page.wait_for_function("() => document.querySelector('#merger-metadata-json textarea').value.includes('format')")
     page.close()
 
 

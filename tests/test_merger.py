@@ -341,3 +341,63 @@ def test_output_names_follow_the_webui_rule():
                            instruct_pix2pix=False) == "mine.safetensors"
     with pytest.raises(KilnError, match="not a plain file name"):
         MergeParams(a, b, custom_name="../escape").validate()
+
+
+def test_metadata_json_and_the_metadata_switches(files, tmp_path):
+    from core.models.checkpoint import read_checkpoint_metadata
+
+    result = merge(files, tmp_path, custom_name="json", metadata_json='{"author": "me", "tree": {"x": 1}}',
+                   add_merge_recipe=False)
+    meta = read_checkpoint_metadata(result.path)
+    assert meta["author"] == "me" and json.loads(meta["tree"]) == {"x": 1}
+    assert "sd_merge_recipe" not in meta and "sd_merge_models" not in meta
+    bare = read_checkpoint_metadata(merge(files, tmp_path, custom_name="bare", save_metadata=False).path)
+    # no WebUI metadata at all; only what Kiln's loader needs to rebuild this (tiny) model
+    assert set(bare) == {"format"} | {k for k in read_checkpoint_metadata(files["a"]) if k.startswith("kiln.")}
+    with pytest.raises(KilnError, match="metadata_json: not valid JSON"):
+        merge(files, tmp_path, metadata_json="{oops")
+
+
+def test_atomic_save_new_with_never_replaces_a_file(tmp_path):
+    from core.fileio import atomic_save_new_with
+
+    target = tmp_path / "x.bin"
+    atomic_save_new_with(target, lambda tmp: Path(tmp).write_bytes(b"first"))
+    with pytest.raises(FileExistsError):
+        atomic_save_new_with(target, lambda tmp: Path(tmp).write_bytes(b"second"))
+    assert target.read_bytes() == b"first"
+
+    def fails(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save_new_with(tmp_path / "y.bin", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]  # no temp file, no half file
+
+
+def test_an_old_sd1_layout_merges_under_todays_names(files, tmp_path):
+    """Very old SD1 files have no CLIP ``text_model.`` level; the WebUI reads them renamed, so does the merger."""
+    b = load_file(files["b"])
+    level = TE + "transformer.text_model."
+    old = {(TE + "transformer." + k[len(level):] if k.startswith(level) else k): v for k, v in b.items()}
+    assert TE + "transformer.encoder.layers.0.mlp.fc1.weight" in old
+    path = tmp_path / "src" / "b-old.safetensors"
+    path.parent.mkdir()
+    save_file(old, path, metadata={"format": "pt"})
+    result = run_merge(MergeParams(ref(files, "a"), ModelRef(path.name, path), multiplier=1.0), tmp_path / "out")
+    out = load_file(result.path)
+    key = level + "encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(out[key], b[key]) and set(out) == set(load_file(files["a"]))
+
+
+def test_sd2_models_merge_and_reload_as_v_models(files, tmp_path):
+    src = tmp_path / "src"
+    a = save_checkpoint(tiny_model("sd2", 66), src / "v-a.safetensors")
+    b = save_checkpoint(tiny_model("sd2", 77), src / "v-b.safetensors")
+    result = run_merge(MergeParams(ModelRef(a.name, a), ModelRef(b.name, b), multiplier=0.5), tmp_path / "out")
+    ta, tb, out = load_file(a), load_file(b), load_file(result.path)
+    last_block = TE + "model.transformer.resblocks.2.attn.in_proj_weight"  # the block the HF model drops
+    torch.testing.assert_close(out[last_block], 0.5 * ta[last_block] + 0.5 * tb[last_block], rtol=0, atol=1e-6)
+    model = load_checkpoint(result.path)
+    assert model.spec.family == "sd2" and model.spec.prediction_type == "v_prediction"

@@ -46,6 +46,11 @@ EN = {
     "merger.config_dont": "Don't",
     "merger.bake_in_vae": "Bake in VAE",
     "merger.discard_weights": "Discard weights with matching name",
+    "merger.metadata": "Metadata",
+    "merger.add_merge_recipe": "Add merge recipe metadata",
+    "merger.copy_metadata_fields": "Copy metadata from merged models",
+    "merger.metadata_json": "Metadata in JSON format",
+    "merger.read_metadata": "Read metadata from selected checkpoints",
     "merger.extras": "Kiln extras",
     "merger.replace_te": "Replace text encoder of A with B's (keeps A's U-Net)",
     "merger.lora": "Merge a LoRA into the result",
@@ -81,6 +86,11 @@ ZH = {
     "merger.config_dont": "不复制",
     "merger.bake_in_vae": "嵌入 VAE 模型",
     "merger.discard_weights": "移除匹配名称的权重",
+    "merger.metadata": "元数据",
+    "merger.add_merge_recipe": "添加融合配方元数据",
+    "merger.copy_metadata_fields": "从被融合的模型复制元数据",
+    "merger.metadata_json": "JSON 格式的元数据",
+    "merger.read_metadata": "从所选模型读取元数据",
     "merger.extras": "Kiln 扩展功能",
     "merger.replace_te": "用 B 的文本编码器替换 A 的 (保留 A 的 U-Net)",
     "merger.lora": "把 LoRA 融合进结果",
@@ -121,7 +131,7 @@ def result_html(message: str, warnings: list[str]) -> str:
 def build_merger_tab(engine: Engine, queue: JobQueue, checkpoint_dropdown: Any = None) -> None:
     """The tab (inside the caller's gr.Tabs); ``checkpoint_dropdown``: the page's checkpoint list,
     refreshed with the tab's own lists after a merge."""
-    from core.merge.job import MergeChoices, submit_merge
+    from core.merge.job import MergeChoices, read_metadata, submit_merge
     from ui.common import (
         checkpoint_choices,
         error_html,
@@ -165,6 +175,14 @@ def build_merger_tab(engine: Engine, queue: JobQueue, checkpoint_dropdown: Any =
                     bake_in_vae = gr.Dropdown(_vaes(engine), value=NO_VAE, label=tr("merger.bake_in_vae"),
                                               elem_id="merger-bake-in-vae")
                 discard = gr.Textbox(label=tr("merger.discard_weights"), elem_id="merger-discard-weights")
+                with gr.Accordion(tr("merger.metadata"), open=False, elem_id="merger-metadata"):
+                    with gr.Row():
+                        add_recipe = gr.Checkbox(True, label=tr("merger.add_merge_recipe"),
+                                                 elem_id="merger-add-recipe")
+                        copy_fields = gr.Checkbox(True, label=tr("merger.copy_metadata_fields"),
+                                                  elem_id="merger-copy-metadata")
+                    metadata_json = gr.TextArea("{}", label=tr("merger.metadata_json"), elem_id="merger-metadata-json")
+                    read_meta = gr.Button(tr("merger.read_metadata"), elem_id="merger-read-metadata")
                 with gr.Accordion(tr("merger.extras"), open=True, elem_id="merger-extras"):
                     replace_te = gr.Checkbox(False, label=tr("merger.replace_te"), elem_id="merger-replace-te")
                     with gr.Row():
@@ -201,11 +219,13 @@ def build_merger_tab(engine: Engine, queue: JobQueue, checkpoint_dropdown: Any =
         return lists_update(a, b, c)
 
     refresh.click(on_refresh, inputs=lists, outputs=list_outputs, show_progress="hidden")
+    read_meta.click(lambda a, b, c: read_metadata(engine, [a, b, c]), inputs=lists, outputs=metadata_json,
+                    show_progress="hidden")
     method.change(lambda m: [gr.update(visible=name == m) for name in abouts], inputs=method,
                   outputs=list(abouts.values()), show_progress="hidden")
 
-    def run(a, b, c, name, m, how, fmt, half, meta, config, vae, discard_text, te, lora_name, weight, replace,
-            request: gr.Request):
+    def run(a, b, c, name, m, how, fmt, half, meta, recipe, copy, meta_json, config, vae, discard_text, te,
+            lora_name, weight, replace, request: gr.Request):
         skip_lists = [gr.update() for _ in list_outputs]
         if not a:
             yield "", error_html(_S.say("merger.no_primary", request), request), *skip_lists
@@ -213,7 +233,8 @@ def build_merger_tab(engine: Engine, queue: JobQueue, checkpoint_dropdown: Any =
         choices = MergeChoices(
             primary=a, secondary=b, tertiary=c, interp_method=how, multiplier=float(m), save_as_half=bool(half),
             custom_name=name or "", checkpoint_format=fmt, config_source=int(config), bake_in_vae=vae or NO_VAE,
-            discard_weights=discard_text or "", save_metadata=bool(meta), replace_text_encoder=bool(te),
+            discard_weights=discard_text or "", save_metadata=bool(meta), add_merge_recipe=bool(recipe),
+            copy_metadata_fields=bool(copy), metadata_json=meta_json or "{}", replace_text_encoder=bool(te),
             lora=None if lora_name in (None, "", NO_LORA) else lora_name, lora_weight=float(weight),
             overwrite=bool(replace))
         try:
@@ -234,6 +255,6 @@ def build_merger_tab(engine: Engine, queue: JobQueue, checkpoint_dropdown: Any =
         yield "", result_html(done, job.result.warnings), *lists_update(a, b, c)
 
     merge.click(run, inputs=[primary, secondary, tertiary, custom_name, multiplier, method, checkpoint_format,
-                             save_as_half, save_metadata, config_source, bake_in_vae, discard, replace_te, lora,
-                             lora_weight, overwrite],
+                             save_as_half, save_metadata, add_recipe, copy_fields, metadata_json, config_source,
+                             bake_in_vae, discard, replace_te, lora, lora_weight, overwrite],
                 outputs=[progress, result, *list_outputs], show_progress="hidden")

@@ -34,6 +34,9 @@ class MergeChoices:
     bake_in_vae: str = NO_VAE
     discard_weights: str = ""
     save_metadata: bool = True
+    add_merge_recipe: bool = True
+    copy_metadata_fields: bool = True
+    metadata_json: str = "{}"
     replace_text_encoder: bool = False
     lora: str | None = None
     lora_weight: float = 1.0
@@ -78,8 +81,32 @@ def merge_params(engine: Engine, choices: MergeChoices) -> MergeParams:
         checkpoint_format=choices.checkpoint_format, config_source=int(choices.config_source),
         bake_in_vae=choices.bake_in_vae or NO_VAE, bake_in_vae_path=vae_path,
         discard_weights=choices.discard_weights or "", save_metadata=bool(choices.save_metadata),
+        add_merge_recipe=bool(choices.add_merge_recipe), copy_metadata_fields=bool(choices.copy_metadata_fields),
+        metadata_json=choices.metadata_json or "{}",
         replace_text_encoder=bool(choices.replace_text_encoder), lora=lora,
         lora_weight=float(choices.lora_weight), overwrite=bool(choices.overwrite))
+
+
+def read_metadata(engine: Engine, titles: list[str | None]) -> str:
+    """The WebUI's "Read metadata from selected checkpoints": A's, B's and C's safetensors
+    metadata in one JSON object (later ones win), JSON-valued fields decoded, for editing."""
+    import json
+
+    from core.models.checkpoint import read_checkpoint_metadata
+
+    metadata: dict = {}
+    for title in titles:
+        entry = engine.registry.find_checkpoint(title) if title else None
+        if entry is None:
+            continue
+        for key, value in read_checkpoint_metadata(entry.path).items():
+            if value[:1] == "{":
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            metadata[key] = value
+    return json.dumps(metadata, indent=4, ensure_ascii=False)
 
 
 def merge_job(engine: Engine, params: MergeParams) -> Callable[[JobContext], MergeResult]:

@@ -32,8 +32,22 @@ _ST_DTYPES = {
 }
 
 
+# The WebUI's checkpoint_dict_replacements_sd1: very old SD1 files lack CLIP's ``text_model.``
+# level; their keys are read under today's names so they merge with newer files.
+_SD1_OLD_NAMES = tuple((f"cond_stage_model.transformer.{part}", f"cond_stage_model.transformer.text_model.{part}")
+                       for part in ("embeddings.", "encoder.", "final_layer_norm."))
+
+
+def webui_key(key: str) -> str:
+    for old, new in _SD1_OLD_NAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 class TensorSource:
-    """One checkpoint file: its keys, each key's shape/dtype, and tensors read on demand."""
+    """One checkpoint file: its keys (as the WebUI names them), each key's shape/dtype, and
+    tensors read on demand."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -59,6 +73,8 @@ class TensorSource:
                                  hint="merge .safetensors or .ckpt checkpoints")
         if not self._meta:
             raise ModelFileError("the file contains no tensors", path=self.path, hint="it is not a model file")
+        self._file_key = {webui_key(k): k for k in self._meta}
+        self._meta = {webui_key(k): v for k, v in self._meta.items()}
 
     def keys(self) -> list[str]:
         return list(self._meta)
@@ -77,7 +93,8 @@ class TensorSource:
         return dict(self._meta)
 
     def get(self, key: str) -> torch.Tensor:
-        """The tensor of ``key``, read now, on the CPU."""
+        """The tensor of ``key`` (today's name), read now, on the CPU."""
+        key = self._file_key[key]
         if self._handle is not None:
             try:
                 return self._handle.get_tensor(key)
