@@ -248,14 +248,14 @@ def test_options_kiln_lacks_are_listed_not_ignored(checkpoint, tmp_path, capsys)
     from core.training.__main__ import main
 
     _dataset(tmp_path)
-    config = _toml(tmp_path, checkpoint, color_aug="true", mixed_precision='"fp16"', typo_key="1")
+    config = _toml(tmp_path, checkpoint, fp8_base="true", mixed_precision='"fp16"', typo_key="1")
     assert main([str(config)]) == 1
     err = capsys.readouterr().err
     assert "typo_key" in err and "Kiln would not apply" in err
-    config = _toml(tmp_path, checkpoint, color_aug="true", mixed_precision='"fp16"')
+    config = _toml(tmp_path, checkpoint, fp8_base="true", mixed_precision='"fp16"')
     assert main([str(config)]) == 1
     err = capsys.readouterr().err
-    assert "color_aug = True" in err and "mixed_precision" in err
+    assert "fp8_base" in err and "NOT applied" in err and "mixed_precision" not in err  # Kiln has mixed precision
     assert not (tmp_path / "out" / "teal.safetensors").exists()
     assert main([str(config), "--allow-unsupported"]) == 0
 

@@ -48,6 +48,11 @@ ZH = {
     "Shuffle caption": "打乱标注 (shuffle_caption)",
     "Keep tokens": "保留前 N 个标签 (keep_tokens)",
     "Flip augmentation (flip_aug)": "水平翻转增强 (flip_aug)",
+    "Color augmentation (color_aug)": "颜色增强 (color_aug)",
+    "Mixed precision (mixed_precision)": "混合精度 (mixed_precision)",
+    "Gradient checkpointing": "梯度检查点 (gradient_checkpointing)",
+    "xformers": "xformers 注意力 (xformers)",
+    "TensorBoard log folder (logging_dir)": "TensorBoard 日志目录 (logging_dir)",
     "Seed": "随机种子 (seed)",
     "Clip skip": "Clip 跳过层 (clip_skip)",
     "Noise offset": "噪声偏移 (noise_offset)",
@@ -89,6 +94,7 @@ FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "ou
           "optimizer_type", "lr_scheduler", "lr_warmup_steps", "max_train_epochs", "train_batch_size", "resolution",
           "enable_bucket", "save_every_n_epochs", "caption_extension", "shuffle_caption", "keep_tokens", "flip_aug",
           "seed", "clip_skip", "noise_offset", "min_snr_gamma", "save_state", "resume", "sample_prompts",
+          "color_aug", "mixed_precision", "gradient_checkpointing", "xformers", "logging_dir",
           "sample_every_n_epochs", "sample_sampler")
 # The tab's starting values: the seeds' usual LoRA (kohya's CLI defaults are for DreamBooth).
 UI_DEFAULTS = {"network_type": "LoRA", "network_dim": 32, "network_alpha": 16, "conv_dim": 0, "learning_rate": "1e-4", "unet_lr": "1e-4",
@@ -222,7 +228,15 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
                 widgets["enable_bucket"] = gr.Checkbox(d["enable_bucket"], label=tr("Enable buckets (enable_bucket)"))
                 widgets["shuffle_caption"] = gr.Checkbox(d["shuffle_caption"], label=tr("Shuffle caption"))
                 widgets["flip_aug"] = gr.Checkbox(False, label=tr("Flip augmentation (flip_aug)"))
+                widgets["color_aug"] = gr.Checkbox(False, label=tr("Color augmentation (color_aug)"))
                 widgets["save_state"] = gr.Checkbox(False, label=tr("Save training state (save_state)"))
+            with gr.Row():
+                widgets["mixed_precision"] = gr.Dropdown(["no", "fp16", "bf16"], value="no",
+                                                         label=tr("Mixed precision (mixed_precision)"),
+                                                         elem_id="train-mixed-precision")
+                widgets["gradient_checkpointing"] = gr.Checkbox(False, label=tr("Gradient checkpointing"))
+                widgets["xformers"] = gr.Checkbox(False, label=tr("xformers"))
+                widgets["logging_dir"] = gr.Textbox("", label=tr("TensorBoard log folder (logging_dir)"), scale=2)
             widgets["resume"] = gr.Textbox("", label=tr("Resume from a state (resume)"))
             with gr.Row():
                 from core.training.samples import KOHYA_SAMPLERS
@@ -314,7 +328,8 @@ def build_train_tab(engine: Engine, queue: JobQueue) -> None:
         if error:
             yield shown("", error_html(error, request), _frame(loss_rows(job)), saved, sample_items(job))
             return
-        yield shown("", S.say("Training finished: {n} files.", request, n=len(job.result or [])),
+        notes = "".join(f"<br>{html.escape(a.label)}" for a in job.artifacts if a.kind == "note")
+        yield shown("", S.say("Training finished: {n} files.", request, n=len(job.result or [])) + notes,
                     _frame(loss_rows(job)), saved, sample_items(job))
         if data[sheet.auto] and job.result:
             values = {"output_dir": str(job_spec.output.output_dir), "output_name": job_spec.output.output_name,

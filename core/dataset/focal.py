@@ -111,6 +111,12 @@ def _grey(image: Image.Image) -> np.ndarray:
 
 def face_points(image: Image.Image) -> list[Point]:
     """Centres of the faces found by the first cascade that finds any; [] when none (or no cv2)."""
+    rects = face_rects(image)
+    return [Point(x + fw / 2, y + fh / 2, 1.0 / len(rects)) for x, y, fw, fh in rects]
+
+
+def face_rects(image: Image.Image) -> list[tuple[float, float, float, float]]:
+    """(x, y, w, h) of the faces found by the first cascade that finds any; [] when none (or no cv2)."""
     grey = _grey(image)
     h, w = grey.shape[:2]
     if min(w, h) < _CASCADE_MIN_SIDE:
@@ -135,7 +141,7 @@ def face_points(image: Image.Image) -> list[Point]:
         rects = np.asarray(faces, dtype=np.float64).reshape(-1, 4)
         if len(rects) == 0:
             continue
-        return [Point(x + fw / 2, y + fh / 2, 1.0 / len(rects)) for x, y, fw, fh in rects]
+        return [tuple(float(v) for v in r) for r in rects]
     return []
 
 

@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"loss {report.loss:.4f} avg {report.average_loss:.4f} lr {report.lr:.3g} "
                     f"{report.global_step / elapsed:.2f} it/s ETA {eta:.0f}s")
             print(line, end="", file=sys.stderr, flush=True)
-        files = train_lora(job, model, Hooks(on_step=show, on_file=lambda p, e: print(f"\nsaved {p}",
-                                                                                       file=sys.stderr)))
+        files = train_lora(job, model, Hooks(on_step=show,
+                                             on_file=lambda p, e: print(f"\nsaved {p}", file=sys.stderr),
+                                             on_note=lambda text: print(f"\nnote: {text}", file=sys.stderr)))
         print(file=sys.stderr)
         for path in files:
             print(path)

@@ -44,7 +44,15 @@ class DataOptions:
     caption_extension: str = ".caption"  # kohya's default; the UI and the seeds use .txt
     flip_aug: bool = False
     random_crop: bool = False
+    color_aug: bool = False  # kohya's weak colour augmentation: a random hue shift of ±8 (OpenCV's 0-180 hue)
+    face_crop_aug_range: tuple[float, float] | None = None  # crop around the face, the face this many times smaller
     captions: CaptionRules = field(default_factory=CaptionRules)
+
+    @property
+    def random_pixels(self) -> bool:
+        """True when a picture's pixels change from one epoch to the next (no latent caching then)."""
+        face = self.face_crop_aug_range
+        return self.random_crop or self.color_aug or (face is not None and face[0] != face[1])
 
 
 @dataclass(frozen=True)
@@ -134,12 +142,76 @@ def _caption_of(image: Path, concept: Concept, extension: str) -> str:
     return caption.text if caption.exists and caption.text.strip() else concept.name.class_tokens
 
 
+COLOR_AUG_HUE = 8.0  # kohya's hue_shift_limit, in OpenCV's 0-180 hue scale
+
+
+def hue_shift(image: Image.Image, shift: float) -> Image.Image:
+    """kohya's color_aug: the hue turned by ``shift`` on OpenCV's 0-180 scale (PIL's is 0-255)."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.int16).copy()
+    hsv[..., 0] = (hsv[..., 0] + int(round(shift * 256 / 180))) % 256
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
+
+
+def face_from_name(path: Path) -> tuple[float, float, float, float] | None:
+    """kohya's face info in a file name: the last four ``_`` parts are cx, cy, w, h."""
+    parts = path.stem.split("_")
+    if len(parts) < 5:
+        return None
+    try:
+        cx, cy, w, h = (int(p) for p in parts[-4:])
+    except ValueError:
+        return None
+    return (float(cx), float(cy), float(w), float(h)) if w > 0 and h > 0 else None
+
+
+def _detected_face(image: Image.Image) -> tuple[float, float, float, float] | None:
+    from core.dataset.focal import face_rects
+
+    rects = face_rects(image)
+    if not rects:
+        return None
+    x, y, w, h = max(rects, key=lambda r: r[2] * r[3])  # the largest face
+    return (x + w / 2, y + h / 2, w, h)
+
+
+def face_crop(image: Image.Image, face: tuple[float, float, float, float], target: tuple[int, int],
+              aug_range: tuple[float, float], rng: random.Random, random_crop: bool) -> Image.Image:
+    """kohya's crop_target: scale so the face is 1/``aug_range`` of the short side (a random scale
+    between the two; never up, never below the target), then cut the target around the face."""
+    face_cx, face_cy, face_w, face_h = face
+    tw, th = target
+    width, height = image.size
+    if (width, height) == (tw, th):
+        return image
+    face_size = max(face_w, face_h)
+    size = min(th, tw)
+    min_scale = max(th / height, tw / width)
+    min_scale = min(1.0, max(min_scale, size / (face_size * aug_range[1])))
+    max_scale = min(1.0, max(min_scale, size / (face_size * aug_range[0])))
+    scale = min_scale if min_scale >= max_scale else rng.uniform(min_scale, max_scale)
+    nw, nh = max(int(width * scale + 0.5), tw), max(int(height * scale + 0.5), th)
+    image = image.resize((nw, nh), Image.Resampling.LANCZOS)
+    face_cx, face_cy = int(face_cx * scale + 0.5), int(face_cy * scale + 0.5)
+    origin = []
+    for target_size, length, face_p in ((th, nh, face_cy), (tw, nw, face_cx)):
+        p1 = face_p - target_size // 2
+        if random_crop:  # kohya: mostly around the face, sometimes towards the background
+            reach = max(length - face_p, face_p)
+            p1 = p1 + (rng.randint(0, reach) + rng.randint(0, reach)) - reach
+        elif aug_range[0] != aug_range[1] and face_size > size // 10 and face_size >= 40:
+            p1 = p1 + rng.randint(-int(face_size) // 20, int(face_size) // 20)
+        origin.append(max(0, min(p1, length - target_size)))
+    top, left = origin
+    return image.crop((left, top, left + tw, top + th))
+
+
 class TrainingData:
     def __init__(self, layout: DatasetLayout, options: DataOptions, seed: int = 0):
         self.layout = layout
         self.options = options
         self.seed = seed
         self.buckets = Buckets(options)
+        self._faces: dict[Path, tuple[float, float, float, float] | None] = {}
         self.train = [self._item(c, p) for c in layout.concepts for p in c.images]
         if not self.train:
             raise KilnError("no training pictures", path=layout.train_dir,
@@ -237,15 +309,31 @@ class TrainingData:
 
     def pixels(self, item: Item, rng: random.Random, *, flip: bool = False) -> torch.Tensor:
         """The picture as a (3, H, W) tensor in [-1, 1] at its bucket size."""
-        image = open_image(item.path).resize(item.resized, Image.Resampling.LANCZOS)
-        bw, bh = item.bucket
-        extra_w, extra_h = image.width - bw, image.height - bh
-        if self.options.random_crop:
-            left, top = rng.randint(0, extra_w), rng.randint(0, extra_h)
+        original = open_image(item.path)
+        face = self.face(item, original) if self.options.face_crop_aug_range else None
+        if face is not None:
+            image = face_crop(original, face, item.bucket, self.options.face_crop_aug_range, rng,
+                              self.options.random_crop)
         else:
-            left, top = extra_w // 2, extra_h // 2
-        image = image.crop((left, top, left + bw, top + bh))
+            image = original.resize(item.resized, Image.Resampling.LANCZOS)
+            bw, bh = item.bucket
+            extra_w, extra_h = image.width - bw, image.height - bh
+            if self.options.random_crop:
+                left, top = rng.randint(0, extra_w), rng.randint(0, extra_h)
+            else:
+                left, top = extra_w // 2, extra_h // 2
+            image = image.crop((left, top, left + bw, top + bh))
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self.options.color_aug:
+            image = hue_shift(image, rng.uniform(-COLOR_AUG_HUE, COLOR_AUG_HUE))
         array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         return array / 127.5 - 1.0
+
+    def face(self, item: Item, image: Image.Image) -> tuple[float, float, float, float] | None:
+        """The face of a picture as (centre x, centre y, width, height): from the file name as
+        kohya's face tools write it (``name_<cx>_<cy>_<w>_<h>.png``), else found with OpenCV
+        (kohya has no detection: pictures without the name suffix get no face crop there)."""
+        if item.path not in self._faces:
+            self._faces[item.path] = face_from_name(item.path) or _detected_face(image)
+        return self._faces[item.path]

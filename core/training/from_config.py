@@ -15,6 +15,7 @@ from core.errors import KilnError
 from core.training.advice import build_optimizer_for, build_scheduler_for, network_kind
 from core.training.config import (
     TrainConfig,
+    parse_face_crop_aug_range,
     parse_resolution,
 )
 from core.training.data import DataOptions
@@ -33,7 +34,7 @@ USED = {
     "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale", "cache_latents",
     "caption_extension", "caption_separator", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
     "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-    "caption_tag_dropout_rate", "flip_aug", "random_crop", "prior_loss_weight", "network_module", "network_dim",
+    "caption_tag_dropout_rate", "flip_aug", "random_crop", "color_aug", "face_crop_aug_range", "prior_loss_weight", "network_module", "network_dim",
     "network_alpha", "network_dropout", "network_args", "network_train_unet_only", "network_train_text_encoder_only",
     "training_comment", "learning_rate", "unet_lr", "text_encoder_lr", "optimizer_type", "optimizer_args",
     "max_grad_norm", "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power",
@@ -42,7 +43,8 @@ USED = {
     "clip_skip", "max_token_length", "noise_offset", "min_snr_gamma", "v2", "v_parameterization",
     "zero_terminal_snr", "mixed_precision", "sample_prompts", "sample_every_n_epochs", "sample_sampler",
     "multires_noise_iterations", "multires_noise_discount", "network_weights", "cache_latents_to_disk",
-    "save_every_n_steps", "save_last_n_epochs",
+    "save_every_n_steps", "save_last_n_epochs", "full_fp16", "full_bf16", "gradient_checkpointing", "xformers",
+    "logging_dir",
 }
 
 
@@ -64,8 +66,6 @@ def unsupported(config: TrainConfig) -> list[str]:
     extra_args = [a for a in config.network_args or [] if a.split("=")[0].strip() not in known]
     if extra_args:
         out.append(f"network_args = {extra_args!r}")
-    if config.mixed_precision not in ("no", None):
-        out.append(f"mixed_precision = {config.mixed_precision!r} (Kiln trains in float32 for now)")
     return out
 
 
@@ -155,7 +155,8 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                        min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
                        bucket_reso_steps=config.bucket_reso_steps, bucket_no_upscale=config.bucket_no_upscale,
                        caption_extension=config.caption_extension, flip_aug=config.flip_aug,
-                       random_crop=config.random_crop, captions=captions)
+                       random_crop=config.random_crop, color_aug=config.color_aug,
+                       face_crop_aug_range=parse_face_crop_aug_range(config.face_crop_aug_range), captions=captions)
     network = network_spec(config)
     loop = LoopOptions(train_batch_size=config.train_batch_size, max_train_epochs=config.max_train_epochs,
                        max_train_steps=config.max_train_steps,
@@ -165,9 +166,11 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                        multires_noise_discount=config.multires_noise_discount,
                        min_snr_gamma=config.min_snr_gamma, prior_loss_weight=config.prior_loss_weight,
                        clip_skip=config.clip_skip or 1, max_token_length=config.max_token_length or 75,
-                       seed=config.seed if config.seed is not None else 42, cache_latents=not config.random_crop,
-                       cache_latents_to_disk=config.cache_latents_to_disk and not config.random_crop,
-                       flip_aug=config.flip_aug)
+                       seed=config.seed if config.seed is not None else 42, cache_latents=not data.random_pixels,
+                       cache_latents_to_disk=config.cache_latents_to_disk and not data.random_pixels,
+                       flip_aug=config.flip_aug, mixed_precision=config.mixed_precision or "no",
+                       full_precision=bool(config.full_fp16 or config.full_bf16),
+                       gradient_checkpointing=config.gradient_checkpointing, xformers=config.xformers)
     output = OutputOptions(output_dir=Path(config.output_dir) if config.output_dir else default_output_dir,
                            output_name=config.effective_output_name(),
                            save_every_n_epochs=config.save_every_n_epochs, save_precision=config.save_precision,
@@ -182,6 +185,7 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                    training_comment=config.training_comment,
                    sample_prompts=tuple(read_sample_prompts(config.sample_prompts)) if config.sample_prompts else (),
                    sample_every_n_epochs=config.sample_every_n_epochs, sample_sampler=config.sample_sampler,
+                   logging_dir=Path(config.logging_dir) if config.logging_dir else None,
                    make_optimizer=lambda groups: build_optimizer_for(config, groups),
                    make_scheduler=lambda optimizer, total: build_scheduler_for(config, optimizer, total),
                    extra_metadata={"lr_warmup_steps": config.lr_warmup_steps,

@@ -46,7 +46,8 @@ def training_job(engine: Any, job: LoraJob, checkpoint: str | None = None):
         with engine.lease(checkpoint) as model:
             files = train_lora(job, model, Hooks(on_step=on_step, should_stop=lambda: ctx.stop_requested,
                                                  pause=ctx.pause_point, on_file=on_file, sample=sample,
-                                                 on_sample=on_sample))
+                                                 on_sample=on_sample,
+                                                 on_note=lambda text: ctx.add_artifact("note", text)))
         return [str(p) for p in files]
     return run
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ class LoopOptions:
     cache_latents: bool = True
     cache_latents_to_disk: bool = False  # kohya's <image>.npz beside each picture, reused across runs
     flip_aug: bool = False
+    mixed_precision: str = "no"  # no | fp16 | bf16: forward passes under autocast (fp16: a GradScaler)
+    full_precision: bool = False  # kohya's full_fp16 / full_bf16: the network's weights in that dtype too
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
+    xformers: bool = False  # xformers attention where it is installed (CUDA); PyTorch SDPA otherwise
 
 
 @dataclass
@@ -67,11 +72,12 @@ class TrainState:
     network: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer: dict = field(default_factory=dict)
     scheduler: dict = field(default_factory=dict)
+    scaler: dict = field(default_factory=dict)  # fp16's loss scale (empty without mixed precision fp16)
 
     def save(self, path: str | Path) -> Path:
         """Atomic: a kill -9 mid-save leaves the previous state whole."""
         data = {k: getattr(self, k) for k in ("global_step", "epoch", "step_in_epoch", "torch_rng", "python_rng",
-                                              "network", "optimizer", "scheduler")}
+                                              "network", "optimizer", "scheduler", "scaler")}
         return atomic_save_with(path, lambda tmp: torch.save(data, tmp))
 
     @classmethod
@@ -150,6 +156,57 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, rng: ra
     return noise / noise.std()
 
 
+PRECISIONS = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _allow_fp16_gradients(scaler: torch.amp.GradScaler) -> None:
+    """full_fp16 keeps fp16 gradients, which GradScaler refuses to unscale; kohya patches
+    accelerate the same way (train_util.patch_accelerator_for_fp16_training)."""
+    unscale = scaler._unscale_grads_
+
+    def allow(optimizer, inv_scale, found_inf, allow_fp16):
+        return unscale(optimizer, inv_scale, found_inf, True)
+
+    scaler._unscale_grads_ = allow
+
+
+@contextmanager
+def model_switches(model: Any, options: LoopOptions, notes: list[str], *, trains_te: bool) -> Iterator[None]:
+    """gradient_checkpointing and xformers on the leased base model for one run, undone after it
+    (the shared model must come back as it was lent)."""
+    unet, text_encoder = model.unet, model.text_encoders[0]
+    changed: list[Callable[[], None]] = []
+    try:
+        if options.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+            changed.append(unet.disable_gradient_checkpointing)
+            if trains_te and hasattr(text_encoder, "gradient_checkpointing_enable"):
+                text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                changed.append(text_encoder.gradient_checkpointing_disable)
+        if options.xformers:
+            reason = _xformers_unavailable(unet)
+            if reason is None:
+                unet.enable_xformers_memory_efficient_attention()
+                changed.append(unet.disable_xformers_memory_efficient_attention)
+            else:
+                notes.append(f"xformers: {reason}; PyTorch's scaled-dot-product attention was used (the same "
+                             "results, about the same speed and memory)")
+        yield
+    finally:
+        for undo in reversed(changed):
+            undo()
+
+
+def _xformers_unavailable(unet: Any) -> str | None:
+    if next(unet.parameters()).device.type != "cuda":
+        return "needs a CUDA GPU"
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return "not installed (pip install xformers)"
+    return None
+
+
 class LoraTrainer:
     """The loop over ``data`` for ``network`` on the leased ``model`` (a core.models LoadedModel)."""
 
@@ -166,8 +223,6 @@ class LoraTrainer:
         self.alphas_cumprod = self.schedule.alphas_cumprod.float()
         self.prediction = spec.prediction_type
         self.steps_per_epoch, self.total = total_steps(data, options)
-        self.optimizer = make_optimizer(network.param_groups(*learning_rates))
-        self.scheduler = make_scheduler(self.optimizer, self.total)
         self.state = TrainState(torch_rng=None, python_rng=None)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.rng = random.Random(options.seed)
@@ -175,6 +230,18 @@ class LoraTrainer:
         self.losses: list[float] = []
         self.device = next(model.unet.parameters()).device
         self.dtype = next(model.unet.parameters()).dtype
+        if options.mixed_precision not in PRECISIONS:
+            raise KilnError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, not {options.mixed_precision!r}")
+        self.autocast_dtype = PRECISIONS[options.mixed_precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=options.mixed_precision == "fp16")
+        if options.full_precision and self.autocast_dtype is not None:
+            network.to(self.autocast_dtype)
+            if options.mixed_precision == "fp16":
+                _allow_fp16_gradients(self.scaler)
+        self.notes: list[str] = []  # what the run did differently from what was asked, and why
+        # The optimizer holds the network's parameters as they are now (full_fp16/bf16: cast).
+        self.optimizer = make_optimizer(network.param_groups(*learning_rates))
+        self.scheduler = make_scheduler(self.optimizer, self.total)
 
     # ---- state
 
@@ -182,12 +249,15 @@ class LoraTrainer:
         return TrainState(self.state.global_step, self.state.epoch, self.state.step_in_epoch,
                           self.generator.get_state(), self.rng.getstate(),
                           {k: v.detach().clone() for k, v in self.network.state_dict().items()},
-                          self.optimizer.state_dict(), self.scheduler.state_dict())
+                          self.optimizer.state_dict(), self.scheduler.state_dict(),
+                          self.scaler.state_dict() if self.scaler.is_enabled() else {})
 
     def restore(self, state: TrainState) -> None:
         self.network.load_state_dict(state.network)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
+        if state.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state.scaler)
         self.generator.set_state(state.torch_rng)
         self.rng.setstate(state.python_rng)
         self.state = TrainState(state.global_step, state.epoch, state.step_in_epoch)
@@ -242,7 +312,7 @@ class LoraTrainer:
         captions = [process_caption(item.caption, self.data.options.captions, self.rng, epoch) for item in batch]
         text_encoder = self.model.text_encoders[0]
         trains_te = any(te for _, _, te in self.network.targets)
-        with torch.set_grad_enabled(trains_te):
+        with torch.set_grad_enabled(trains_te), self._autocast():
             context = encode_captions(text_encoder, self.model.tokenizers[0], captions, options).to(self.dtype)
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device, self.dtype)
         if options.multires_noise_iterations:
@@ -255,7 +325,8 @@ class LoraTrainer:
         abar = self.alphas_cumprod[timesteps].to(self.device, self.dtype).view(-1, 1, 1, 1)
         noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
         target = abar.sqrt() * noise - (1 - abar).sqrt() * latents if self.prediction == "v_prediction" else noise
-        prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context).sample
+        with self._autocast():
+            prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context).sample
         loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = torch.tensor([options.prior_loss_weight if item.is_reg else 1.0 for item in batch])
         if options.min_snr_gamma:
@@ -264,13 +335,23 @@ class LoraTrainer:
             weights = weights * (snr_weight / (snr + 1) if self.prediction == "v_prediction" else snr_weight / snr)
         return (loss * weights.to(loss.device)).mean()
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
     # ---- the loop
 
     def run(self, *, on_step: Callable[[StepReport], None] | None = None,
             on_epoch_end: Callable[[int, int], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             pause: Callable[[], None] | None = None) -> TrainState:
-        """Train until the last step (or ``should_stop``); returns the state to save."""
+        """Train until the last step (or ``should_stop``); returns the state to save. The base
+        model's attention and checkpointing switches are set for the run and put back after it."""
+        with model_switches(self.model, self.options, self.notes,
+                            trains_te=any(te for _, _, te in self.network.targets)):
+            return self._run(on_step, on_epoch_end, should_stop, pause)
+
+    def _run(self, on_step, on_epoch_end, should_stop, pause) -> TrainState:
         options, state = self.options, self.state
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         while state.global_step < self.total:
@@ -288,11 +369,13 @@ class LoraTrainer:
                             raise KilnError(f"the loss became {loss.item()} at step {state.global_step + 1}: training "
                                             "stopped, the last saved file is kept",
                                             hint="lower the learning rate, or use mixed_precision bf16 instead of fp16")
-                        loss.backward()
+                        self.scaler.scale(loss).backward()
                         step_loss += float(loss.detach())
                 if options.max_grad_norm:
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients (no-op without fp16)
                     torch.nn.utils.clip_grad_norm_(params, options.max_grad_norm)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+                self.scaler.update()
                 self.scheduler.step()
                 state.global_step += 1
                 state.step_in_epoch += 1

@@ -67,6 +67,7 @@ class LoraJob:
     sample_prompts: tuple[Any, ...] = ()  # core.training.samples.SamplePrompt
     sample_every_n_epochs: int | None = None
     sample_sampler: str = "ddim"  # kohya's name (core.training.samples.KOHYA_SAMPLERS)
+    logging_dir: Path | None = None  # kohya's TensorBoard logs (loss/current, loss/average, lr/...)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Hooks:
     # Pictures for sample prompts, made while the LoRA is attached (the queue job passes the engine's txt2img).
     sample: Callable[[list[Any]], list[Any]] | None = None
     on_sample: Callable[[Path, int], None] | None = None
+    on_note: Callable[[str], None] | None = None  # what the run did differently from what was asked
 
 
 def _optimizer_factory(job: LoraJob):
@@ -131,8 +133,9 @@ def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrai
         num_train_images=data.num_train_images, num_validation_images=0, num_reg_images=data.num_reg_images,
         num_batches_per_epoch=data.batches_per_epoch(loop.train_batch_size),
         num_epochs=-(-trainer.total // trainer.steps_per_epoch), max_train_steps=trainer.total,
-        gradient_checkpointing=False, gradient_accumulation_steps=loop.gradient_accumulation_steps,
-        network_dropout=job.network.network_dropout or None, mixed_precision="no", full_fp16=False,
+        gradient_checkpointing=loop.gradient_checkpointing, gradient_accumulation_steps=loop.gradient_accumulation_steps,
+        network_dropout=job.network.network_dropout or None, mixed_precision=loop.mixed_precision,
+        full_fp16=loop.full_precision and loop.mixed_precision == "fp16",
         fp8_base=False, fp8_base_unet=False, clip_skip=loop.clip_skip if loop.clip_skip > 1 else None,
         max_token_length=loop.max_token_length if loop.max_token_length != 75 else None,
         cache_latents=loop.cache_latents, noise_offset=loop.noise_offset or None,
@@ -143,13 +146,15 @@ def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrai
         huber_schedule="snr", huber_scale=1.0, huber_c=0.1,
         caption_dropout_rate=job.data.captions.caption_dropout_rate,
         caption_dropout_every_n_epochs=job.data.captions.caption_dropout_every_n_epochs,
-        caption_tag_dropout_rate=job.data.captions.caption_tag_dropout_rate, face_crop_aug_range=None,
+        caption_tag_dropout_rate=job.data.captions.caption_tag_dropout_rate,
+        face_crop_aug_range=",".join(f"{v:g}" for v in job.data.face_crop_aug_range)
+        if job.data.face_crop_aug_range else None,
         validation_seed=None, validation_split=0.0, max_validation_steps=None, validate_every_n_epochs=None,
         validate_every_n_steps=None, resize_interpolation=None,
         # legacy train_data_dir mode
         batch_size_per_device=loop.train_batch_size,
         total_batch_size=loop.train_batch_size * loop.gradient_accumulation_steps,
-        resolution=tuple(job.data.resolution), color_aug=False, flip_aug=job.data.flip_aug,
+        resolution=tuple(job.data.resolution), color_aug=job.data.color_aug, flip_aug=job.data.flip_aug,
         random_crop=job.data.random_crop, shuffle_caption=job.data.captions.shuffle_caption,
         enable_bucket=job.data.enable_bucket, bucket_no_upscale=job.data.bucket_no_upscale,
         min_bucket_reso=job.data.min_bucket_reso if job.data.enable_bucket else None,
@@ -185,6 +190,23 @@ def modelspec(model: Any, job: LoraJob, started: float) -> dict[str, str]:
     return meta
 
 
+def tensorboard_writer(folder: Path, output_name: str, started: float):
+    """kohya's log folder: ``<logging_dir>/<output_name><YYYYmmddHHMMSS>`` (its log_prefix + time)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise KilnError("logging_dir needs TensorBoard, which is not installed",
+                        hint="pip install tensorboard (or KILN_EXTRAS=tensorboard ./launch.sh), or clear logging_dir "
+                             "(the loss is also written to <output_name>.loss.csv)") from None
+    return SummaryWriter(str(Path(folder) / f"{output_name}{time.strftime('%Y%m%d%H%M%S', time.localtime(started))}"))
+
+
+def learning_rate_names(optimizer: Any) -> list[tuple[str, float]]:
+    """kohya's lr/ scalar names per parameter group: "textencoder", "unet"."""
+    names = {"text_encoder": "textencoder", "unet": "unet"}
+    return [(names.get(g.get("name"), f"group{i}"), g["lr"]) for i, g in enumerate(optimizer.param_groups)]
+
+
 def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Path]:
     """Train on the leased ``model`` (frozen, never written); returns the files written."""
     import random as _random
@@ -206,9 +228,9 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
             raise KilnError(f"cannot read the LoRA to continue from ({exc})", path=job.network_weights) from exc
     network.to(next(model.unet.parameters()).device)
     loop = job.loop
-    if job.data.random_crop and loop.cache_latents:
-        raise KilnError("cache_latents cannot be used with random_crop (the crop changes every epoch)",
-                        hint="turn one of them off, as kohya requires")
+    if job.data.random_pixels and loop.cache_latents:
+        raise KilnError("cache_latents cannot be used with random_crop, color_aug or a face_crop_aug_range "
+                        "(the pixels change every epoch)", hint="turn one of them off, as kohya requires")
     trainer = LoraTrainer(model, network, data, loop, _optimizer_factory(job), _scheduler_factory(job),
                           (job.unet_lr, job.text_encoder_lr, job.learning_rate))
     epochs = -(-trainer.total // trainer.steps_per_epoch)
@@ -227,6 +249,7 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
     base_meta = {**run_metadata(job, model, data, trainer, started, session_id), **modelspec(model, job, started)}
     save_dtype = SAVE_DTYPES.get(out.save_precision)
     written: list[Path] = []
+    board = tensorboard_writer(job.logging_dir, out.output_name, started) if job.logging_dir else None
     log_path = out.output_dir / f"{out.output_name}.loss.csv"
     log = open(log_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed in finally)
     writer = csv.writer(log)
@@ -244,6 +267,11 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
     def on_step(report: StepReport) -> None:
         writer.writerow([report.global_step, report.epoch, f"{report.loss:.6f}", f"{report.average_loss:.6f}",
                          f"{report.lr:.8g}"])
+        if board is not None:
+            board.add_scalar("loss/current", report.loss, report.global_step)
+            board.add_scalar("loss/average", report.average_loss, report.global_step)
+            for name, lr in learning_rate_names(trainer.optimizer):
+                board.add_scalar(f"lr/{name}", lr, report.global_step)
         n = out.save_every_n_steps
         if n and report.global_step % n == 0 and report.global_step < report.total_steps:
             # kohya's step files; ss_epoch is 0-based inside an epoch there
@@ -287,6 +315,11 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
                             pause=hooks.pause)
     finally:
         log.close()
+        if board is not None:
+            board.close()
+    for note in trainer.notes:
+        if hooks.on_note is not None:
+            hooks.on_note(note)
     finished = final.global_step >= trainer.total
     epoch_done = final.epoch - 1 if final.step_in_epoch == 0 else final.epoch
     save(out.output_dir / f"{out.output_name}.safetensors", epoch_done, final.global_step)
