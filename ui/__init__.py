@@ -33,6 +33,8 @@ from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
+from ui.settings_saving import STRINGS as SAVING_STRINGS
+from ui.styles import STRINGS as STYLES_STRINGS
 from ui.train import STRINGS as TRAIN_STRINGS
 from ui.train import build_train_tab
 from ui.txt2img import build_txt2img_tab, wire_txt2img
@@ -57,7 +59,8 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
         font_mono=["ui-monospace", "SFMono-Regular", "Consolas", "monospace"],
     )
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
-                                                                     TRAIN_STRINGS, *extra_tables))}
+                                                                     TRAIN_STRINGS, STYLES_STRINGS, SAVING_STRINGS,
+                                                                     *extra_tables))}
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
