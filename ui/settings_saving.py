@@ -34,6 +34,10 @@ ZH = {
     "Below the output folder, e.g. [date] or [date]/[model_name]": "位于输出文件夹之下，例如 [date] 或 [date]/[model_name]",
     "Max prompt words for [prompt_words] pattern": "[prompt_words] 格式的最大提示词数量",
     "Infer styles from prompts of pasted infotext": "从粘贴的生成参数的提示词中推断样式",
+    "Ignore": "忽略",
+    "Apply": "应用",
+    "Discard": "丢弃",
+    "Apply if any": "如果有则应用",
 }
 PATTERN_INFO = next(key for key in ZH if key.startswith("Empty:"))
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
@@ -73,7 +77,7 @@ def build_saving_settings(o: Options) -> dict[str, Any]:
             elem_id="settings-directories-filename-pattern")
         f["directories_max_prompt_words"] = gr.Slider(1, 20, value=o.directories_max_prompt_words, step=1,
                                                       label=S.tr("Max prompt words for [prompt_words] pattern"))
-    f["infotext_styles"] = gr.Radio(list(INFOTEXT_STYLES_CHOICES), value=o.infotext_styles,
+    f["infotext_styles"] = gr.Radio([(S.tr(c), c) for c in INFOTEXT_STYLES_CHOICES], value=o.infotext_styles,
                                     label=S.tr("Infer styles from prompts of pasted infotext"),
                                     elem_id="settings-infotext-styles")
     return f

@@ -30,9 +30,11 @@ ZH = {
     "Deleted style {name}.": "已删除样式 {name}。",
     "Give the style a name first.": "请先为样式命名。",
     "Settings are frozen on this server: styles cannot be changed here.": "此服务器的设置已冻结：无法在此更改样式。",
-    "Type a name and a prompt (with {prompt} where the prompt goes), then Save.":
-        "输入名称和提示词（用 {prompt} 表示当前提示词的位置），然后保存。",
+    # No braces in these keys: Gradio's browser-side translation treats them as fields to fill.
+    "Type a name and a prompt, then Save; without the prompt placeholder (see the example) a style goes after the prompt.":
+        "输入名称和提示词，然后保存；样式中没有提示词占位符（见示例）时，样式会加在提示词之后。",
 }
+EDITOR_INFO = next(key for key in ZH if key.startswith("Type a name"))
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)
 
@@ -92,15 +94,14 @@ def build_styles_editor(engine: Engine, prefix: str, row: StylesRow, prompt: gr.
                         negative: gr.Textbox) -> None:
     """The editor (hidden until 🖌️), and every event of the row."""
     with gr.Group(visible=False, elem_id=f"{prefix}-styles-editor") as editor:
-        with gr.Row(equal_height=True):
-            name = gr.Dropdown(label=S.tr("Style"), choices=style_names(engine), value=None, allow_custom_value=True,
-                               elem_id=f"{prefix}-style-name", scale=4,
-                               info=S.tr("Type a name and a prompt (with {prompt} where the prompt goes), then Save."))
-            copy = gr.Button(S.tr("📝 Copy the prompts into the style"), elem_id=f"{prefix}-style-copy", scale=1,
-                             size="sm")
-        style_prompt = gr.Textbox(label=S.tr("Style prompt"), lines=2, elem_id=f"{prefix}-style-prompt")
+        name = gr.Dropdown(label=S.tr("Style"), choices=style_names(engine), value=None, allow_custom_value=True,
+                           elem_id=f"{prefix}-style-name")
+        style_prompt = gr.Textbox(label=S.tr("Style prompt"), lines=2, elem_id=f"{prefix}-style-prompt",
+                                  placeholder="masterpiece, {prompt}, film grain",  # an example, as in the WebUI
+                                  info=S.tr(EDITOR_INFO))
         style_negative = gr.Textbox(label=S.tr("Style negative prompt"), lines=2, elem_id=f"{prefix}-style-negative")
         with gr.Row():
+            copy = gr.Button(S.tr("📝 Copy the prompts into the style"), elem_id=f"{prefix}-style-copy")
             save = gr.Button(S.tr("Save style"), variant="primary", elem_id=f"{prefix}-style-save")
             delete = gr.Button(S.tr("Delete style"), variant="stop", elem_id=f"{prefix}-style-delete")
         status = gr.Markdown("", elem_id=f"{prefix}-style-status")
