@@ -208,3 +208,16 @@ def test_api_options_refuse_and_jobs_save_in_the_format(model_api):
     assert saved, sorted(p.name for p in day.iterdir())
     text = webui_reads(saved[-1].read_bytes())
     assert text.startswith("a red fox\nSteps: 1") and saved[-1].with_suffix(".txt").read_text().startswith(text)
+
+
+def test_api_images_come_in_samples_format_as_the_webui_sends_them(model_api):
+    import base64
+
+    client, _engine = model_api
+    r = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a red fox", "steps": 1, "width": 64, "height": 64, "seed": 2,
+        "override_settings": {"samples_format": "webp", "jpeg_quality": 90}})
+    assert r.status_code == 200, r.text
+    data = base64.b64decode(r.json()["images"][0])
+    assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert webui_reads(data).startswith("a red fox\nSteps: 1")
