@@ -221,3 +221,34 @@ def test_api_images_come_in_samples_format_as_the_webui_sends_them(model_api):
     data = base64.b64decode(r.json()["images"][0])
     assert Image.open(io.BytesIO(data)).format == "WEBP"
     assert webui_reads(data).startswith("a red fox\nSteps: 1")
+
+
+def test_img2img_batch_keeps_the_input_names_in_samples_format(tmp_path):
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.models.fixtures import write_tiny_checkpoint
+    from core.settings import Settings
+    from tests.test_ui_build import _defaults, _img2img_tab
+    from ui.img2img import generate_updates
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    settings.options.samples_format, settings.options.save_txt = "webp", True
+    engine = Engine(settings)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    picture().save(folder / "fox [1].png")
+    tab = _img2img_tab(engine)
+    values = dict(_defaults(tab), prompt="a fox", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                  denoising_strength=0.5)
+    batch = {"input_dir": str(folder), "output_dir": str(out), "mask_dir": "", "use_png_info": False,
+             "png_info_fields": []}
+    queue = JobQueue()
+    try:
+        list(generate_updates(tab, engine, queue, values, "batch", {}, batch))
+    finally:
+        queue.shutdown()
+    assert sorted(p.name for p in out.iterdir()) == ["fox [1].txt", "fox [1].webp"]  # no tag read in the name
+    assert webui_reads((out / "fox [1].webp").read_bytes()).startswith("a fox\nSteps: 2")
