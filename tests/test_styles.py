@@ -198,3 +198,10 @@ def test_xyz_styles_axis_applies_each_style_and_refuses_unknown_ones(model_api):
     body["script_args"] = ["Styles", "Nope", []]
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 422 and "Nope" in r.json()["detail"]
+
+
+def test_a_broken_styles_csv_does_not_stop_a_paste(tmp_path):
+    (tmp_path / "styles.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    parsed = parse_generation_parameters("a cat, masterpiece\nSteps: 2, Sampler: Euler, Seed: 1",
+                                         styles=StyleDatabase(tmp_path / "styles.csv"))
+    assert parsed["Prompt"] == "a cat, masterpiece" and "Styles array" not in parsed
