@@ -252,3 +252,18 @@ def test_img2img_batch_keeps_the_input_names_in_samples_format(tmp_path):
         queue.shutdown()
     assert sorted(p.name for p in out.iterdir()) == ["fox [1].txt", "fox [1].webp"]  # no tag read in the name
     assert webui_reads((out / "fox [1].webp").read_bytes()).startswith("a fox\nSteps: 2")
+
+
+def test_job_timestamp_is_one_for_the_whole_job(model_api, tmp_path):
+    import re
+
+    client, engine = model_api
+    r = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "ts", "steps": 1, "width": 64, "height": 64, "seed": 31, "batch_size": 2, "save_images": True,
+        "override_settings": {"samples_filename_pattern": "[job_timestamp]-[seed]", "save_to_dirs": False,
+                              "save_images_add_number": False}})
+    assert r.status_code == 200, r.text
+    root = Path(engine.paths.resolve_output("outputs/txt2img-images"))
+    names = sorted(p.name for p in root.glob("*-3[12].png"))
+    stamps = {re.match(r"(\d{14})-3[12]\.png$", n).group(1) for n in names}
+    assert len(names) == 2 and len(stamps) == 1, names
