@@ -267,3 +267,13 @@ def test_job_timestamp_is_one_for_the_whole_job(model_api, tmp_path):
     names = sorted(p.name for p in root.glob("*-3[12].png"))
     stamps = {re.match(r"(\d{14})-3[12]\.png$", n).group(1) for n in names}
     assert len(names) == 2 and len(stamps) == 1, names
+
+
+def test_datetime_takes_a_time_zone_and_image_hash_a_length():
+    from datetime import timezone
+
+    c = NameContext(now=datetime(2026, 12, 4, 9, 8, 7, tzinfo=timezone.utc), prompt="a cat")
+    assert apply_pattern("[datetime<%Y%m%d_%H%M%S><Asia/Tokyo>]", c) == "20261204_180807"
+    assert apply_pattern("[datetime<%H><No/Such_Zone>]", c) == "09"  # unknown zone: local time, as the WebUI
+    im = Image.new("RGB", (2, 2))
+    assert apply_pattern("[image_hash<6>]", c, im) == hashlib.sha256(im.tobytes()).hexdigest()[:6]
