@@ -66,6 +66,10 @@ def test_styles_row_apply_edit_and_generate(styles_server, browser):  # noqa: F8
                            timeout=120_000)
     assert page.locator("#txt2img-infotext").inner_text().startswith("a dog, neon lights")
     assert "Neon" in page.locator("#txt2img-styles").inner_text()  # the choice stays for the next job
+    # img2img has the same row; its list includes the style saved from txt2img when it opens.
+    page.locator("#tab-img2img-button").click()
+    _pick(page, "img2img-styles", "Neon")
+    assert page.locator("#img2img-styles-apply").is_visible() and page.locator("#img2img-styles-edit").is_visible()
     page.close()
 
     chinese = browser.new_page(viewport={"width": 1400, "height": 900}, locale="zh-CN")
