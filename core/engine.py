@@ -412,7 +412,9 @@ class Engine:
         for kind, items in negative_tags.items():
             tags.setdefault(kind, []).extend(items)
         with self.job_model(options, tags, checkpoint=params.checkpoint) as gc:
-            gc.style_prompts = tuple(self.styles.styles[n].prompt for n in params.styles if n in self.styles.styles)
+            if params.styles:  # their texts, for the [prompt_no_styles] file name tag
+                known = self.styles.styles
+                gc.style_prompts = tuple(known[n].prompt for n in params.styles if n in known)
             return run_mode(gc, params, ctx)
 
     def txt2img(self, params: GenerationParams, ctx: JobContext, options: RunOptions | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import shutil
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 from core.errors import InvalidParameterError, KilnError
 from core.fileio import atomic_write_bytes
 
+log = logging.getLogger(__name__)
 STYLES_FILE = "styles.csv"
 PROMPT_PLACEHOLDER = "{prompt}"
 CSV_FIELDS = ("name", "prompt", "negative_prompt")
@@ -59,6 +61,8 @@ def extract_style_text_from_prompt(style_text: str, prompt: str) -> tuple[bool, 
     stripped_prompt, stripped_style = prompt.strip(), style_text.strip()
     if PROMPT_PLACEHOLDER in stripped_style:
         left, _, right = stripped_style.partition(PROMPT_PLACEHOLDER)
+        # The length check is Kiln's: the WebUI also "matches" a prompt shorter than the style's
+        # own text (its slice then comes out empty or garbled); such a prompt cannot come from it.
         if stripped_prompt.startswith(left) and stripped_prompt.endswith(right) \
                 and len(left) + len(right) <= len(stripped_prompt):
             return True, stripped_prompt[len(left):len(stripped_prompt) - len(right)]
@@ -258,8 +262,13 @@ def extract_pasted_styles(parsed: dict[str, Any], db: StyleDatabase | None, mode
     "Apply if any": when one was found, "Discard": never)."""
     if db is None or mode == "Ignore":
         return
-    found, prompt, negative = db.extract_styles_from_prompt(str(parsed.get("Prompt", "")),
-                                                            str(parsed.get("Negative prompt", "")))
+    try:
+        found, prompt, negative = db.extract_styles_from_prompt(str(parsed.get("Prompt", "")),
+                                                                str(parsed.get("Negative prompt", "")))
+    except KilnError as exc:
+        # A broken styles.csv must not stop a paste: the prompts stay whole, and the log says why.
+        log.warning("styles not looked for in the pasted infotext: %s", exc.message)
+        return
     parsed["Prompt"], parsed["Negative prompt"] = prompt, negative
     if mode == "Apply" or (mode == "Apply if any" and found):
         parsed["Styles array"] = found

@@ -208,3 +208,72 @@ def test_api_options_refuse_and_jobs_save_in_the_format(model_api):
     assert saved, sorted(p.name for p in day.iterdir())
     text = webui_reads(saved[-1].read_bytes())
     assert text.startswith("a red fox\nSteps: 1") and saved[-1].with_suffix(".txt").read_text().startswith(text)
+
+
+def test_api_images_come_in_samples_format_as_the_webui_sends_them(model_api):
+    import base64
+
+    client, _engine = model_api
+    r = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "a red fox", "steps": 1, "width": 64, "height": 64, "seed": 2,
+        "override_settings": {"samples_format": "webp", "jpeg_quality": 90}})
+    assert r.status_code == 200, r.text
+    data = base64.b64decode(r.json()["images"][0])
+    assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert webui_reads(data).startswith("a red fox\nSteps: 1")
+
+
+def test_img2img_batch_keeps_the_input_names_in_samples_format(tmp_path):
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.models.fixtures import write_tiny_checkpoint
+    from core.settings import Settings
+    from tests.test_ui_build import _defaults, _img2img_tab
+    from ui.img2img import generate_updates
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    settings.options.samples_format, settings.options.save_txt = "webp", True
+    engine = Engine(settings)
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    picture().save(folder / "fox [1].png")
+    tab = _img2img_tab(engine)
+    values = dict(_defaults(tab), prompt="a fox", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                  denoising_strength=0.5)
+    batch = {"input_dir": str(folder), "output_dir": str(out), "mask_dir": "", "use_png_info": False,
+             "png_info_fields": []}
+    queue = JobQueue()
+    try:
+        list(generate_updates(tab, engine, queue, values, "batch", {}, batch))
+    finally:
+        queue.shutdown()
+    assert sorted(p.name for p in out.iterdir()) == ["fox [1].txt", "fox [1].webp"]  # no tag read in the name
+    assert webui_reads((out / "fox [1].webp").read_bytes()).startswith("a fox\nSteps: 2")
+
+
+def test_job_timestamp_is_one_for_the_whole_job(model_api, tmp_path):
+    import re
+
+    client, engine = model_api
+    r = client.post("/sdapi/v1/txt2img", json={
+        "prompt": "ts", "steps": 1, "width": 64, "height": 64, "seed": 31, "batch_size": 2, "save_images": True,
+        "override_settings": {"samples_filename_pattern": "[job_timestamp]-[seed]", "save_to_dirs": False,
+                              "save_images_add_number": False}})
+    assert r.status_code == 200, r.text
+    root = Path(engine.paths.resolve_output("outputs/txt2img-images"))
+    names = sorted(p.name for p in root.glob("*-3[12].png"))
+    stamps = {re.match(r"(\d{14})-3[12]\.png$", n).group(1) for n in names}
+    assert len(names) == 2 and len(stamps) == 1, names
+
+
+def test_datetime_takes_a_time_zone_and_image_hash_a_length():
+    from datetime import timezone
+
+    c = NameContext(now=datetime(2026, 12, 4, 9, 8, 7, tzinfo=timezone.utc), prompt="a cat")
+    assert apply_pattern("[datetime<%Y%m%d_%H%M%S><Asia/Tokyo>]", c) == "20261204_180807"
+    assert apply_pattern("[datetime<%H><No/Such_Zone>]", c) == "09"  # unknown zone: local time, as the WebUI
+    im = Image.new("RGB", (2, 2))
+    assert apply_pattern("[image_hash<6>]", c, im) == hashlib.sha256(im.tobytes()).hexdigest()[:6]

@@ -181,3 +181,27 @@ def test_txt2img_applies_styles_into_the_infotext(model_api):
     assert pasted.status_code == 200, pasted.text
     again = Image.open(io.BytesIO(base64.b64decode(pasted.json()["images"][0])))
     assert again.info["parameters"] == text
+
+
+def test_xyz_styles_axis_applies_each_style_and_refuses_unknown_ones(model_api):
+    client, engine = model_api
+    engine.styles.path.write_text(WEBUI_CSV, encoding="utf-8")
+    engine.styles.reload()
+    body = {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "seed": 4, "sampler_name": "Euler",
+            "script_name": "x/y/z plot", "script_args": ["Styles", "Frame, Masterpiece", [], "Nothing", "", [],
+                                                         "Nothing", "", [], True, True, False, False]}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    infotexts = json.loads(r.json()["info"])["infotexts"]
+    prompts = [t.split("\n")[0] for t in infotexts]  # the grid (first cell's), then the cells
+    assert prompts[1:] == ["photo of a cat, film grain", "a cat, masterpiece, best quality"], prompts
+    body["script_args"] = ["Styles", "Nope", []]
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 422 and "Nope" in r.json()["detail"]
+
+
+def test_a_broken_styles_csv_does_not_stop_a_paste(tmp_path):
+    (tmp_path / "styles.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    parsed = parse_generation_parameters("a cat, masterpiece\nSteps: 2, Sampler: Euler, Seed: 1",
+                                         styles=StyleDatabase(tmp_path / "styles.csv"))
+    assert parsed["Prompt"] == "a cat, masterpiece" and "Styles array" not in parsed

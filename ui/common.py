@@ -4,7 +4,7 @@ and the pieces the generation tabs (txt2img, img2img) share: prompt row, output 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,8 +162,9 @@ class GenerationTab:
     selected_state: gr.State
 
 
-def build_prompt_row(prefix: str) -> dict[str, Any]:
-    """Prompt and negative prompt (token counters in their corner) beside Generate / Interrupt / Skip."""
+def build_prompt_row(prefix: str, beside: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Prompt and negative prompt (token counters in their corner) beside Generate / Interrupt / Skip;
+    ``beside()`` builds more under those buttons (the Styles row), its result returned as ``beside``."""
     fields: dict[str, Any] = {}
     with gr.Row(elem_id=f"{prefix}-prompt-row"):
         with gr.Column(scale=6):
@@ -183,8 +184,9 @@ def build_prompt_row(prefix: str) -> dict[str, Any]:
             with gr.Row():
                 interrupt = gr.Button(t("Interrupt"), elem_id=f"{prefix}-interrupt", min_width=80)
                 skip = gr.Button(t("Skip"), elem_id=f"{prefix}-skip", min_width=80)
+            extra = beside() if beside is not None else None
     return {"fields": fields, "prompt_tokens": prompt_tokens, "negative_tokens": negative_tokens,
-            "generate": generate, "interrupt": interrupt, "skip": skip}
+            "generate": generate, "interrupt": interrupt, "skip": skip, "beside": extra}
 
 
 def build_output_column(prefix: str) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from ui.common import (
     wire_generation_controls,
 )
 from ui.i18n import t, translate
+from ui.styles import build_styles_editor, build_styles_row
 from ui.txt2img import (
     build_cfg_row,
     build_sampler_controls,
@@ -91,8 +92,11 @@ def _radio(names: tuple[str, ...], value: str, label: str, elem_id: str) -> gr.R
 
 
 def build_img2img_tab(engine: Engine) -> Img2ImgTab:
-    prompt_row = build_prompt_row("img2img")
+    prompt_row = build_prompt_row("img2img", beside=lambda: build_styles_row(engine, "img2img"))
     f: dict[str, Any] = prompt_row.pop("fields")
+    styles = prompt_row.pop("beside")
+    f["styles"] = styles.dropdown  # the API's styles field
+    build_styles_editor(engine, "img2img", styles, f["prompt"], f["negative_prompt"])
     batch: dict[str, Any] = {}
     mode_tab: dict[str, gr.Tab] = {}
     with gr.Row(equal_height=False):
@@ -345,6 +349,10 @@ def send_updates(tab: Img2ImgTab, tabs: gr.Tabs, image: Image.Image | None, pars
         return update
     values = pasted_values(tab, parsed, engine)
     update.update({tab.fields[name]: value for name, value in values.items() if name in tab.fields})
+    if "styles" in values and "styles" in tab.fields:  # the list may be newer than the page's choices
+        from ui.styles import style_names
+
+        update[tab.fields["styles"]] = gr.Dropdown(choices=style_names(engine), value=values["styles"])
     if clip_skip is not None and "clip_skip" in values:
         update[clip_skip] = values["clip_skip"]
     if target == INPAINT:
@@ -354,13 +362,13 @@ def send_updates(tab: Img2ImgTab, tabs: gr.Tabs, image: Image.Image | None, pars
     return update
 
 
-def open_with_parameters(path: str | None) -> tuple[Image.Image | None, dict[str, Any]]:
-    """A picture file and its parsed infotext ({} when it has none)."""
+def open_with_parameters(path: str | None, engine: Engine | None = None) -> tuple[Image.Image | None, dict[str, Any]]:
+    """A picture file and its parsed infotext ({} when it has none; styles found with ``engine``)."""
     from ui.pnginfo import read_image_parameters
 
     if not path or not Path(path).is_file():
         return None, {}
-    _text, parsed = read_image_parameters(path)
+    _text, parsed = read_image_parameters(path, engine)
     with Image.open(path) as image:
         image.load()
         return image.copy(), parsed
@@ -383,7 +391,7 @@ def wire_send_to(tab: Img2ImgTab, tabs: gr.Tabs, buttons: dict[str, gr.Button], 
                tabs, *([clip_skip] if clip_skip is not None else [])]
     for target, button in buttons.items():
         def send(*args: Any, target: str = target) -> dict[Any, Any]:
-            image, parsed = open_with_parameters(source_path(*args))
+            image, parsed = open_with_parameters(source_path(*args), engine)
             return send_updates(tab, tabs, image, parsed, target, engine, clip_skip)
 
         button.click(send, inputs=inputs, outputs=outputs, show_progress="hidden")

@@ -54,8 +54,9 @@ def build_pnginfo_tab() -> PngInfoTab:
                       send_inpaint=send_inpaint, parsed_state=gr.State({}))
 
 
-def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]:
-    """(the ``parameters`` text or None, its parsed form) for an image file."""
+def read_image_parameters(path: str | None, engine: Engine | None = None) -> tuple[str | None, dict[str, Any]]:
+    """(the ``parameters`` text or None, its parsed form) for an image file; with ``engine``, the
+    styles of its styles.csv are found in the prompts (``Styles array``, the infotext_styles option)."""
     if not path:
         return None, {}
     from core.generation.infotext import parse_generation_parameters, read_png_infotext
@@ -63,7 +64,10 @@ def read_image_parameters(path: str | None) -> tuple[str | None, dict[str, Any]]
     text = read_png_infotext(path)  # a text-chunk bomb: InfotextTooLarge with the reason
     if not text:
         return None, {}
-    return text, parse_generation_parameters(text)
+    if engine is None:
+        return text, parse_generation_parameters(text)
+    return text, parse_generation_parameters(text, styles=engine.styles,
+                                             infotext_styles=engine.settings.options.infotext_styles)
 
 
 def table_rows(parsed: dict[str, Any]) -> list[list[str]]:
@@ -114,12 +118,13 @@ def txt2img_values(parsed: dict[str, Any], choices: dict[str, list[str]]) -> dic
     return values
 
 
-def image_outputs(path: str | None, request: Any = None) -> tuple[str, Any, dict[str, Any]]:
+def image_outputs(path: str | None, request: Any = None, engine: Engine | None = None
+                  ) -> tuple[str, Any, dict[str, Any]]:
     """(parameters text or a message, the table, the parsed fields) for the picture dropped in."""
     from core.errors import KilnError
 
     try:
-        text, parsed = read_image_parameters(path)
+        text, parsed = read_image_parameters(path, engine)
     except KilnError as exc:  # parameters too large to parse: say so, keep the page working
         return exc.message, table_update({}, request), {}
     except (OSError, ValueError) as exc:  # not a picture Pillow reads
@@ -132,7 +137,7 @@ def image_outputs(path: str | None, request: Any = None) -> tuple[str, Any, dict
 
 def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: Engine, clip_skip: Any = None) -> None:
     def on_image(path: str | None, request: gr.Request):
-        return image_outputs(path, request)
+        return image_outputs(path, request, engine)
 
     tab.image.change(on_image, inputs=tab.image, outputs=[tab.parameters, tab.table, tab.parsed_state],
                      show_progress="hidden")
@@ -146,6 +151,10 @@ def wire_pnginfo(tab: PngInfoTab, txt2img: Txt2ImgTab, tabs: gr.Tabs, engine: En
             return {tabs: gr.Tabs(selected="txt2img")}
         values = txt2img_values(parsed, choices)
         update: dict[Any, Any] = {f[name]: value for name, value in values.items() if name in f}
+        if "styles" in values and "styles" in f:  # the list may be newer than the page's choices
+            from ui.styles import style_names
+
+            update[f["styles"]] = gr.Dropdown(choices=style_names(engine), value=values["styles"])
         update[txt2img.hires_accordion] = gr.Accordion(open=bool(values.get("enable_hr")))
         if clip_skip is not None and "clip_skip" in values:
             update[clip_skip] = values["clip_skip"]

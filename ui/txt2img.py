@@ -30,6 +30,7 @@ from ui.common import (
     wire_generation_controls,
 )
 from ui.i18n import t
+from ui.styles import build_styles_editor, build_styles_row
 from ui.xyz import ScriptControls, build_script_controls, start_xyz, wire_script_controls, xyz_args
 
 if TYPE_CHECKING:
@@ -115,8 +116,11 @@ class Txt2ImgTab(GenerationTab):
 def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
     samplers = sampler_names()
     schedulers = scheduler_labels()
-    prompt_row = build_prompt_row("txt2img")
+    prompt_row = build_prompt_row("txt2img", beside=lambda: build_styles_row(engine, "txt2img"))
     f: dict[str, Any] = prompt_row.pop("fields")
+    styles = prompt_row.pop("beside")
+    f["styles"] = styles.dropdown  # the API's styles field
+    build_styles_editor(engine, "txt2img", styles, f["prompt"], f["negative_prompt"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=380):
             build_sampler_controls(f, "txt2img")

@@ -321,6 +321,20 @@ def encode_png_base64(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def encode_image_base64(image: Image.Image, infotext: str | None, options: Any) -> str:
+    """The WebUI's ``encode_pil_to_base64``: the picture in the job's ``samples_format`` (PNG with
+    its ``parameters`` chunk; JPEG / WebP / AVIF with the infotext in EXIF) at ``jpeg_quality``."""
+    from dataclasses import replace
+
+    from core.generation.saving import SaveOptions, encode_image
+
+    opts = replace(SaveOptions.of(options), enable_pnginfo=True)  # the API always sends the infotext
+    if opts.samples_format == "png":
+        return encode_png_base64(image, infotext)
+    data, _ext, _notes = encode_image(image, opts.samples_format, infotext, opts)
+    return base64.b64encode(data).decode("ascii")
+
+
 def decode_base64_image(text: str, field: str = "image") -> Image.Image:
     """A base64 (optionally ``data:image/...;base64,``) image; InvalidParameterError if it isn't one."""
     from PIL import Image, UnidentifiedImageError

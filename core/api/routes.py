@@ -105,7 +105,7 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         def answer() -> dict[str, Any]:
             images = []
             if values.get("send_images", True):
-                images = [convert.encode_png_base64(g.image, g.infotext) for g in result.images]
+                images = [convert.encode_image_base64(g.image, g.infotext, options) for g in result.images]
             info = {**convert.result_info(result, job.progress.started_at, _parse_infotext), "job_id": job.id}
             return {"images": images, "parameters": parameters, "info": convert.info_json(info)}
 

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import InvalidParameterError, JobInterrupted, KilnError
+from core.generation.filenames import NameContext
 from core.generation.img2img import Img2ImgParams, validate_img2img
 from core.generation.infotext import parse_generation_parameters, read_png_infotext
-from core.generation.saving import save_png_named
+from core.generation.saving import SaveOptions, save_image
 from core.sampling.plan import img2img_steps
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def run_img2img_batch(engine: Engine, template: Img2ImgParams, batch: BatchParam
     """worker: img2img over a folder. Progress counts every picture's steps, with an ETA for all."""
     images = check_batch(batch)
     options = options or engine.run_options()
+    batch_saving = dataclasses.replace(SaveOptions.of(options), save_to_dirs=False)  # right in the output folder
     out_dir = Path(batch.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_image = (img2img_steps(template.steps, template.denoising_strength, options.img2img_fix_steps)[1] + 1) \
@@ -175,7 +177,9 @@ def run_img2img_batch(engine: Engine, template: Img2ImgParams, batch: BatchParam
             ctx.advance(missing)
         for number, g in enumerate(generated.images):
             stem = path.stem if len(generated.images) == 1 else f"{path.stem}-{number}"
-            saved = save_png_named(g.image, out_dir, stem, g.infotext)
+            # The input's own name, in the format and with the infotext the saving options ask for.
+            saved = save_image(g.image, out_dir, NameContext(seed=g.seed), g.infotext, batch_saving,
+                               forced_stem=stem).path
             result.outputs.append(str(saved))
             ctx.add_artifact("image", saved.name, path=str(saved))
         if generated.interrupted:

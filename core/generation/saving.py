@@ -143,22 +143,27 @@ def _names(folder: Path, decoration: str, ext: str, basename: str, add_number: b
 
 
 def save_image(image: Image.Image, root: Path, context: NameContext, infotext: str | None,
-               opts: SaveOptions, *, basename: str = "", grid: bool = False, suffix: str = "") -> SavedImage:
-    """Save one picture under ``root`` as the WebUI's ``images.save_image`` names it; never over an
-    existing file, whole or not at all (:func:`core.fileio.write_new_file`)."""
+               opts: SaveOptions, *, basename: str = "", grid: bool = False, suffix: str = "",
+               forced_stem: str | None = None) -> SavedImage:
+    """Save one picture under ``root`` as the WebUI's ``images.save_image`` names it (``forced_stem``:
+    that name, no pattern, as its ``forced_filename``); never over an existing file (``-1``, ``-2``...
+    added), whole or not at all (:func:`core.fileio.write_new_file`)."""
     data, ext, notes = encode_image(image, opts.grid_format if grid else opts.samples_format, infotext, opts)
     folder = image_folder(root, context, opts, grid=grid, image=image)
-    if context.seed is None:
+    if forced_stem is not None:
+        decoration, add_number = sanitize_filename_part(forced_stem, replace_spaces=False) or "", False
+    elif context.seed is None:
         pattern = ""
     elif opts.save_to_dirs:
         pattern = opts.samples_filename_pattern or "[seed]"
     else:
         pattern = opts.samples_filename_pattern or "[seed]-[prompt_spaces]"
-    decoration = apply_pattern(pattern, context, image, max_prompt_words=opts.directories_max_prompt_words) + suffix
-    decoration = sanitize_filename_part(decoration, replace_spaces=False) if decoration else ""
-    add_number = opts.save_images_add_number or decoration == ""
-    if decoration and add_number:
-        decoration = f"-{decoration}"
+    if forced_stem is None:
+        decoration = apply_pattern(pattern, context, image, max_prompt_words=opts.directories_max_prompt_words)
+        decoration = sanitize_filename_part(decoration + suffix, replace_spaces=False) or ""
+        add_number = opts.save_images_add_number or decoration == ""
+        if decoration and add_number:
+            decoration = f"-{decoration}"
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(folder, f"*.{ext}")
     path = write_new_file(folder, _names(folder, decoration, ext, basename, add_number), data)
@@ -178,10 +183,8 @@ def png_bytes(image: Image.Image, infotext: str | None) -> bytes:
 
 def save_png_named(image: Image.Image, folder: Path, stem: str, infotext: str | None) -> Path:
     """``<stem>.png`` in ``folder``, or ``<stem>-1.png``, ``-2``... : never over an existing file."""
-    data = png_bytes(image, infotext)
-    stem = _fit(sanitize_filename_part(stem, replace_spaces=False) or "") or "image"
-    remove_stale_temp_files(folder, "*.png")
-    return write_new_file(folder, (f"{stem}.png" if n == 0 else f"{stem}-{n}.png" for n in itertools.count()), data)
+    return save_image(image, folder, NameContext(), infotext, SaveOptions(save_to_dirs=False),
+                      forced_stem=stem).path
 
 
 def save_png(image: Image.Image, folder: Path, seed: int, prompt: str, infotext: str) -> Path:

@@ -186,12 +186,22 @@ def keep_image(image, p: GenerationParams, options: RunOptions, folder, prompt: 
     path = None
     if p.save_images and options.samples_save:
         context = names or NameContext(seed=seed, prompt=prompt, negative_prompt=p.negative_prompt)
-        saved = save_image(image, folder, replace(context, seed=seed), info, SaveOptions.of(options))
+        saved = save_image(image, folder, replace(context, seed=seed, job_timestamp=job_timestamp(ctx)), info,
+                           SaveOptions.of(options))
         path = str(saved.path)
         for note in saved.notes:  # a JPEG too large or an infotext too long for EXIF: said, not hidden
             log.warning("%s: %s", saved.path, note)
     ctx.image_done()
     return GeneratedImage(image=image, seed=seed, subseed=subseed, infotext=info, path=path)
+
+
+def job_timestamp(ctx: Any) -> str:
+    """The WebUI's [job_timestamp]: when the job started, ``%Y%m%d%H%M%S`` ("" when unknown)."""
+    from datetime import datetime
+
+    job = getattr(ctx, "job", None)  # an X/Y/Z cell's context has none: the tag falls back to now
+    started = job.progress.started_at if job is not None else None
+    return datetime.fromtimestamp(started).strftime("%Y%m%d%H%M%S") if started else ""
 
 
 def name_context(gc: GenerationContext, p: GenerationParams, prompt: str, seeds: list[int], index: int,

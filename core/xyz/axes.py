@@ -46,6 +46,7 @@ class Catalog:
     find_checkpoint: Callable[[str], str | None] = lambda name: None
     vaes: Callable[[], list[str]] = list
     upscalers: Callable[[], list[str]] = list
+    styles: Callable[[], list[str]] = list  # the prompt styles of styles.csv
 
 
 Apply = Callable[[Cell, Any, list], None]
@@ -280,6 +281,26 @@ def _checkpoint_choices(catalog: Catalog) -> list[str]:
     return sorted(catalog.checkpoints(), key=str.casefold)
 
 
+def _apply_styles(cell: Cell, value: Any, _values: list) -> None:
+    """The WebUI's Styles axis: the value's comma-separated style names join the job's styles."""
+    cell.params.styles = [*cell.params.styles, *str(value).split(",")]
+
+
+def _check_styles(_params: Any, values: list, catalog: Catalog, label: str) -> list:
+    """Every name must be a style of styles.csv (the WebUI skips unknown ones: a cell without its style)."""
+    names = catalog.styles()
+    for value in values:
+        for name in str(value).split(","):
+            if name not in names:
+                known = ", ".join(names) or "none in styles.csv"
+                raise AxisError(f"{label}: no prompt style named {name!r} (the styles: {known})")
+    return values
+
+
+def _style_choices(catalog: Catalog) -> list[str]:
+    return catalog.styles()
+
+
 def _vae_choices(catalog: Catalog) -> list[str]:
     return ["None", *catalog.vaes()]
 
@@ -336,7 +357,7 @@ ALL_AXES: tuple[Axis, ...] = (
     Axis("Hires upscaler", TEXT, _hires("upscaler"), choices=_upscaler_choices, check=_check_upscalers,
          modes=frozenset(T2I)),
     Axis("VAE", TEXT, _option("sd_vae"), cost=0.7, choices=_vae_choices, check=_check_vaes),
-    _no("Styles", TEXT, "prompt styles are not in Kiln yet"),
+    Axis("Styles", TEXT, _apply_styles, choices=_style_choices, check=_check_styles),
     _no("UniPC Order", INT, "Kiln's UniPC has no order setting"),
     _no("Face restore", TEXT, "Kiln has no face restoration"),
     _no("Token merging ratio", FLOAT, "Kiln has no token merging"),

@@ -43,7 +43,7 @@ def engine_catalog(engine: Engine) -> Catalog:
 
     return Catalog(checkpoints=engine.checkpoint_titles, find_checkpoint=find_checkpoint,
                    vaes=lambda: [e.name for e in engine.registry.vaes()],
-                   upscalers=lambda: upscaler_names(engine))
+                   upscalers=lambda: upscaler_names(engine), styles=engine.styles.names)
 
 
 def plan_for(engine: Engine, mode: str, args: Any, params: Any, options: Any) -> XyzPlan:
