@@ -63,7 +63,7 @@ def test_script_dropdown_offers_the_webuis_axes_and_reads_like_the_api(model_eng
     assert [value for _label, value in controls.script.choices] == [NO_SCRIPT, "X/Y/Z plot"]
     labels = [value for _label, value in controls.axes["x"].type.choices]
     assert labels == axis_labels("txt2img")
-    assert labels[:5] == ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps"] and "Styles" not in labels
+    assert labels[:5] == ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps"] and "Token merging ratio" not in labels
     assert controls.panel.visible is False
     assert xyz_args(controls, {controls.script: NO_SCRIPT}) is None
     data = _script_data(controls, x_type="Steps", x_values="1-2", y_type="Sampler", y_dropdown=["Euler", "DDIM"],
@@ -193,3 +193,10 @@ def test_z_axis_makes_sub_grids_with_chinese_titles(model_engine):
     # ... with a font that has the glyphs (one without them draws its .notdef box for every character).
     font = font_for("红色", 24)
     assert font.getbbox("红")[2] > 0 and font.getmask("红").getbbox() != font.getmask("\u0378").getbbox()
+
+
+def test_every_axis_a_tab_offers_has_its_chinese_name():
+    from ui.xyz import ZH, axis_labels
+
+    missing = [label for mode in ("txt2img", "img2img") for label in axis_labels(mode) if label not in ZH]
+    assert missing == []

@@ -51,7 +51,7 @@ ZH = {
     "Sigma noise": "Sigma 噪声", "Schedule type": "调度类型", "Eta": "Eta", "Clip skip": "CLIP 终止层数",
     "Denoising": "重绘幅度", "Initial noise multiplier": "初始噪声倍率", "Cond. Image Mask Weight": "条件图像蒙版权重",
     "Hires upscaler": "高分辨率放大算法", "VAE": "VAE", "RNG source": "随机数源", "Size": "尺寸",
-    "Rescale CFG": "CFG 重缩放", "Extra networks multiplier": "额外网络权重倍率",
+    "Rescale CFG": "CFG 重缩放", "Extra networks multiplier": "额外网络权重倍率", "Styles": "预设样式",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)
