@@ -326,6 +326,27 @@ class Engine:
         """worker: drop the calling worker's loaded model and give its memory back."""
         self._unload(self._slot())
 
+    def unload_all(self) -> list[int]:
+        """worker: drop every worker's model that is not in use (the WebUI's unload-checkpoint).
+
+        A worker busy with a job keeps its model for that job (taking it away would break the
+        job); it is skipped and logged, and its model goes with the next unload. The caller's own
+        worker is always free here. The next job loads the selected checkpoint again. Returns
+        the indexes of the skipped workers."""
+        skipped = []
+        mine = self._slot()
+        for slot in self.slots:
+            if not slot.lock.acquire(blocking=slot is mine):
+                skipped.append(slot.index)
+                continue
+            try:
+                self._unload(slot)
+            finally:
+                slot.lock.release()
+        if skipped:
+            log.info("unload: workers %s are busy with a job and keep their model", skipped)
+        return skipped
+
     def _unload(self, slot: DeviceModels) -> None:
         with slot.lock:
             if slot.extras is not None:
