@@ -64,7 +64,12 @@ class Engine:
 
         self.settings = settings
         self.paths = settings.paths
-        self.hash_cache = HashCache(self.paths.cache_path)
+        from core.hashing import shared_cache_files
+
+        # A WebUI's cache.json next to the model folders Kiln reads: its hashes are reused.
+        shared = shared_cache_files([self.paths.ckpt_dir, self.paths.lora_dir, self.paths.embeddings_dir,
+                                     self.paths.hypernetwork_dir])
+        self.hash_cache = HashCache(self.paths.cache_path, shared_paths=shared)
         self.registry = registry or ModelRegistry(self.paths, hash_cache=self.hash_cache)
         self.registry.refresh()
         from core.styles import StyleDatabase, styles_path
