@@ -506,7 +506,8 @@ class Engine:
         if name in IMAGE_RESAMPLERS:
             return resize_image(image, name, width, height)
         if name not in self.upscalers.names():
-            raise InvalidParameterError("hr_upscaler", f"unknown upscaler {name!r}",
+            missing = self.upscalers.missing_reason(name)  # a WebUI name whose file is absent
+            raise InvalidParameterError("hr_upscaler", missing or f"unknown upscaler {name!r}",
                                         hint="see GET /sdapi/v1/upscalers for the names")
         return self.upscalers.upscale(image, name, width, height)
 
@@ -534,7 +535,7 @@ class Engine:
             from core.generation.upscalers_model import ModelUpscalers
 
             device = self.settings.device_policy(slot.device_id).device_for("esrgan")
-            slot.upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
+            slot.upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device, data_dir=self.paths.data_dir)
         return slot.upscalers
 
 

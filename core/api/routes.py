@@ -241,8 +241,8 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         items = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
                  for n in PLAIN_UPSCALERS]
         # Model files are listed, not loaded, so their scale is unknown until first use.
-        items += [{"name": e.name, "model_name": "ESRGAN", "model_path": str(e.path), "model_url": None,
-                   "scale": None} for e in engine.upscalers.entries()]
+        items += [{"name": e.name, "model_name": e.model_name, "model_path": str(e.path), "model_url": None,
+                   "scale": float(e.scale) if e.scale else None} for e in engine.upscalers.entries()]
         return items
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])

@@ -127,7 +127,7 @@ def system_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:
-        # Kiln has no face restorer (README, "Face restoration", says why): none to list.
+        # Kiln has no face restorer (core.generation.face_restore says why): none to list.
         return []
 
     @router.get("/realesrgan-models")
