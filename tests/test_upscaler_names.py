@@ -141,3 +141,14 @@ def test_face_restoration_is_refused_with_the_reason_and_the_alternative(api):
     extras = client.post("/sdapi/v1/extra-single-image", json={"image": _b64(Image.new("RGB", (8, 8))),
                                                                "codeformer_visibility": 1})
     assert extras.status_code == 422 and "inpaint" in extras.json()["detail"] + str(extras.json())
+
+
+def test_a_pasted_infotext_naming_an_absent_hires_upscaler_is_refused_before_any_step(api):
+    client, _engine, _data = api  # no checkpoint either: the upscaler is checked first, by name
+    infotext = "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Denoising strength: 0.5, " \
+               "Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+"
+    response = client.post("/sdapi/v1/txt2img", json={"infotext": infotext})
+    assert response.status_code == 422 and response.json()["field"] == "hr_upscaler", response.text
+    assert "RealESRGAN_x4plus.pth" in response.json()["detail"]
+    plain = client.post("/sdapi/v1/txt2img", json={"infotext": infotext.replace("R-ESRGAN 4x+", "Lanczos")})
+    assert plain.status_code == 500 and "checkpoint" in plain.json()["detail"].lower()  # past the check
