@@ -4,6 +4,7 @@ unload/reload-checkpoint, and a walk over the WebUI's route list (none of them a
 from __future__ import annotations
 
 import threading
+import zlib
 
 import pytest
 from fastapi.testclient import TestClient
@@ -115,6 +116,12 @@ def test_extensions_lists_the_folders_in_extensions_with_their_git_data(empty_ap
     (ext / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (ext / ".git" / "refs" / "heads" / "main").write_text("0123456789abcdef0123456789abcdef01234567\n")
     (ext / ".git" / "config").write_text('[remote "origin"]\n\turl = https://example.invalid/ext.git\n')
+    # The commit as git stores a loose object: zlib("commit <size>\0<text>").
+    text = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <a@b> 1700000000 +0000\n" \
+           b"committer C <c@d> 1700000123 +0100\n\nmessage\n"
+    loose = ext / ".git" / "objects" / "01" / "23456789abcdef0123456789abcdef01234567"
+    loose.parent.mkdir(parents=True)
+    loose.write_bytes(zlib.compress(b"commit %d\0" % len(text) + text))
     (engine.paths.extensions_dir / "plain-folder").mkdir()
     items = client.get("/sdapi/v1/extensions").json()
     assert [i["name"] for i in items] == ["plain-folder", "sd-webui-example"]
@@ -122,6 +129,7 @@ def test_extensions_lists_the_folders_in_extensions_with_their_git_data(empty_ap
     assert set(item) == {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled"}
     assert item["branch"] == "main" and item["commit_hash"].startswith("01234567") and item["version"] == "01234567"
     assert item["remote"] == "https://example.invalid/ext.git" and item["enabled"] is False
+    assert item["commit_date"] == 1700000123
     assert items[0]["commit_hash"] is None
 
 

@@ -84,6 +84,7 @@ def _git_info(folder: Path) -> dict[str, Any]:
             commit = head
         info["commit_hash"] = commit
         info["version"] = commit[:8] if commit else None
+        info["commit_date"] = _commit_time(git, commit) if commit else None
         config = configparser.ConfigParser(strict=False)
         config.read(git / "config", encoding="utf-8")
         if config.has_option('remote "origin"', "url"):
@@ -91,6 +92,26 @@ def _git_info(folder: Path) -> dict[str, Any]:
     except (OSError, configparser.Error, UnicodeDecodeError) as exc:
         log.warning("could not read the git data of %s: %s", folder, exc)
     return info
+
+
+def _commit_time(git: Path, commit: str) -> int | None:
+    """The committer time (Unix seconds) of a loose commit object; None when it is packed."""
+    import zlib
+
+    obj = git / "objects" / commit[:2] / commit[2:]
+    if not obj.is_file():
+        return None
+    try:
+        body = zlib.decompress(obj.read_bytes()).decode("utf-8", "replace")
+    except zlib.error:
+        return None
+    for line in body.split("\0", 1)[-1].splitlines():
+        if line.startswith("committer "):
+            try:
+                return int(line.rsplit(" ", 2)[-2])
+            except (ValueError, IndexError):
+                return None
+    return None
 
 
 def list_extensions(folder: Path) -> list[dict[str, Any]]:
