@@ -175,3 +175,18 @@ def test_unload_and_reload_checkpoint_leave_a_running_job_whole(tmp_path):
             assert engine.loaded_checkpoint() is not None
     finally:
         queue.shutdown()
+
+
+def test_ram_without_psutil_reads_proc(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from core.api.system_routes import ram_info
+
+    with_psutil = ram_info()
+    if not Path("/proc/meminfo").is_file():
+        pytest.skip("no /proc on this system")
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as if it were not installed: import fails
+    without = ram_info()
+    assert set(without) == {"free", "used", "total"} and without["total"] == with_psutil["total"]
+    assert 0 < without["used"] < without["total"]
