@@ -64,7 +64,12 @@ class Engine:
 
         self.settings = settings
         self.paths = settings.paths
-        self.hash_cache = HashCache(self.paths.cache_path)
+        from core.hashing import shared_cache_files
+
+        # A WebUI's cache.json next to the model folders Kiln reads: its hashes are reused.
+        shared = shared_cache_files([self.paths.ckpt_dir, self.paths.lora_dir, self.paths.embeddings_dir,
+                                     self.paths.hypernetwork_dir])
+        self.hash_cache = HashCache(self.paths.cache_path, shared_paths=shared)
         self.registry = registry or ModelRegistry(self.paths, hash_cache=self.hash_cache)
         self.registry.refresh()
         from core.styles import StyleDatabase, styles_path
@@ -326,6 +331,27 @@ class Engine:
         """worker: drop the calling worker's loaded model and give its memory back."""
         self._unload(self._slot())
 
+    def unload_all(self) -> list[int]:
+        """worker: drop every worker's model that is not in use (the WebUI's unload-checkpoint).
+
+        A worker busy with a job keeps its model for that job (taking it away would break the
+        job); it is skipped and logged, and its model goes with the next unload. The caller's own
+        worker is always free here. The next job loads the selected checkpoint again. Returns
+        the indexes of the skipped workers."""
+        skipped = []
+        mine = self._slot()
+        for slot in self.slots:
+            if not slot.lock.acquire(blocking=slot is mine):
+                skipped.append(slot.index)
+                continue
+            try:
+                self._unload(slot)
+            finally:
+                slot.lock.release()
+        if skipped:
+            log.info("unload: workers %s are busy with a job and keep their model", skipped)
+        return skipped
+
     def _unload(self, slot: DeviceModels) -> None:
         with slot.lock:
             if slot.extras is not None:
@@ -482,7 +508,8 @@ class Engine:
         if name in IMAGE_RESAMPLERS:
             return resize_image(image, name, width, height)
         if name not in self.upscalers.names():
-            raise InvalidParameterError("hr_upscaler", f"unknown upscaler {name!r}",
+            missing = self.upscalers.missing_reason(name)  # a WebUI name whose file is absent
+            raise InvalidParameterError("hr_upscaler", missing or f"unknown upscaler {name!r}",
                                         hint="see GET /sdapi/v1/upscalers for the names")
         return self.upscalers.upscale(image, name, width, height)
 
@@ -510,7 +537,7 @@ class Engine:
             from core.generation.upscalers_model import ModelUpscalers
 
             device = self.settings.device_policy(slot.device_id).device_for("esrgan")
-            slot.upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device)
+            slot.upscalers = ModelUpscalers(self.paths.esrgan_dir, device=device, data_dir=self.paths.data_dir)
         return slot.upscalers
 
 

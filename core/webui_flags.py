@@ -62,6 +62,8 @@ _DOES_NOTHING = "does nothing in the WebUI either; ignored"
 _ATTENTION = "not needed in Kiln (attention is chosen automatically), ignored"
 _NO_DOWNLOAD = "Kiln never downloads a model (its built-in model and the CLIP vocabulary ship with it); nothing to skip"
 _FACE = "Kiln has no face restoration (GFPGAN / CodeFormer); ignored"
+_UPSCALER_FOLDER = ("Kiln reads these upscaler files from DATA_DIR/{}, where the WebUI keeps them by default "
+                    "(move or link them there); ignored")
 _INTERNAL = "tunes the WebUI's internals; Kiln has no counterpart, ignored"
 _CONTROLNET = "a flag of the sd-webui-controlnet extension; Kiln has no ControlNet, ignored"
 _LYCORIS = "Kiln reads LyCORIS files from the LoRA folder (--lora-dir): move them there; ignored"
@@ -99,12 +101,10 @@ WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
     "--codeformer-models-path": WebUIFlag(_FACE, "DIR"),
     "--unload-gfpgan": WebUIFlag(_DOES_NOTHING),
     "--bsrgan-models-path": WebUIFlag("Kiln has no BSRGAN upscaler; ignored", "DIR"),
-    "--realesrgan-models-path": WebUIFlag(
-        "Kiln reads Real-ESRGAN files from the ESRGAN folder (--esrgan-models-path): move them there; ignored",
-        "DIR"),
-    "--scunet-models-path": WebUIFlag("Kiln has no ScuNET upscaler; ignored", "DIR"),
-    "--swinir-models-path": WebUIFlag("Kiln has no SwinIR upscaler; ignored", "DIR"),
-    "--ldsr-models-path": WebUIFlag("Kiln has no LDSR upscaler; ignored", "DIR"),
+    "--realesrgan-models-path": WebUIFlag(_UPSCALER_FOLDER.format("models/RealESRGAN"), "DIR"),
+    "--scunet-models-path": WebUIFlag(_UPSCALER_FOLDER.format("models/ScuNET"), "DIR"),
+    "--swinir-models-path": WebUIFlag(_UPSCALER_FOLDER.format("models/SwinIR"), "DIR"),
+    "--ldsr-models-path": WebUIFlag("Kiln does not run LDSR (a latent diffusion upscaler); ignored", "DIR"),
     "--clip-models-path": WebUIFlag("Kiln has no CLIP interrogator (its taggers are WD14 and BLIP); ignored", "DIR"),
     "--lyco-dir": WebUIFlag(_LYCORIS, "DIR"),
     "--lyco-dir-backcompat": WebUIFlag(_LYCORIS, "DIR"),

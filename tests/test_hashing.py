@@ -79,3 +79,83 @@ def test_damaged_cache_is_ignored(tmp_path):
     p = tmp_path / "x.ckpt"
     p.write_bytes(b"abc")
     assert HashCache(tmp_path / "cache.json").sha256(p) == hashlib.sha256(b"abc").hexdigest()
+
+
+# ------------------------------------------------------------ the WebUI's cache.json keys --
+def _webui_cache(path, sections):
+    path.write_text(json.dumps({**sections, "safetensors-metadata": {"checkpoint/x": {"mtime": 1, "value": {}}}}))
+
+
+def test_a_webui_cache_json_is_read_under_its_titles_and_its_other_sections_kept(tmp_path):
+    ckpt = tmp_path / "models" / "Stable-diffusion" / "sub" / "model.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"checkpoint bytes")
+    lora = tmp_path / "models" / "Lora" / "style.safetensors"
+    lora.parent.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, str(lora))
+    cache_path = tmp_path / "cache.json"
+    _webui_cache(cache_path, {
+        "hashes": {"checkpoint/sub/model.safetensors": {"mtime": ckpt.stat().st_mtime, "sha256": "a" * 64}},
+        "hashes-addnet": {"lora/style": {"mtime": lora.stat().st_mtime, "sha256": "b" * 64}}})
+    cache = HashCache(cache_path)
+    # Planted values prove the WebUI's entries are used: nothing is hashed.
+    assert cache.sha256(ckpt, "checkpoint", name="sub/model.safetensors") == "a" * 64
+    assert cache.addnet(lora, "lora", name="style") == "b" * 64
+    other = ckpt.parent.parent / "other.safetensors"
+    other.write_bytes(b"other")
+    assert cache.sha256(other, "checkpoint", name="other.safetensors") == hashlib.sha256(b"other").hexdigest()
+    data = json.loads(cache_path.read_text())
+    entry = data["hashes"]["checkpoint/other.safetensors"]
+    assert entry["mtime"] == other.stat().st_mtime and entry["sha256"] == hashlib.sha256(b"other").hexdigest()
+    assert data["hashes"]["checkpoint/sub/model.safetensors"]["sha256"] == "a" * 64
+    assert data["hashes-addnet"]["lora/style"]["sha256"] == "b" * 64
+    assert data["safetensors-metadata"] == {"checkpoint/x": {"mtime": 1, "value": {}}}
+
+
+def test_a_webui_entry_for_an_older_file_version_or_a_windows_name(tmp_path):
+    ckpt = tmp_path / "sub" / "m.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"new bytes")
+    mtime = ckpt.stat().st_mtime
+    cache_path = tmp_path / "cache.json"
+    _webui_cache(cache_path, {"hashes": {"checkpoint/sub\\m.ckpt": {"mtime": mtime, "sha256": "c" * 64}}})
+    assert HashCache(cache_path).sha256(ckpt, name="sub/m.ckpt") == "c" * 64  # a Windows WebUI's key
+    _webui_cache(cache_path, {"hashes": {"checkpoint/sub/m.ckpt": {"mtime": mtime - 10, "sha256": "c" * 64}}})
+    assert HashCache(cache_path).sha256(ckpt, name="sub/m.ckpt") == hashlib.sha256(b"new bytes").hexdigest()
+
+
+def test_entries_a_webui_adds_meanwhile_survive_kilns_next_write(tmp_path):
+    cache_path = tmp_path / "cache.json"
+    cache = HashCache(cache_path)
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    one.write_bytes(b"1")
+    two.write_bytes(b"2")
+    cache.sha256(one, name="one.safetensors")
+    data = json.loads(cache_path.read_text())
+    data["hashes"]["checkpoint/webui-only.safetensors"] = {"mtime": 5.0, "sha256": "d" * 64}
+    cache_path.write_text(json.dumps(data))
+    cache.sha256(two, name="two.safetensors")
+    keys = set(json.loads(cache_path.read_text())["hashes"])
+    assert keys == {"checkpoint/one.safetensors", "checkpoint/two.safetensors", "checkpoint/webui-only.safetensors"}
+
+
+def test_a_shared_webui_folders_cache_is_reused_and_left_untouched(tmp_path):
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.settings import Settings
+
+    webui = tmp_path / "stable-diffusion-webui"
+    ckpt = webui / "models" / "Stable-diffusion" / "shared.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"a multi-GB file, in spirit")
+    _webui_cache(webui / "cache.json",
+                 {"hashes": {"checkpoint/shared.safetensors": {"mtime": ckpt.stat().st_mtime, "sha256": "e" * 64}}})
+    before = (webui / "cache.json").read_bytes()
+    kiln = tmp_path / "kiln"
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(kiln), "--ckpt-dir", str(ckpt.parent)]), kiln)
+    settings.paths.ensure_dirs()
+    engine = Engine(settings)
+    entry = engine.registry.find_checkpoint("shared.safetensors")
+    assert entry.sha256 == "e" * 64 and entry.title == "shared.safetensors [eeeeeeeeee]"
+    assert engine.registry.sha256(entry) == "e" * 64
+    assert (webui / "cache.json").read_bytes() == before  # Kiln writes only its own cache.json

@@ -80,7 +80,9 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         return default if value is None else value
 
     if values.get("restore_faces"):
-        raise _unsupported("restore_faces", "face restoration")
+        from core.generation.face_restore import FACE_RESTORE_HINT, FACE_RESTORE_REASON
+
+        raise InvalidParameterError("restore_faces", FACE_RESTORE_REASON, hint=FACE_RESTORE_HINT)
     if values.get("tiling"):
         raise _unsupported("tiling", "tiling")
     if values.get("refiner_checkpoint") not in (None, "", "None"):

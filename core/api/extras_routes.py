@@ -12,6 +12,7 @@ part of Kiln: a visibility above 0 is refused by name rather than silently ignor
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
@@ -67,18 +68,21 @@ class ExtrasBatchImagesResponse(BaseModel):
     images: list[str]
 
 
-def upscale_settings(req: ExtrasBaseRequest, known: list[str]):
-    """The request as core.dataset.upscale.ExtrasUpscale; 422 naming the field when wrong."""
+def upscale_settings(req: ExtrasBaseRequest, known: list[str],
+                     missing_reason: Callable[[str], str | None] | None = None):
+    """The request as core.dataset.upscale.ExtrasUpscale; 422 naming the field when wrong (for a
+    WebUI upscaler name whose file is absent, ``missing_reason`` says which file to put where)."""
     from core.dataset.upscale import ExtrasUpscale
+    from core.generation.face_restore import FACE_RESTORE_HINT, FACE_RESTORE_REASON
 
     for field in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(req, field) > 0:
-            raise InvalidParameterError(field, "face restoration (GFPGAN / CodeFormer) is not available in Kiln",
-                                        hint="send 0, or restore faces in another tool")
+            raise InvalidParameterError(field, FACE_RESTORE_REASON, hint=f"send 0; {FACE_RESTORE_HINT}")
     for field in ("upscaler_1", "upscaler_2"):
         name = getattr(req, field)
         if name not in known:
-            raise InvalidParameterError(field, f"unknown upscaler {name!r}",
+            missing = missing_reason(name) if missing_reason is not None else None
+            raise InvalidParameterError(field, missing or f"unknown upscaler {name!r}",
                                         hint=f"one of: {', '.join(known)} (GET /sdapi/v1/upscalers)")
     return ExtrasUpscale(resize_mode=req.resize_mode, upscaling_resize=req.upscaling_resize,
                          upscaling_resize_w=req.upscaling_resize_w, upscaling_resize_h=req.upscaling_resize_h,
@@ -119,7 +123,7 @@ def extras_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(req: ExtrasSingleImageRequest, request: Request) -> dict[str, Any]:
-        settings = upscale_settings(req, known())
+        settings = upscale_settings(req, known(), engine.upscalers.missing_reason)
         if not req.image:
             raise InvalidParameterError("image", "no image given", hint="send the picture as base64")
         image = decode_base64_image(req.image, "image")
@@ -128,7 +132,7 @@ def extras_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     def extra_batch_images(req: ExtrasBatchImagesRequest, request: Request) -> dict[str, Any]:
-        settings = upscale_settings(req, known())
+        settings = upscale_settings(req, known(), engine.upscalers.missing_reason)
         if not req.imageList:
             raise InvalidParameterError("imageList", "no images given")
         if len(req.imageList) > MAX_BATCH_IMAGES:

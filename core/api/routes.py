@@ -142,10 +142,24 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             values = convert.request_fields(req, parse_pasted)
             script = take_script(values)
             engine.styles.check("styles", values.get("styles") or [])
-            return values, validate(convert.params_from_request(values)), script
+            params = validate(convert.params_from_request(values))
+            check_hr_upscaler(params)
+            return values, params, script
 
         values, params, script = await run_in_threadpool(prepare)
         return await run_generation(request, "txt2img", values, params, req.model_dump(), script)
+
+    def check_hr_upscaler(params: Any) -> None:
+        """A hires upscaler that is not here is a 422 before the first pass runs, not after it; a
+        WebUI name whose file is absent (a pasted infotext's) says which file to put where."""
+        from core.generation.upscale import IMAGE_RESAMPLERS, is_latent_upscaler
+
+        name = params.hires.upscaler
+        if not params.hires.enabled or is_latent_upscaler(name) or name in IMAGE_RESAMPLERS:
+            return
+        if name not in engine.upscalers.names():
+            raise InvalidParameterError("hr_upscaler", engine.upscalers.missing_reason(name)
+                                        or f"unknown upscaler {name!r}", hint="see GET /sdapi/v1/upscalers for the names")
 
     @router.post("/img2img", response_model=ImageToImageResponse)
     async def img2img(req: Img2ImgRequest, request: Request) -> dict[str, Any]:
@@ -241,8 +255,8 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
         items = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
                  for n in PLAIN_UPSCALERS]
         # Model files are listed, not loaded, so their scale is unknown until first use.
-        items += [{"name": e.name, "model_name": "ESRGAN", "model_path": str(e.path), "model_url": None,
-                   "scale": None} for e in engine.upscalers.entries()]
+        items += [{"name": e.name, "model_name": e.model_name, "model_path": str(e.path), "model_url": None,
+                   "scale": float(e.scale) if e.scale else None} for e in engine.upscalers.entries()]
         return items
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])

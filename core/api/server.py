@@ -54,6 +54,9 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     from core.api.train_routes import train_router
 
     app.include_router(train_router(engine, queue))  # create/train embedding and hypernetwork
+    from core.api.system_routes import system_router
+
+    app.include_router(system_router(engine, queue))  # cmd-flags, memory, extensions, unload/reload...
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:

@@ -100,10 +100,12 @@ def upscaler_for(args: argparse.Namespace):
     from core.dataset.__main__ import kiln_paths
     from core.generation.upscalers_model import ModelUpscalers
 
-    models = ModelUpscalers(kiln_paths(args).esrgan_dir)
+    paths = kiln_paths(args)
+    models = ModelUpscalers(paths.esrgan_dir, data_dir=paths.data_dir)  # the WebUI's named ones too
     if args.upscaler not in models.names():
         known = ", ".join([*IMAGE_RESAMPLERS, *models.names()])
-        raise KilnError(f"upscaler {args.upscaler!r} not found", path=models.folder, hint=f"known: {known}")
+        raise KilnError(models.missing_reason(args.upscaler) or f"upscaler {args.upscaler!r} not found",
+                        path=models.folder, hint=f"known: {known}")
     return models.upscale
 
 

@@ -1,10 +1,13 @@
-"""Model upscalers for hires fix: ESRGAN / Real-ESRGAN (RRDBNet) files in models/ESRGAN.
+"""Model upscalers for hires fix and Extras: the WebUI's upscaler files in the WebUI's folders.
 
-Kiln reads the RRDBNet family itself (both the original ESRGAN key layout and the
-Real-ESRGAN/BasicSR one, x1/x2/x4 via pixel-unshuffle), because spandrel — the library the
-WebUI uses — requires torchvision, which drags a multi-GB CUDA torch into CPU installs.
-When spandrel *is* importable, other architectures (SwinIR, DAT, ...) load through it.
-Inference is tiled with overlap so big images fit in memory.
+Kiln reads two architectures itself: the RRDBNet family (ESRGAN in both key layouts and
+Real-ESRGAN x1/x2/x4 via pixel-unshuffle: "ESRGAN_4x", "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B",
+"R-ESRGAN 2x+") and Real-ESRGAN's compact SRVGGNet ("R-ESRGAN General 4xV3", "... WDN 4xV3",
+"R-ESRGAN AnimeVideo"). The others (SwinIR, DAT, HAT, ScuNET) load through spandrel, the library
+the WebUI uses, when it is importable: it needs torchvision, and the torchvision wheels on PyPI
+are built against PyPI's CUDA torch, so on a CPU torch they fail to import and the CPU build
+comes only from PyTorch's own index (README, "Upscalers"). Inference is tiled with overlap so
+big images fit in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,17 @@ from torch import nn
 from core.errors import ModelFileError
 
 UPSCALER_EXTENSIONS = (".pth", ".pt", ".safetensors")
+SPANDREL_HINT = ("SwinIR, DAT, HAT and ScuNET load through spandrel: pip install spandrel with a torchvision "
+                 "built for the installed torch (same index as torch); or use an ESRGAN / Real-ESRGAN model")
+
+
+def spandrel_available() -> bool:
+    """Whether spandrel imports (with a working torchvision) in this install."""
+    try:
+        import spandrel  # noqa: F401
+    except Exception:  # ImportError, or torchvision built for another torch (RuntimeError)
+        return False
+    return True
 
 
 class _ResidualDenseBlock(nn.Module):
@@ -103,15 +117,73 @@ def convert_old_esrgan_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def unwrap(sd: dict) -> dict[str, torch.Tensor]:
+    """Real-ESRGAN's release files keep the weights under ``params_ema`` (or ``params``); the
+    reader flattens them to ``params_ema.conv_first.weight``..., so the prefix is taken off."""
+    for wrapper in ("params_ema", "params"):
+        if isinstance(sd.get(wrapper), dict):
+            return sd[wrapper]
+        prefix = wrapper + "."
+        inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if inner:
+            return inner
+    return sd
+
+
+class SRVGGNetCompact(nn.Module):
+    """Real-ESRGAN's compact network (realesr-general-x4v3, realesr-animevideov3): convolutions
+    with PReLU, a pixel shuffle, plus the nearest-upscaled input. Names as Real-ESRGAN's."""
+
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nf: int = 64, num_conv: int = 16, scale: int = 4):
+        super().__init__()
+        self.scale = scale
+        layers: list[nn.Module] = [nn.Conv2d(in_nc, nf, 3, 1, 1), nn.PReLU(num_parameters=nf)]
+        for _ in range(num_conv):
+            layers += [nn.Conv2d(nf, nf, 3, 1, 1), nn.PReLU(num_parameters=nf)]
+        layers.append(nn.Conv2d(nf, out_nc * scale * scale, 3, 1, 1))
+        self.body = nn.ModuleList(layers)
+        self.upsampler = nn.PixelShuffle(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        return self.upsampler(out) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+def build_srvgg(sd: dict[str, torch.Tensor], path: str | Path = "") -> SRVGGNetCompact:
+    """An SRVGGNetCompact sized from the state dict (conv count, features, scale)."""
+    sd = unwrap(sd)
+    convs = sorted(int(k.split(".")[1]) for k in sd if re.fullmatch(r"body\.\d+\.weight", k) and sd[k].dim() == 4)
+    if not convs or "body.1.weight" not in sd or sd["body.1.weight"].dim() != 1:
+        raise ModelFileError("not a Real-ESRGAN compact (SRVGGNet, PReLU) model", path=path)
+    first, last = sd[f"body.{convs[0]}.weight"], sd[f"body.{convs[-1]}.weight"]
+    in_nc, nf = first.shape[1], first.shape[0]
+    scale = int(round((last.shape[0] / in_nc) ** 0.5))
+    if scale * scale * in_nc != last.shape[0]:
+        raise ModelFileError(f"SRVGGNet output channels {last.shape[0]} fit no scale", path=path)
+    net = SRVGGNetCompact(in_nc=in_nc, out_nc=in_nc, nf=nf, num_conv=len(convs) - 2, scale=scale)
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
+
+
+def build_kiln_upscaler(sd: dict, path: str | Path = "") -> nn.Module:
+    """The architectures Kiln reads itself: RRDBNet (ESRGAN, Real-ESRGAN) or SRVGGNetCompact."""
+    inner = unwrap(sd)
+    if "body.0.weight" in inner and "conv_first.weight" not in inner:
+        return build_srvgg(inner, path)
+    return build_rrdbnet(sd, path)
+
+
 def build_rrdbnet(sd: dict[str, torch.Tensor], path: str | Path = "") -> RRDBNet:
     """Build an RRDBNet whose dimensions are read from the state dict's shapes."""
     if "model.0.weight" in sd:
         sd = convert_old_esrgan_keys(sd)
-    if "params_ema" in sd or "params" in sd:  # Real-ESRGAN release wrapper
-        sd = sd.get("params_ema") or sd["params"]
+    sd = unwrap(sd)
     if "conv_first.weight" not in sd:
-        raise ModelFileError("not an ESRGAN/Real-ESRGAN (RRDBNet) model", path=path,
-                             hint="install spandrel (needs torchvision) for other upscaler architectures")
+        raise ModelFileError(
+            "not an ESRGAN / Real-ESRGAN model (RRDBNet or SRVGGNet, the architectures Kiln reads itself)",
+            path=path, hint=SPANDREL_HINT)
     first = sd["conv_first.weight"]
     nf, in_total = first.shape[0], first.shape[1]
     out_nc = sd["conv_last.weight"].shape[0]
@@ -127,27 +199,68 @@ def build_rrdbnet(sd: dict[str, torch.Tensor], path: str | Path = "") -> RRDBNet
 
 @dataclass
 class UpscalerEntry:
-    name: str  # what the UI and infotext show (the file stem, like the WebUI)
+    name: str  # what the UI, the API and infotexts show (the WebUI's name, or the file stem)
     path: Path
+    model_name: str = "ESRGAN"  # the WebUI's upscaler family (/sdapi/v1/upscalers ``model_name``)
+    scale: int | None = None  # known for the WebUI's named models; files are not opened to list them
 
 
 class ModelUpscalers:
-    """Upscaler files found under the ESRGAN folder, loaded lazily and cached (one at a time)."""
+    """Upscaler files in the WebUI's folders, loaded lazily and cached (one at a time).
 
-    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", tile: int = 192, overlap: int = 16):
+    Listed: every file in the ESRGAN folder by its stem (as the WebUI), the WebUI's named models
+    whose file is present ("R-ESRGAN 4x+" = models/RealESRGAN/RealESRGAN_x4plus.pth...), and,
+    when spandrel is importable, the files in models/SwinIR, ScuNET, DAT and HAT by stem.
+    ``data_dir`` None: the ESRGAN folder alone.
+    """
+
+    def __init__(self, folder: str | Path, device: str | torch.device = "cpu", tile: int = 192, overlap: int = 16,
+                 data_dir: str | Path | None = None):
         self.folder = Path(folder)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.device = torch.device(device)
         self.tile = tile
         self.overlap = overlap
         self._loaded: tuple[Path, nn.Module, int] | None = None
 
     def entries(self) -> list[UpscalerEntry]:
+        from core.generation.upscaler_names import KILN_ARCHS, NAMED_UPSCALERS, STEM_FOLDERS, named_path
         from core.models.folders import walk_files
 
-        return [UpscalerEntry(p.stem, p) for p in walk_files(self.folder, UPSCALER_EXTENSIONS, key=lambda p: p)]
+        found = [UpscalerEntry(p.stem, p) for p in walk_files(self.folder, UPSCALER_EXTENSIONS, key=lambda p: p)]
+        if self.data_dir is None:
+            return found
+        spandrel = spandrel_available()
+        for named in NAMED_UPSCALERS:
+            path = named_path(self.data_dir, named, self.folder)
+            if named.arch != "LDSR" and (named.arch in KILN_ARCHS or spandrel) and path.is_file():
+                family = named.folder.split("/")[-1]
+                found.append(UpscalerEntry(named.name, path, family, named.scale))
+        if spandrel:
+            for sub in STEM_FOLDERS[1:]:
+                for p in walk_files(self.data_dir / sub, UPSCALER_EXTENSIONS, key=lambda p: p):
+                    found.append(UpscalerEntry(p.stem, p, sub.split("/")[-1]))
+        unique: dict[str, UpscalerEntry] = {}
+        for entry in found:  # a named file listed by its stem too (ESRGAN_4x.pth) is one entry
+            if entry.name not in unique and all(e.path != entry.path for e in unique.values()):
+                unique[entry.name] = entry
+        return list(unique.values())
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries()]
+
+    def missing_reason(self, name: str) -> str | None:
+        """For a WebUI upscaler name that is not usable here: which file to put where (or why it
+        cannot run); None for a name the WebUI does not have either."""
+        from core.generation.upscaler_names import KILN_ARCHS, NAMED_BY_NAME, absent_message, named_path
+
+        named = NAMED_BY_NAME.get(name)
+        if named is None:
+            return None
+        where = named_path(self.data_dir or self.folder.parent.parent, named, self.folder)
+        if where.is_file() and named.arch not in KILN_ARCHS and named.arch != "LDSR":
+            return f"{name} ({where}) is a {named.arch} model, which Kiln runs through spandrel; {SPANDREL_HINT}"
+        return absent_message(named, where)
 
     def _load(self, path: Path) -> tuple[nn.Module, int]:
         if self._loaded and self._loaded[0] == path:
@@ -156,13 +269,13 @@ class ModelUpscalers:
 
         sd = read_state_dict(path)
         try:
-            net: nn.Module = build_rrdbnet(sd, path)
-            scale = net.scale
+            net: nn.Module = build_kiln_upscaler(sd, path)
+            scale = int(net.scale)
         except ModelFileError:
-            try:
-                import spandrel
-            except ImportError:
+            if not spandrel_available():
                 raise
+            import spandrel
+
             desc = spandrel.ModelLoader().load_from_state_dict(sd)
             net, scale = desc.model.eval(), int(desc.scale)
         net = net.to(self.device)
@@ -173,7 +286,7 @@ class ModelUpscalers:
     def upscale(self, image: Image.Image, name: str, width: int, height: int) -> Image.Image:
         entry = next((e for e in self.entries() if e.name == name), None)
         if entry is None:
-            raise ModelFileError(f"upscaler {name!r} not found", path=self.folder)
+            raise ModelFileError(self.missing_reason(name) or f"upscaler {name!r} not found", path=self.folder)
         net, scale = self._load(entry.path)
         current = image.convert("RGB")
         # Apply the model until the image is at least the target size (the WebUI does the same).

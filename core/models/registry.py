@@ -87,7 +87,7 @@ class ModelRegistry:
             for rel, p in scan_folder(folder, CHECKPOINT_SUFFIXES, exclude_vae=True):
                 if rel not in seen:
                     entry = ModelEntry("checkpoint", rel, p, rel, rel)
-                    entry.sha256 = self.hash_cache.cached(p, "checkpoint")
+                    entry.sha256 = self.hash_cache.cached(p, "checkpoint", name=rel)
                     entry.title = self._checkpoint_title(entry)
                     seen[rel] = entry
         return sorted(seen.values(), key=lambda e: natural_key(e.name))
@@ -144,7 +144,7 @@ class ModelRegistry:
 
     def sha256(self, entry: ModelEntry) -> str:
         """Whole-file SHA-256 of ``entry`` (cached); a checkpoint's title gains its short hash."""
-        entry.sha256 = self.hash_cache.sha256(entry.path, entry.kind)
+        entry.sha256 = self.hash_cache.sha256(entry.path, entry.kind, name=entry.name)
         if entry.kind == "checkpoint":
             entry.title = self._checkpoint_title(entry)
         return entry.sha256

@@ -347,7 +347,10 @@ class NetworkCatalog:
         if isinstance(stored, str) and stored:
             return stored
         cache = self.engine.hash_cache
-        return cache.addnet(path, "lora") if path.suffix.lower() == ".safetensors" else cache.sha256(path, "lora")
+        # Under the WebUI's cache.json key (lora/<stem>), so a shared WebUI folder's hashes are reused.
+        if path.suffix.lower() == ".safetensors":
+            return cache.addnet(path, "lora", name=path.stem)
+        return cache.sha256(path, "lora", name=path.stem)
 
     def metadata(self, kind: str, name: str) -> dict[str, Any]:
         """Everything the metadata viewer shows for one card.
