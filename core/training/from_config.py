@@ -44,7 +44,7 @@ USED = {
     "zero_terminal_snr", "mixed_precision", "sample_prompts", "sample_every_n_epochs", "sample_sampler",
     "multires_noise_iterations", "multires_noise_discount", "network_weights", "cache_latents_to_disk",
     "save_every_n_steps", "save_last_n_epochs", "full_fp16", "full_bf16", "gradient_checkpointing", "xformers",
-    "logging_dir",
+    "logging_dir", "dataset_config",
 }
 
 
@@ -136,6 +136,9 @@ def model_mismatches(config: TrainConfig, spec) -> list[str]:
 
 def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported: bool = False,
              ignore_check_errors: bool = False) -> LoraJob:
+    if config.dataset_config:
+        return _dataset_config_job(config, default_output_dir=default_output_dir,
+                                   allow_unsupported=allow_unsupported, ignore_check_errors=ignore_check_errors)
     if not config.train_data_dir:
         raise KilnError("train_data_dir is not set", hint="the folder holding the 10_name class folders")
     problems = unsupported(config)
@@ -190,3 +193,32 @@ def lora_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported
                    make_scheduler=lambda optimizer, total: build_scheduler_for(config, optimizer, total),
                    extra_metadata={"lr_warmup_steps": config.lr_warmup_steps,
                                    "max_token_length": config.max_token_length})
+
+
+def _dataset_config_job(config: TrainConfig, *, default_output_dir: Path, allow_unsupported: bool,
+                        ignore_check_errors: bool) -> LoraJob:
+    """kohya's --dataset_config run: the subsets are the concepts; the dataset's resolution,
+    buckets and batch and the subsets' caption / augmentation options replace the config's."""
+    from core.training.dataset_config import load_dataset_config
+    from core.training.dataset_run import caption_rules, dataset_run
+
+    run = dataset_run(load_dataset_config(config.dataset_config, config=config), config.dataset_config)
+    problems = unsupported(config) + list(run.problems)
+    if problems and not allow_unsupported:
+        raise KilnError("this config sets options Kiln's trainer does not have yet: " + "; ".join(problems),
+                        hint="remove them, or choose to train without them")
+    ds, sub = run.dataset, run.subset
+    resolution = ds.resolution or parse_resolution(config.resolution) or (512, 512)
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    values.update(train_data_dir=str(run.layout.train_dir), reg_data_dir=None, dataset_config=None,
+                  resolution=f"{resolution[0]},{resolution[1]}", enable_bucket=ds.enable_bucket,
+                  min_bucket_reso=ds.min_bucket_reso, max_bucket_reso=ds.max_bucket_reso,
+                  bucket_reso_steps=ds.bucket_reso_steps, bucket_no_upscale=ds.bucket_no_upscale,
+                  train_batch_size=ds.batch_size, caption_extension=sub.caption_extension, flip_aug=sub.flip_aug,
+                  color_aug=sub.color_aug, random_crop=sub.random_crop,
+                  face_crop_aug_range=(",".join(f"{v:g}" for v in sub.face_crop_aug_range)
+                                       if sub.face_crop_aug_range else None))
+    job = lora_job(TrainConfig(**values), default_output_dir=default_output_dir, allow_unsupported=True,
+                   ignore_check_errors=ignore_check_errors)
+    data = dataclasses.replace(job.data, captions=caption_rules(sub))
+    return dataclasses.replace(job, data=data, layout=run.layout, reg_data_dir=None)

@@ -68,6 +68,7 @@ class LoraJob:
     sample_every_n_epochs: int | None = None
     sample_sampler: str = "ddim"  # kohya's name (core.training.samples.KOHYA_SAMPLERS)
     logging_dir: Path | None = None  # kohya's TensorBoard logs (loss/current, loss/average, lr/...)
+    layout: Any = None  # a DatasetLayout given whole (kohya's --dataset_config); None: scan train_data_dir
 
 
 @dataclass
@@ -109,7 +110,7 @@ def output_paths(output: OutputOptions, epochs: int) -> list[Path]:
 def prepare_data(job: LoraJob) -> TrainingData:
     """The dataset, after the checks of core/dataset/checks.py: an error stops the run with its
     message unless ``ignore_check_errors``."""
-    layout = scan_dataset(job.train_data_dir, job.reg_data_dir)
+    layout = job.layout if job.layout is not None else scan_dataset(job.train_data_dir, job.reg_data_dir)
     problems = check_layout(layout, CheckOptions(resolution=job.data.resolution,
                                                  caption_extension=job.data.caption_extension,
                                                  check_near_duplicates=False))
