@@ -129,19 +129,22 @@ def train_subtabs(engine: Engine, queue: JobQueue) -> Iterator[None]:
         with gr.Tab(tr("LoRA (kohya)"), id="train-lora", elem_id="train-tab-lora"):
             yield
         with gr.Tab(tr("Create embedding"), id="train-create-embedding", elem_id="train-tab-create-embedding"):
-            _create_embedding(engine, queue)
+            embedding_created = _create_embedding(engine, queue)
         with gr.Tab(tr("Create hypernetwork"), id="train-create-hypernetwork",
                     elem_id="train-tab-create-hypernetwork"):
-            _create_hypernetwork(engine)
+            hypernetwork_created = _create_hypernetwork(engine)
         with gr.Tab(tr("Train"), id="train-ti", elem_id="train-tab-ti"):
-            _train(engine, queue)
+            embedding_list, hypernetwork_list = _train(engine, queue)
+    # As in the WebUI, a new file is in the Train sub-tab's list at once.
+    embedding_created.then(lambda: gr.update(choices=embedding_names(engine)), None, embedding_list)
+    hypernetwork_created.then(lambda: gr.update(choices=hypernetwork_names(engine)), None, hypernetwork_list)
 
 
 def _message(text: str) -> str:
     return f'<div class="kiln-info">{html.escape(text)}</div>'
 
 
-def _create_embedding(engine: Engine, queue: JobQueue) -> None:
+def _create_embedding(engine: Engine, queue: JobQueue) -> Any:
     tr = S.tr
     with gr.Row():
         with gr.Column():
@@ -165,10 +168,10 @@ def _create_embedding(engine: Engine, queue: JobQueue) -> None:
         error = job_error_message(job)
         return error_html(error, request) if error else _message(S.say("Created {path}.", request, path=job.result))
 
-    create.click(on_create, [name, init_text, vectors, overwrite], message)
+    return create.click(on_create, [name, init_text, vectors, overwrite], message)
 
 
-def _create_hypernetwork(engine: Engine) -> None:
+def _create_hypernetwork(engine: Engine) -> Any:
     from core.training.hypernetwork import ACTIVATIONS, SIZES, WEIGHT_INITS
 
     tr = S.tr
@@ -210,10 +213,10 @@ def _create_hypernetwork(engine: Engine) -> None:
         return _message(S.say("Created {path}.", request, path=path))
 
     # Gradio hands a set of inputs over as one {component: value} dict (it cannot fill *args).
-    create.click(on_create, {*fields}, message)
+    return create.click(on_create, {*fields}, message)
 
 
-def _train(engine: Engine, queue: JobQueue) -> None:
+def _train(engine: Engine, queue: JobQueue) -> tuple[Any, Any]:
     from ui.i18n import t
 
     tr = S.tr
@@ -346,6 +349,7 @@ def _train(engine: Engine, queue: JobQueue) -> None:
                 queue.stop(job.id, owner=ui_owner(request))
 
     interrupt.click(on_interrupt, queue=False, show_progress="hidden")
+    return w["embedding_name"], w["hypernetwork_name"]
 
 
 def _loss_frame(job) -> Any:
