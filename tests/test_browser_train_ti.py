@@ -64,6 +64,19 @@ def test_create_and_train_an_embedding_from_the_train_tab(server, browser, tmp_p
     assert len(list((tmp_path / "log").glob("*/kxyellow/images/*.png"))) == 2
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "train-ti-tab.png"), full_page=True)
+
+    # A hypernetwork with the WebUI's default modules: made at once, and refused by this 64-wide model
+    # with a message that says what to do.
+    _open_tab(page, "train-tab-create-hypernetwork", "Create hypernetwork")
+    _fill(page, "hn-name", "hxui")
+    page.locator("#hn-create").click()
+    page.wait_for_function("() => document.querySelector('#hn-create-message').innerText.includes('hxui.pt')")
+    _open_tab(page, "train-tab-ti", "Train")
+    _choose(page, "ti-train-hypernetwork", "hxui")
+    _choose(page, "ti-template", "hypernetwork.txt")
+    page.locator("#ti-train-hypernetwork-button").click()
+    page.wait_for_function("() => document.querySelector('#ti-message').innerText.includes('module size')",
+                           timeout=120_000)
     page.close()
 
     zh = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
