@@ -108,7 +108,9 @@ WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
     "--clip-models-path": WebUIFlag("Kiln has no CLIP interrogator (its taggers are WD14 and BLIP); ignored", "DIR"),
     "--lyco-dir": WebUIFlag(_LYCORIS, "DIR"),
     "--lyco-dir-backcompat": WebUIFlag(_LYCORIS, "DIR"),
-    "--textual-inversion-templates-dir": WebUIFlag("Kiln has no textual inversion template files; ignored", "DIR"),
+    "--textual-inversion-templates-dir": WebUIFlag(
+        "Kiln reads prompt templates from textual_inversion_templates/ in the data folder and its own; ignored",
+        "DIR"),
     "--localizations-dir": WebUIFlag("Kiln ships its own translations; ignored", "DIR"),
     "--ui-config-file": WebUIFlag("Kiln does not read ui-config.json (its page has its own defaults); ignored",
                                   "FILE"),

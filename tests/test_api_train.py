@@ -28,6 +28,7 @@ def setup(tmp_path):
     engine, queue = Engine(settings), JobQueue()
     dataset(data)
     client = TestClient(create_api_app(engine, queue), raise_server_exceptions=False)
+    client.engine = engine  # for tests that queue jobs directly
     yield client, data, queue
     queue.shutdown()
 
@@ -93,3 +94,25 @@ def test_bad_fields_are_422_naming_them(setup):
     assert r.status_code == 422 and r.json()["field"] == "layer_structure"
     r = client.post("/sdapi/v1/train/embedding", json={"embedding_name": "missing", **TRAIN})
     assert r.status_code == 500 and "not found" in r.json()["detail"]
+
+
+def test_interrupt_saves_the_progress_into_the_embedding(setup):
+    import threading
+    import time
+
+    from core.training.ti_args import embedding_args
+    from core.training.ti_jobs import create_embedding_job, train_embedding_job
+
+    client, data, queue = setup
+    queue.submit(create_embedding_job(client.engine, "kx", 1), "create").wait(60)
+    name, options = embedding_args({**TRAIN, "embedding_name": "kx", "steps": 100000, "create_image_every": 0,
+                                    "save_embedding_every": 0})
+    job = queue.submit(train_embedding_job(client.engine, name, options), "train kx", "user:ann", kind="train")
+    deadline = time.monotonic() + 120
+    while len(job.metrics) < 2 and time.monotonic() < deadline:
+        threading.Event().wait(0.1)
+    assert queue.interrupt(job.id, owner="user:ann")
+    result = job.wait(120)
+    assert result.interrupted and 2 <= result.step < 100000
+    assert load_embedding(data / "embeddings" / "kx.pt").step == result.step == job.progress.step
+

@@ -83,6 +83,10 @@ ZH = {
     "average loss": "平均损失",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
+# The WebUI's embedding / hypernetwork sub-tabs (ui/train_ti.py) ship their strings with this tab's.
+from ui.train_ti import STRINGS as _TI_STRINGS  # noqa: E402
+
+STRINGS = {lang: {**_TI_STRINGS[lang], **table} for lang, table in STRINGS.items()}
 S = Strings(STRINGS)
 
 # The network choice as kohya_ss's GUI names it → the LyCORIS algo (None: kohya's networks.lora).
@@ -160,6 +164,13 @@ def loss_rows(job) -> list[dict[str, Any]]:
 
 
 def build_train_tab(engine: Engine, queue: JobQueue) -> None:
+    from ui.train_ti import train_subtabs
+
+    with train_subtabs(engine, queue):  # the WebUI's Create embedding / Create hypernetwork / Train beside it
+        _build_lora_form(engine, queue)
+
+
+def _build_lora_form(engine: Engine, queue: JobQueue) -> None:
     from core.training.optimizers import OPTIMIZER_TYPES
     from core.training.schedulers import SCHEDULERS
 
