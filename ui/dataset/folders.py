@@ -163,7 +163,7 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
     summary = gr.Markdown(elem_id="folders-summary")
     problems = gr.Dataframe(headers=["Severity", "Problem", "File"], value=[], interactive=False, wrap=True,
                             elem_id="folders-problems")
-    with gr.Accordion(tr("Create a kohya folder"), open=False):
+    with gr.Accordion(tr("Create a kohya folder"), open=False) as create_box:
         with gr.Row():
             source = gr.Textbox(label=tr("Pictures folder"), elem_id="folders-source", scale=3)
             name = gr.Textbox(label=tr("Name (identifier)"), placeholder="sls", elem_id="folders-name")
@@ -214,13 +214,15 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
 
     def on_demo(folder, current_source, request: gr.Request):
         try:
-            return demo_view(folder, request)
+            text, made = demo_view(folder, request)
         except KilnError as exc:
-            return f"❌ {exc.message}", current_source
+            return f"❌ {exc.message}", current_source, gr.Accordion()
+        # The next step is copying the pictures into a kohya folder: show it, source filled in.
+        return text, made, gr.Accordion(open=True)
 
     scan.click(on_scan, [train, reg, batch, epochs, accumulation], [concepts, plan])
     check.click(on_check, [train, reg, resolution, extension, batch, epochs, accumulation],
                 [concepts, plan, problems, summary])
     suggest.click(on_suggest, [train, reg, target, batch, epochs], plan)
     create.click(on_create, [source, train, name, class_word, repeats], created)
-    demo.click(on_demo, [demo_folder, source], [demo_result, source])
+    demo.click(on_demo, [demo_folder, source], [demo_result, source, create_box])
