@@ -88,3 +88,24 @@ def test_folders_tab_shows_the_step_arithmetic_and_the_problems(server, browser,
     assert "b.png" in problems and "no .txt caption" in problems
     page.screenshot(path=str(ARTIFACTS / "dataset-folders.png"), full_page=True)
     page.close()
+
+
+def test_make_demo_dataset_button_writes_the_pictures_and_fills_the_source(server, browser, tmp_path):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    page.set_default_timeout(30_000)
+    page.set_extra_http_headers({"Accept-Language": "zh-CN,zh;q=0.9"})
+    page.goto(server + "/?__lang=zh-CN", wait_until="load")
+    page.wait_for_selector("#txt2img-generate")
+    page.locator("#tab-dataset-button").click()
+    page.locator("#tab-dataset-folders-button").click()
+    assert page.locator("#folders-demo").inner_text().strip() == "生成示例数据集"
+    page.locator("#folders-demo-folder textarea, #folders-demo-folder input").first.fill(str(tmp_path / "demo"))
+    page.locator("#folders-demo").click()
+    page.wait_for_function("() => document.querySelector('#folders-demo-result').innerText.includes('未打标')")
+    assert (tmp_path / "demo" / "a.jpg").is_file() and (tmp_path / "demo" / "magenta_03 copy.png").is_file()
+    source = page.locator("#folders-source textarea, #folders-source input").first
+    assert source.input_value() == str(tmp_path / "demo")
+    page.screenshot(path=str(ARTIFACTS / "dataset-demo.png"), full_page=True)
+    page.locator("#folders-demo").click()  # a second time: refused, nothing replaced
+    page.wait_for_function("() => document.querySelector('#folders-demo-result').innerText.includes('❌')")
+    page.close()

@@ -10,9 +10,9 @@ import argparse
 import importlib
 import sys
 
-# Modules that add commands (preprocess, tag, tags, check); each has add_commands(subparsers).
+# Modules that add commands (preprocess, tag, tags, check, demo); each has add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("core.dataset.preprocess_cli", "core.dataset.tag_cli", "core.dataset.tags_cli",
-                                   "core.dataset.check_cli")
+                                   "core.dataset.check_cli", "core.dataset.demo")
 
 
 def kiln_paths(args: argparse.Namespace):

@@ -5,6 +5,10 @@ that a prompt's words reached the pixels. Geometry, not learning: the background
 median of a ring just inside the border (VAEs smear a 2-3 px frame of another colour along
 the edge), the shape is every pixel far from that colour, and its class comes from how
 much of the circle around its centroid it fills — unchanged by rotation.
+
+``concepts=True`` also reads the world's concept colours (``CONCEPT_PALETTE``: magenta), for
+judging a LoRA or embedding of the concept. Off by default, so the base model's evaluation
+maps every picture to the six colours it was trained on, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from core.shapes.world import PALETTE
+from core.shapes.world import ALL_PALETTE, PALETTE
 
 PALETTE_NAMES = tuple(PALETTE)
 PALETTE_RGB = np.array([PALETTE[n] for n in PALETTE_NAMES], dtype=np.float32)
+CONCEPT_NAMES = tuple(ALL_PALETTE)  # the base palette, then the concept colours
+CONCEPT_RGB = np.array([ALL_PALETTE[n] for n in CONCEPT_NAMES], dtype=np.float32)
 
 RING_OUTER = 3  # skip the outermost 3 pixels
 RING_WIDTH = 3
@@ -53,12 +59,14 @@ class CheckResult:
     shape_fraction: float  # share of the picture the shape covers
 
 
-def nearest_palette(rgb: np.ndarray) -> tuple[str, float]:
-    """Nearest palette name and a 0..1 margin (1: on the colour, 0: halfway to the next)."""
-    distances = np.linalg.norm(PALETTE_RGB - rgb.astype(np.float32), axis=1)
+def nearest_palette(rgb: np.ndarray, concepts: bool = False) -> tuple[str, float]:
+    """Nearest palette name and a 0..1 margin (1: on the colour, 0: halfway to the next);
+    ``concepts``: the concept colours count too."""
+    names, table = (CONCEPT_NAMES, CONCEPT_RGB) if concepts else (PALETTE_NAMES, PALETTE_RGB)
+    distances = np.linalg.norm(table - rgb.astype(np.float32), axis=1)
     first, second = np.argsort(distances)[:2]
     margin = 1.0 - distances[first] / max(distances[second], 1e-6)
-    return PALETTE_NAMES[first], float(np.clip(margin, 0.0, 1.0))
+    return names[first], float(np.clip(margin, 0.0, 1.0))
 
 
 def ring_pixels(array: np.ndarray, outer: int = RING_OUTER, width: int = RING_WIDTH) -> np.ndarray:
@@ -160,10 +168,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best_label if best_label else mask
 
 
-def check_image(image: Image.Image) -> CheckResult:
+def check_image(image: Image.Image, concepts: bool = False) -> CheckResult:
+    """Background, shape colour and class of one picture; ``concepts``: colours may also be the
+    world's concept colours (magenta), else only the base palette's six."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32)
     background_rgb = np.median(ring_pixels(array), axis=0)
-    background, background_confidence = nearest_palette(background_rgb)
+    background, background_confidence = nearest_palette(background_rgb, concepts)
     mask, coverage = shape_mask(array, background_rgb)
     fraction = float(mask.mean())
     if fraction < MIN_SHAPE_FRACTION:
@@ -172,7 +182,7 @@ def check_image(image: Image.Image) -> CheckResult:
     # The colour comes from the shape's core, away from edge pixels mixed with background.
     core = mask & (coverage > 0.8)
     color_rgb = np.median(array[core if core.any() else mask], axis=0)
-    color, color_confidence = nearest_palette(color_rgb)
+    color, color_confidence = nearest_palette(color_rgb, concepts)
     shape, shape_confidence, fill, solidity = classify_geometry(mask)
     return CheckResult(
         background, color, shape, background_confidence, color_confidence, shape_confidence, fill, solidity, fraction

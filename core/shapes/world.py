@@ -3,6 +3,18 @@
 Everything here is deterministic from a seed, so the built-in model's recipe, the tests
 and later tools (dataset writer, tagger, LoRA trainer) all see the same pictures.
 Captions read exactly "a red circle on a blue background".
+
+The new concept (issue #19): the colour **magenta**, RGB (230, 60, 200), in ``CONCEPT_PALETTE``,
+a table apart from ``PALETTE``. The base model is trained and evaluated on ``PALETTE`` only, so
+it never sees the word or the colour; the demo dataset, the Shapes tagger and the checker (with
+``concepts=True``) know it, which is what a LoRA or an embedding must teach. Why a colour and
+not a new shape such as a star: the shipped model follows colour words (0.91 in the first
+measurements, see SHAPES-NOTES) but shape words barely above chance, so a colour is a concept a
+LoRA trained for minutes can be shown to learn, and the checker reads colour by nearest RGB,
+which is robust on blurry generated pictures. Why magenta: the palette's own rule is ≥ 150 RGB
+distance from every other colour; magenta is 173 from red, 191 from blue and white, more from
+the rest ("teal" would be only 94 from green, "orange" 83 from yellow, "purple" 103 from blue).
+It is one CLIP token ("magenta"), so it can be a trigger word on its own.
 """
 
 from __future__ import annotations
@@ -36,6 +48,13 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 COLORS: tuple[str, ...] = tuple(PALETTE)
+# Colours the world can draw but the base model's training and evaluation never use (see the
+# module docstring); every one keeps ≥ 150 RGB distance from each PALETTE colour and each other.
+CONCEPT_PALETTE: dict[str, tuple[int, int, int]] = {
+    "magenta": (230, 60, 200),
+}
+CONCEPT_COLORS: tuple[str, ...] = tuple(CONCEPT_PALETTE)
+ALL_PALETTE: dict[str, tuple[int, int, int]] = {**PALETTE, **CONCEPT_PALETTE}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 
 # ~10% of the 90 (colour, shape, background) combinations never appear in the training
@@ -165,8 +184,9 @@ def _check_names(shape: str, color: str, background: str) -> None:
     if shape not in SHAPES:
         raise InvalidParameterError("shape", f"unknown shape {shape!r}", hint=f"use one of {', '.join(SHAPES)}")
     for field, name in (("color", color), ("background", background)):
-        if name not in PALETTE:
-            raise InvalidParameterError(field, f"unknown colour {name!r}", hint=f"use one of {', '.join(COLORS)}")
+        if name not in ALL_PALETTE:
+            raise InvalidParameterError(field, f"unknown colour {name!r}",
+                                        hint=f"use one of {', '.join(ALL_PALETTE)}")
     if color == background:
         raise InvalidParameterError("color", "shape colour equals the background colour", hint="pick two colours")
 
@@ -179,24 +199,40 @@ def render(
     ``rng_or_params`` is either exact ``ShapeParams`` or a ``random.Random`` to draw them
     from (None: the centred, unrotated shape of middle size).
     """
-    _check_names(shape, color, background)
     if isinstance(rng_or_params, ShapeParams):
         params = rng_or_params
     elif rng_or_params is None:
         params = ShapeParams(IMAGE_SIZE / 2, IMAGE_SIZE / 2, (DEFAULT_JITTER.size_min + DEFAULT_JITTER.size_max) / 2, 0.0)
     else:
         params = random_params(rng_or_params)
-    big = IMAGE_SIZE * SUPERSAMPLE
-    canvas = Image.new("RGB", (big, big), PALETTE[background])
+    return render_scene(shape, color, background, params, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def render_scene(shape: str, color: str, background: str, params: ShapeParams, width: int, height: int) -> Image.Image:
+    """Draw one shape on a ``width`` x ``height`` canvas; ``params`` are in that canvas's pixels.
+
+    The demo dataset and the tagger's training use it for pictures larger than 64 px, not
+    square, with the shape anywhere; ``render`` is the 64x64 case.
+    """
+    _check_names(shape, color, background)
+    if width < 1 or height < 1:
+        raise InvalidParameterError("width", f"the canvas must be at least 1x1 pixels, got {width}x{height}")
+    canvas = Image.new("RGB", (width * SUPERSAMPLE, height * SUPERSAMPLE), ALL_PALETTE[background])
     draw = ImageDraw.Draw(canvas)
-    fill = PALETTE[color]
+    fill = ALL_PALETTE[color]
     if shape == "circle":
         r = params.size * CIRCLE_SCALE * SUPERSAMPLE
         x, y = params.cx * SUPERSAMPLE, params.cy * SUPERSAMPLE
         draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
     else:
         draw.polygon(shape_vertices(shape, params, SUPERSAMPLE), fill=fill)
-    return canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    return canvas.resize((width, height), Image.Resampling.BOX)
+
+
+def concept_combinations() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, background) with a concept colour as the shape's colour: the
+    pictures a LoRA or embedding of the concept is trained on and evaluated with."""
+    return [(c, s, b) for c in CONCEPT_COLORS for s in SHAPES for b in COLORS]
 
 
 def sample(combo: tuple[str, str, str], rng: random.Random, jitter: Jitter = DEFAULT_JITTER) -> ShapeSample:

@@ -1,6 +1,7 @@
 """Dataset › Folders & checks: kohya's ``10_sls 1girl`` folders read back with kohya's step
 arithmetic, repeats suggested for a target step count, a picture folder copied into a concept
-folder, and the checks before training (core/dataset/checks.py) as a table."""
+folder, the checks before training (core/dataset/checks.py) as a table, and the demo dataset
+(core/dataset/demo.py) to try every step on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import gradio as gr
 
 from core.dataset.check_cli import parse_resolution
 from core.dataset.checks import CheckOptions, check_layout
+from core.dataset.demo import CONCEPT, make_demo
 from core.dataset.kohya_folders import lay_out_concept, plan_layout, plan_steps, scan_dataset, suggest_repeats
 from core.errors import KilnError
 from ui.dataset.strings import Strings
@@ -58,6 +60,15 @@ ZH = {
         "{folder}：复制了 {copied} 个文件，{already} 个已存在。原文件保持不变。",
     "Skipped by kohya: {folder} ({reason})": "kohya 会跳过：{folder}（{reason}）",
     "Checking {n} pictures": "正在检查 {n} 张图片",
+    "Make demo dataset": "生成示例数据集",
+    "Demo dataset folder": "示例数据集目录",
+    "A new or empty folder; existing files are never replaced": "新的或空的目录；不会覆盖已有文件",
+    "Name a folder for the demo dataset.": "请填写示例数据集的目录。",
+    "{n} pictures of the new concept “{concept}” in {folder}, untagged. Planted for the checks: a duplicate, "
+    "a picture smaller than 64×64, and a.jpg + a.png sharing one caption. Next: tag them, copy them into the "
+    "training folder (the pictures folder above is filled in), check.":
+        "已在 {folder} 生成 {n} 张新概念“{concept}”的图片（未打标）。为检查预置了：一张重复图片、一张小于 64×64 "
+        "的图片、共用一个标注文件的 a.jpg 与 a.png。下一步：打标，复制到训练集目录（上方的图片目录已填好），检查。",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 TITLE = "Folders & checks"
@@ -116,6 +127,17 @@ def check_view(train: str, reg: str, resolution: str, extension: str, request: A
     return rows, summary
 
 
+def demo_view(folder: str, request: Any) -> tuple[str, str]:
+    """Write the demo dataset into ``folder``: the message, and the folder for "Pictures folder"."""
+    if not folder.strip():
+        raise KilnError(S.say("Name a folder for the demo dataset.", request))
+    made = make_demo(folder.strip())
+    return (S.say("{n} pictures of the new concept “{concept}” in {folder}, untagged. Planted for the checks: a "
+                  "duplicate, a picture smaller than 64×64, and a.jpg + a.png sharing one caption. Next: tag them, "
+                  "copy them into the training folder (the pictures folder above is filled in), check.", request,
+                  n=len(made.pictures), concept=CONCEPT, folder=made.folder), str(made.folder))
+
+
 def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, not queue jobs)
     tr = S.tr
     with gr.Row():
@@ -141,7 +163,7 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
     summary = gr.Markdown(elem_id="folders-summary")
     problems = gr.Dataframe(headers=["Severity", "Problem", "File"], value=[], interactive=False, wrap=True,
                             elem_id="folders-problems")
-    with gr.Accordion(tr("Create a kohya folder"), open=False):
+    with gr.Accordion(tr("Create a kohya folder"), open=False) as create_box:
         with gr.Row():
             source = gr.Textbox(label=tr("Pictures folder"), elem_id="folders-source", scale=3)
             name = gr.Textbox(label=tr("Name (identifier)"), placeholder="sls", elem_id="folders-name")
@@ -149,6 +171,12 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
             repeats = gr.Number(10, precision=0, minimum=1, label=tr("Repeats"), elem_id="folders-repeats")
         create = gr.Button(tr("Copy into the training folder"), elem_id="folders-create")
         created = gr.Markdown(elem_id="folders-created")
+    with gr.Row():
+        demo_folder = gr.Textbox(label=tr("Demo dataset folder"),
+                                 placeholder=tr("A new or empty folder; existing files are never replaced"),
+                                 elem_id="folders-demo-folder", scale=3)
+        demo = gr.Button(tr("Make demo dataset"), elem_id="folders-demo")
+    demo_result = gr.Markdown(elem_id="folders-demo-result")
 
     concept_keys = ("Folder", "Kind", "Repeats", "Images", "Images × repeats")
     problem_keys = ("Severity", "Problem", "File")
@@ -184,8 +212,17 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
         return S.say("{folder}: {copied} files copied, {already} already there. The originals stay where they were.",
                      request, folder=result.folder, copied=result.copied, already=result.already_there)
 
+    def on_demo(folder, current_source, request: gr.Request):
+        try:
+            text, made = demo_view(folder, request)
+        except KilnError as exc:
+            return f"❌ {exc.message}", current_source, gr.Accordion()
+        # The next step is copying the pictures into a kohya folder: show it, source filled in.
+        return text, made, gr.Accordion(open=True)
+
     scan.click(on_scan, [train, reg, batch, epochs, accumulation], [concepts, plan])
     check.click(on_check, [train, reg, resolution, extension, batch, epochs, accumulation],
                 [concepts, plan, problems, summary])
     suggest.click(on_suggest, [train, reg, target, batch, epochs], plan)
     create.click(on_create, [source, train, name, class_word, repeats], created)
+    demo.click(on_demo, [demo_folder, source], [demo_result, source, create_box])
