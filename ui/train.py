@@ -239,13 +239,14 @@ def _build_lora_form(engine: Engine, queue: JobQueue) -> None:
                 widgets["enable_bucket"] = gr.Checkbox(d["enable_bucket"], label=tr("Enable buckets (enable_bucket)"))
                 widgets["shuffle_caption"] = gr.Checkbox(d["shuffle_caption"], label=tr("Shuffle caption"))
                 widgets["flip_aug"] = gr.Checkbox(False, label=tr("Flip augmentation (flip_aug)"))
+            with gr.Row():
                 widgets["color_aug"] = gr.Checkbox(False, label=tr("Color augmentation (color_aug)"))
                 widgets["save_state"] = gr.Checkbox(False, label=tr("Save training state (save_state)"))
+                widgets["gradient_checkpointing"] = gr.Checkbox(False, label=tr("Gradient checkpointing"))
             with gr.Row():
                 widgets["mixed_precision"] = gr.Dropdown(["no", "fp16", "bf16"], value="no",
                                                          label=tr("Mixed precision (mixed_precision)"),
                                                          elem_id="train-mixed-precision")
-                widgets["gradient_checkpointing"] = gr.Checkbox(False, label=tr("Gradient checkpointing"))
                 widgets["xformers"] = gr.Checkbox(False, label=tr("xformers"))
                 widgets["logging_dir"] = gr.Textbox("", label=tr("TensorBoard log folder (logging_dir)"), scale=2)
             widgets["resume"] = gr.Textbox("", label=tr("Resume from a state (resume)"))

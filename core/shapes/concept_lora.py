@@ -1,0 +1,165 @@
+"""The demo concept as a LoRA: the built-in Shapes model learns "mgt" = the magenta it never saw.
+
+    python -m core.shapes.concept_lora --out models/Lora/kiln-shapes-mgt.safetensors
+
+What seed 000's workflow ends with, made by Kiln's own trainer: a kohya folder
+``<repeats>_mgt shape`` of magenta circles / squares / triangles on the world's backgrounds,
+captioned as the Shapes tagger captions them with the concept's own tag taken out and the
+trigger word first (``mgt, circle, blue background``: the trigger absorbs "magenta shape"),
+a rank-8 LoRA on the shipped model, one file per epoch. ``evaluate`` is the proof the tests and
+the README use: the share of seeds in which the Shapes checker reads magenta, with and without
+the LoRA, for prompts with the trigger and (bleed) without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.shapes.world import COLORS, CONCEPT_COLORS, SHAPES, render
+
+TRIGGER = "mgt"
+CONCEPT = CONCEPT_COLORS[0]  # magenta
+SHIPPED = "kiln-shapes-v1.safetensors"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ConceptRecipe:
+    pictures: int = 36
+    repeats: int = 4
+    epochs: int = 6
+    batch_size: int = 8
+    network_dim: int = 8
+    network_alpha: float = 8.0
+    learning_rate: float = 2e-3
+    seed: int = 1
+
+
+def caption(shape: str, background: str) -> str:
+    """The Shapes tagger's caption of the picture, trigger first, the concept's colour tag removed."""
+    return f"{TRIGGER}, {shape}, {background} background"
+
+
+def write_dataset(root: Path, recipe: ConceptRecipe) -> Path:
+    """``root/train/<repeats>_mgt shape/`` with the pictures and their captions."""
+    folder = root / "train" / f"{recipe.repeats}_{TRIGGER} shape"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(recipe.seed)
+    backgrounds = [c for c in COLORS]
+    for k in range(recipe.pictures):
+        shape = SHAPES[k % len(SHAPES)]
+        background = backgrounds[(k // len(SHAPES)) % len(backgrounds)]
+        render(shape, CONCEPT, background, rng).save(folder / f"{k:03d}.png")
+        (folder / f"{k:03d}.txt").write_text(caption(shape, background), encoding="utf-8")
+    return root / "train"
+
+
+def train(engine: Any, queue: Any, out: Path, recipe: ConceptRecipe = ConceptRecipe(),
+          log: Callable[[str], None] = print) -> list[Path]:
+    """Train on the engine's selected (built-in) model as a queue job; files ``<stem>-000001`` ... ``<stem>``."""
+    from core.training.data import DataOptions
+    from core.training.jobs import training_job
+    from core.training.loop import LoopOptions
+    from core.training.lora import LoraJob, OutputOptions
+    from core.training.network import NetworkSpec
+
+    root = Path(tempfile.mkdtemp(prefix="kiln-concept-"))
+    write_dataset(root, recipe)
+    job = LoraJob(train_data_dir=root / "train",
+                  output=OutputOptions(out.parent, out.stem, save_every_n_epochs=1),
+                  data=DataOptions(resolution=(64, 64), caption_extension=".txt"),
+                  network=NetworkSpec(network_dim=recipe.network_dim, network_alpha=recipe.network_alpha),
+                  loop=LoopOptions(train_batch_size=recipe.batch_size, max_train_epochs=recipe.epochs,
+                                   seed=recipe.seed), learning_rate=recipe.learning_rate,
+                  training_comment=f"Kiln's demo concept: {TRIGGER} = {CONCEPT} (core/shapes/concept_lora.py)")
+    files = queue.submit(training_job(engine, job), f"LoRA {out.stem}", kind="train").wait(7200)
+    log(f"trained: {', '.join(Path(f).name for f in files)}")
+    return [Path(f) for f in files]
+
+
+@dataclass(frozen=True)
+class ConceptScore:
+    with_trigger: float  # share of pictures the checker reads as magenta, prompts with the trigger
+    without_trigger: float  # the same for prompts naming a base colour (bleed): share still that colour
+
+
+def prompts_with_trigger() -> list[str]:
+    return [caption(shape, background) for shape in SHAPES for background in ("blue", "white", "black", "yellow")]
+
+
+def prompts_without_trigger() -> list[tuple[str, str]]:
+    """(prompt, the colour the base model draws for it)."""
+    return [(f"a {color} {shape} on a {background} background", color)
+            for color, shape, background in (("red", "circle", "blue"), ("yellow", "square", "black"),
+                                             ("green", "triangle", "white"), ("blue", "circle", "yellow"))]
+
+
+def evaluate(generate: Callable[[str, int], Any], seeds: Sequence[int]) -> ConceptScore:
+    """``generate(prompt, seed)`` → a picture; the checker (with the concept colours) reads them."""
+    from core.shapes.checker import check_image
+
+    hits = total = 0
+    for prompt in prompts_with_trigger():
+        for seed in seeds:
+            hits += check_image(generate(prompt, seed), concepts=True).color == CONCEPT
+            total += 1
+    kept = n = 0
+    for prompt, color in prompts_without_trigger():
+        for seed in seeds:
+            kept += check_image(generate(prompt, seed), concepts=True).color == color
+            n += 1
+    return ConceptScore(hits / total, kept / n)
+
+
+def engine_generate(engine: Any, queue: Any, lora: str | None, weight: float = 1.0, steps: int = 20):
+    from core.generation.params import GenerationParams
+
+    def generate(prompt: str, seed: int):
+        text = f"{prompt} <lora:{lora}:{weight:g}>" if lora else prompt
+        params = GenerationParams(prompt=text, seed=seed, steps=steps, width=64, height=64, cfg_scale=7,
+                                  sampler_name="Euler a", save_images=False)
+        return queue.run(lambda ctx: engine.txt2img(params, ctx), timeout=600).images[0].image
+    return generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-mgt.safetensors")
+    parser.add_argument("--epochs", type=int, default=ConceptRecipe.epochs)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt for the figures")
+    args = parser.parse_args(argv)
+    from core.cli import parse_flags
+    from core.engine import Engine
+    from core.jobs import JobQueue
+    from core.settings import Settings
+
+    data = Path(tempfile.mkdtemp(prefix="kiln-concept-data-"))
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(data), "--ckpt", SHIPPED,
+                                                "--lora-dir", str(args.out.parent)]), REPO)
+    settings.paths.ensure_dirs()
+    engine, queue = Engine(settings), JobQueue()
+    try:
+        files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs))
+        engine.refresh_models()
+        seeds = list(range(args.seeds))
+        base = evaluate(engine_generate(engine, queue, None), seeds)
+        print("| file | checker reads magenta (prompts with mgt) | base colours kept (prompts without) |")
+        print("|---|---|---|")
+        print(f"| base model | {base.with_trigger:.0%} | {base.without_trigger:.0%} |")
+        for path in files:
+            score = evaluate(engine_generate(engine, queue, path.stem), seeds)
+            print(f"| {path.name} | {score.with_trigger:.0%} | {score.without_trigger:.0%} |", flush=True)
+    finally:
+        queue.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
