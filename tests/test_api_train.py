@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from core.api.server import create_api_app
 from core.cli import parse_flags
@@ -77,10 +78,16 @@ def test_create_and_train_a_hypernetwork_through_the_api(setup):
     path = data / "models" / "hypernetworks" / "hx.pt"
     assert r.json() == {"info": f"create hypernetwork filename: {path}"}
     assert {"name": "hx", "path": str(path)} in client.get("/sdapi/v1/hypernetworks").json()
-    body = {**TRAIN, "hypernetwork_name": "hx", "save_hypernetwork_every": 0, "create_image_every": 0,
+    body = {**TRAIN, "hypernetwork_name": "hx", "save_hypernetwork_every": 0, "create_image_every": 1,
             "learn_rate": "0.001", "template_filename": "hypernetwork.txt"}
     r = client.post("/sdapi/v1/train/hypernetwork", json=body)
     assert r.status_code == 200, r.text
+    job = next(j for j in _queue.jobs() if j.description == "train hypernetwork hx")
+    # a preview every step: the studio's txt2img with <hypernet:hx:1>, then the training hooks back on
+    samples = [a for a in job.artifacts if a.kind == "sample"]
+    assert [Path(a.path).name for a in samples] == ["hx-1.png", "hx-2.png", "hx-3.png"]
+    infotext = Image.open(samples[0].path).info["parameters"]
+    assert "<hypernet:hx:1>" in infotext and "Hypernet: hx" in infotext
     network = load_hypernetwork(path)
     assert network.step == 3 and network.dropout_structure == [0.0, 0.1, 0.0]
     assert torch.load(path, weights_only=True)["weight_initialization"] == "XavierNormal"
