@@ -266,6 +266,8 @@ def run_training(model: Any, target: Trainable, options: TrainOptions, final_pat
             step = target.step
             if log_dir is not None:
                 _write_loss(log_dir / target.loss_csv, step, steps_per_epoch, loss_step, scheduler.learn_rate)
+            # The WebUI counts these with ``steps_done = embedding.step + 1``, so its "-500" file holds
+            # step 499; here a copy's name is the step it holds.
             if log_dir is not None and options.save_every and step % options.save_every == 0:
                 folder = log_dir / target.log_kind
                 folder.mkdir(parents=True, exist_ok=True)
