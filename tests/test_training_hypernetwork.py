@@ -142,3 +142,14 @@ def test_previews_see_the_saved_file_and_training_goes_on_after_them(model, tmp_
     assert during == [(True, 1, False), (True, 2, False), (True, 3, False)]
     second, third = (torch.load(p, weights_only=True)[32][0]["linear.0.weight"] for p in result.copies[1:])
     assert not torch.equal(second, third)  # the hooks came back: step 3 still learned
+
+
+def test_pauses_come_each_epoch_with_the_hooks_off(model, tmp_path):
+    dataset(tmp_path)  # 3 pictures, batch 1: an epoch is 3 steps
+    path = create_hypernetwork(tmp_path / "hypernetworks", HypernetworkSpec(name="hx", enable_sizes=(32, 64)))
+    seen, pauses = [], []
+    hooks = TrainHooks(on_step=seen.append, pause=lambda: pauses.append(
+        (len(seen), any(type(p).__name__ == "HypernetworkAttnProcessor" for p in model.unet.attn_processors.values()))))
+    train_hypernetwork(model, HypernetworkTrainJob(path, options(tmp_path, steps=7, save_every=0,
+                                                                 template="hypernetwork.txt")), hooks)
+    assert pauses == [(3, False), (6, False)]

@@ -89,6 +89,8 @@ class TrainHooks:
     preview: Callable[[PreviewOptions, Path], Any] | None = None
     on_file: Callable[[Path, int], None] | None = None  # a saved copy and its step
     on_image: Callable[[Path, int, Any], None] | None = None
+    # At the end of each epoch, with the target off the model: others' short queued jobs run then.
+    pause: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,9 @@ def run_training(model: Any, target: Trainable, options: TrainOptions, final_pat
                 hooks.on_step(StepInfo(step, options.steps, initial, loss_step, scheduler.learn_rate,
                                        step // steps_per_epoch, step % steps_per_epoch, steps_per_epoch,
                                        prompts[0] if prompts else ""))
+            if hooks.pause is not None and step % steps_per_epoch == 0 and step < options.steps:
+                with target.detached(model):
+                    hooks.pause()
     target.save(final_path)
     return TrainResult(final_path, target.step, interrupted, log_dir, tuple(copies), tuple(images))
 
