@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from core.api.server import create_api_app
 from core.cli import parse_flags
@@ -77,10 +78,16 @@ def test_create_and_train_a_hypernetwork_through_the_api(setup):
     path = data / "models" / "hypernetworks" / "hx.pt"
     assert r.json() == {"info": f"create hypernetwork filename: {path}"}
     assert {"name": "hx", "path": str(path)} in client.get("/sdapi/v1/hypernetworks").json()
-    body = {**TRAIN, "hypernetwork_name": "hx", "save_hypernetwork_every": 0, "create_image_every": 0,
+    body = {**TRAIN, "hypernetwork_name": "hx", "save_hypernetwork_every": 0, "create_image_every": 1,
             "learn_rate": "0.001", "template_filename": "hypernetwork.txt"}
     r = client.post("/sdapi/v1/train/hypernetwork", json=body)
     assert r.status_code == 200, r.text
+    job = next(j for j in _queue.jobs() if j.description == "train hypernetwork hx")
+    # a preview every step: the studio's txt2img with <hypernet:hx:1>, then the training hooks back on
+    samples = [a for a in job.artifacts if a.kind == "sample"]
+    assert [Path(a.path).name for a in samples] == ["hx-1.png", "hx-2.png", "hx-3.png"]
+    infotext = Image.open(samples[0].path).info["parameters"]
+    assert "<hypernet:hx:1>" in infotext and "Hypernet: hx" in infotext
     network = load_hypernetwork(path)
     assert network.step == 3 and network.dropout_structure == [0.0, 0.1, 0.0]
     assert torch.load(path, weights_only=True)["weight_initialization"] == "XavierNormal"
@@ -116,3 +123,33 @@ def test_interrupt_saves_the_progress_into_the_embedding(setup):
     assert result.interrupted and 2 <= result.step < 100000
     assert load_embedding(data / "embeddings" / "kx.pt").step == result.step == job.progress.step
 
+
+
+def test_others_generate_between_epochs_of_a_hypernetwork_run_on_the_plain_model(setup):
+    import time
+
+    import numpy as np
+
+    from core.generation.params import GenerationParams
+    from core.training.ti_args import hypernetwork_args, hypernetwork_spec
+    from core.training.ti_jobs import create_hypernetwork_file, train_hypernetwork_job
+
+    client, _data, queue = setup
+    engine = client.engine
+    create_hypernetwork_file(engine, hypernetwork_spec({"name": "hx", "enable_sizes": ["32", "64"],
+                                                        "weight_init": "XavierNormal"}))
+    params = GenerationParams(prompt="teal star", width=64, height=64, steps=3, seed=5, sampler_name="Euler",
+                              save_images=False)
+    solo = queue.run(lambda ctx: engine.txt2img(params, ctx), "solo", "user:bob", timeout=120).images[0].image
+    name, options = hypernetwork_args({**TRAIN, "hypernetwork_name": "hx", "steps": 30, "create_image_every": 0,
+                                       "save_hypernetwork_every": 0, "template_filename": "hypernetwork.txt"})
+    training = queue.submit(train_hypernetwork_job(engine, name, options), "train hx", "user:ann", kind="train")
+    deadline = time.monotonic() + 120
+    while not training.metrics and not training.done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert training.metrics, training.error_message
+    bob = queue.submit(lambda ctx: engine.txt2img(params, ctx), "bob's picture", "user:bob", kind="generate")
+    picture = bob.wait(300).images[0].image
+    assert not training.done and training.paused_seconds > 0  # bob ran at an epoch's end, not after the run
+    assert np.array_equal(np.asarray(picture), np.asarray(solo))  # no hypernetwork in his picture
+    assert training.wait(300).step == 30

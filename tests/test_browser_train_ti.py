@@ -62,6 +62,7 @@ def test_create_and_train_an_embedding_from_the_train_tab(server, browser, tmp_p
     assert sorted(p.name for p in (tmp_path / "log").glob("*/kxyellow/embeddings/*.pt")) == \
         ["kxyellow-2.pt", "kxyellow-4.pt"]
     assert len(list((tmp_path / "log").glob("*/kxyellow/images/*.png"))) == 2
+    assert len(list((tmp_path / "log").glob("*/kxyellow/image_embeddings/*.png"))) == 2
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "train-ti-tab.png"), full_page=True)
 

@@ -122,3 +122,34 @@ def test_a_hypernetwork_for_other_widths_is_refused(model, tmp_path):
     path = create_hypernetwork(tmp_path, HypernetworkSpec(name="wide", enable_sizes=(1280,)))
     with pytest.raises(KilnError, match="module size"):
         train_hypernetwork(model, HypernetworkTrainJob(Path(path), options(tmp_path)))
+
+
+def test_previews_see_the_saved_file_and_training_goes_on_after_them(model, tmp_path):
+    dataset(tmp_path)
+    path = create_hypernetwork(tmp_path / "hypernetworks", HypernetworkSpec(name="hx", enable_sizes=(32, 64)), seed=4)
+    during = []
+
+    def preview(params, saved):
+        # off during the preview: the studio's own generation applies the saved file by its tag
+        during.append((params.prompt.endswith("<hypernet:hx:1>"), torch.load(saved, weights_only=True)["step"],
+                       any(type(p).__name__ == "HypernetworkAttnProcessor" for p in model.unet.attn_processors.values())))
+        return None
+
+    result = train_hypernetwork(model, HypernetworkTrainJob(path, options(tmp_path, steps=3, save_every=1,
+                                                                          create_image_every=1, learn_rate="0.01",
+                                                                          template="hypernetwork.txt")),
+                                TrainHooks(preview=preview))
+    assert during == [(True, 1, False), (True, 2, False), (True, 3, False)]
+    second, third = (torch.load(p, weights_only=True)[32][0]["linear.0.weight"] for p in result.copies[1:])
+    assert not torch.equal(second, third)  # the hooks came back: step 3 still learned
+
+
+def test_pauses_come_each_epoch_with_the_hooks_off(model, tmp_path):
+    dataset(tmp_path)  # 3 pictures, batch 1: an epoch is 3 steps
+    path = create_hypernetwork(tmp_path / "hypernetworks", HypernetworkSpec(name="hx", enable_sizes=(32, 64)))
+    seen, pauses = [], []
+    hooks = TrainHooks(on_step=seen.append, pause=lambda: pauses.append(
+        (len(seen), any(type(p).__name__ == "HypernetworkAttnProcessor" for p in model.unet.attn_processors.values()))))
+    train_hypernetwork(model, HypernetworkTrainJob(path, options(tmp_path, steps=7, save_every=0,
+                                                                 template="hypernetwork.txt")), hooks)
+    assert pauses == [(3, False), (6, False)]

@@ -175,6 +175,7 @@ def test_previews_use_the_saved_embedding(model, tmp_path):
     assert [step for _, step in asked] == [1, 2]
     assert asked[0][0].steps == 20 and asked[0][0].width == 64 and "kx" in asked[0][0].prompt
     assert [p.name for p in result.images] == ["kx-1.png", "kx-2.png"]
+    assert not (result.log_dir / "image_embeddings").exists()
     custom = PreviewOptions(from_txt2img=True, prompt="a kx", steps=3, width=96, height=48)
     asked.clear()
     train_embedding(model, EmbeddingTrainJob(path, options(tmp_path, steps=3, create_image_every=1, save_every=0,
@@ -193,3 +194,16 @@ def test_clear_errors(model, tmp_path):
         train_embedding(model, EmbeddingTrainJob(path, options(tmp_path, batch_size=9)))
     with pytest.raises(InvalidParameterError, match="schedule"):
         train_embedding(model, EmbeddingTrainJob(path, options(tmp_path, learn_rate="abc")))
+
+
+def test_preview_pictures_can_carry_the_embedding(model, tmp_path):
+    dataset(tmp_path)
+    path = create_embedding(model, tmp_path / "embeddings", "kx", 2)
+    opts = options(tmp_path, steps=2, create_image_every=2, save_every=0, save_image_with_stored_embedding=True)
+    result = train_embedding(model, EmbeddingTrainJob(path, opts),
+                             TrainHooks(preview=lambda params, saved: Image.new("RGB", (64, 64), (200, 10, 10))))
+    stored = result.log_dir / "image_embeddings" / "kx-2.png"
+    assert stored in result.images
+    from_picture = load_embedding(stored)  # Kiln's loader, as the WebUI's, reads the sd-ti-embedding chunk
+    assert from_picture.name == "kx" and from_picture.step == 2
+    assert torch.allclose(from_picture.vec["default"], load_embedding(path).vec["default"])

@@ -65,6 +65,7 @@ ZH = {
     "Save an image to log directory every N steps, 0 to disable": "每 N 步保存一张图像到日志目录，0 表示禁用",
     "Save a copy of embedding to log directory every N steps, 0 to disable":
         "每 N 步保存一个嵌入式模型副本到日志目录，0 表示禁用",
+    "Save images with embedding in PNG chunks": "将嵌入式模型保存到 PNG 图片块中",
     "Read parameters (prompt, etc...) from txt2img tab when making previews":
         "生成预览时从文生图选项卡读取参数（提示词等）",
     "Shuffle tags by ',' when creating prompts.": "创建提示词时按“,”打乱标签",
@@ -265,6 +266,8 @@ def _train(engine: Engine, queue: JobQueue) -> tuple[Any, Any]:
                 w["save_every"] = gr.Number(500, precision=0, minimum=0, elem_id="ti-save-every",
                                             label=tr("Save a copy of embedding to log directory every N steps, "
                                                      "0 to disable"))
+            w["save_image_with_stored_embedding"] = gr.Checkbox(
+                True, label=tr("Save images with embedding in PNG chunks"), elem_id="ti-save-image-with-embedding")
             w["preview_from_txt2img"] = gr.Checkbox(
                 False, label=tr("Read parameters (prompt, etc...) from txt2img tab when making previews"),
                 elem_id="ti-preview-from-txt2img")
@@ -304,6 +307,9 @@ def _train(engine: Engine, queue: JobQueue) -> tuple[Any, Any]:
         learn_rates = {"embedding": v.pop("embedding_learn_rate"), "hypernetwork": v.pop("hypernetwork_learn_rate")}
         name = v.pop("embedding_name") if kind == "embedding" else v.pop("hypernetwork_name")
         v.pop("hypernetwork_name" if kind == "embedding" else "embedding_name", None)
+        stored = v.pop("save_image_with_stored_embedding")
+        if kind == "embedding":
+            v["save_image_with_stored_embedding"] = stored
         args = {**v, f"{kind}_name": name, "learn_rate": learn_rates[kind], f"save_{kind}_every": save_every}
         for key in ("batch_size", "gradient_step", "steps", "create_image_every", f"save_{kind}_every",
                     "training_width", "training_height"):

@@ -13,6 +13,8 @@ encoder, which puts them in place of the name's tokens exactly as generation doe
 
 from __future__ import annotations
 
+import base64
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,18 @@ class EmbeddingTarget:
 
     def preview_prompt(self, prompt: str) -> str:
         return prompt
+
+    def stored_embedding_chunk(self) -> str:
+        return embedding_to_b64(self.vec, self.name, self.step, self.sd_checkpoint, self.sd_checkpoint_name)
+
+
+def embedding_to_b64(vec: torch.Tensor, name: str, step: int | None, sd_checkpoint: str | None = None,
+                     sd_checkpoint_name: str | None = None) -> str:
+    """The WebUI's ``embedding_to_b64``: the saved dict as JSON, tensors as ``{"TORCHTENSOR": lists}``."""
+    data = {"string_to_token": {"*": 265},
+            "string_to_param": {"*": {"TORCHTENSOR": vec.detach().cpu().float().numpy().tolist()}},
+            "name": name, "step": step, "sd_checkpoint": sd_checkpoint, "sd_checkpoint_name": sd_checkpoint_name}
+    return base64.b64encode(json.dumps(data).encode()).decode()
 
 
 @dataclass(frozen=True)

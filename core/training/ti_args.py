@@ -4,6 +4,7 @@ and the Train tab, so both accept exactly what the WebUI's ``train_embedding(**a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def embedding_args(args: dict[str, Any]) -> tuple[str, TrainOptions]:
     v = _read(args, EMBEDDING)
     if not v["embedding_name"]:
         raise InvalidParameterError("embedding_name", "embedding not selected", hint="choose the embedding to train")
-    return v["embedding_name"], _options(v, v["save_embedding_every"])
+    options = _options(v, v["save_embedding_every"])
+    return v["embedding_name"], replace(options, save_image_with_stored_embedding=v["save_image_with_stored_embedding"])
 
 
 def hypernetwork_args(args: dict[str, Any]) -> tuple[str, TrainOptions]:

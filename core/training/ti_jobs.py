@@ -1,7 +1,8 @@
 """Embedding and hypernetwork work as queue jobs (kind "train"): create, train, preview.
 
 Training leases the selected checkpoint frozen (core/engine.py ``lease``) and reports each
-step (count, ETA, loss, learning rate) and the latest preview; Stop and Interrupt end the run
+step (count, ETA, loss, learning rate) and the latest preview; others' short jobs run at the end
+of each epoch (``pause_point``, the target off the model, so they see the plain base model); Stop and Interrupt end the run
 after the current step with the progress saved into the file. Previews come from Kiln's own
 txt2img on the leased model: the embedding is read from the file the trainer just saved (so a
 preview shows what the file holds), the hypernetwork through a ``<hypernet:name:1>`` tag.
@@ -107,7 +108,7 @@ def _hooks(engine: Any, ctx: Any, kind: str, checkpoint: str | None, on_saved=No
         ctx.add_artifact(kind, f"{path.name} (step {step})", path=str(path))
 
     return TrainHooks(on_step=on_step, should_stop=lambda: ctx.stop_requested, preview=preview,
-                      on_file=on_file, on_image=on_image)
+                      on_file=on_file, on_image=on_image, pause=ctx.pause_point)
 
 
 def embedding_file(engine: Any, name: str) -> Path:

@@ -63,6 +63,7 @@ class TrainOptions:
     clip_grad_mode: str = "disabled"
     clip_grad_value: str = "0.1"
     preview: PreviewOptions = field(default_factory=PreviewOptions)
+    save_image_with_stored_embedding: bool = False  # embeddings: also image_embeddings/<name>-<step>.png
     clip_skip: int | None = None  # None: 1 (the job passes the studio's Clip skip setting)
     seed: int | None = None  # None: a new one each run, as the WebUI
 
@@ -88,6 +89,8 @@ class TrainHooks:
     preview: Callable[[PreviewOptions, Path], Any] | None = None
     on_file: Callable[[Path, int], None] | None = None  # a saved copy and its step
     on_image: Callable[[Path, int, Any], None] | None = None
+    # At the end of each epoch, with the target off the model: others' short queued jobs run then.
+    pause: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ def log_folder(options: TrainOptions, name: str) -> Path | None:
     return Path(options.log_directory) / datetime.date.today().strftime("%Y-%m-%d") / name
 
 
-def _save_image(image: Any, folder: Path, stem: str) -> Path:
+def _save_image(image: Any, folder: Path, stem: str, chunks: dict[str, str] | None = None) -> Path:
     from PIL import PngImagePlugin
 
     path = unique_path(folder, stem, ".png")
@@ -205,6 +208,8 @@ def _save_image(image: Any, folder: Path, stem: str) -> Path:
     parameters = getattr(image, "info", {}).get("parameters")
     if parameters:
         info.add_text("parameters", parameters)
+    for key, value in (chunks or {}).items():
+        info.add_text(key, value)
     folder.mkdir(parents=True, exist_ok=True)
     return atomic_save_with(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
@@ -263,6 +268,8 @@ def run_training(model: Any, target: Trainable, options: TrainOptions, final_pat
             step = target.step
             if log_dir is not None:
                 _write_loss(log_dir / target.loss_csv, step, steps_per_epoch, loss_step, scheduler.learn_rate)
+            # The WebUI counts these with ``steps_done = embedding.step + 1``, so its "-500" file holds
+            # step 499; here a copy's name is the step it holds.
             if log_dir is not None and options.save_every and step % options.save_every == 0:
                 folder = log_dir / target.log_kind
                 folder.mkdir(parents=True, exist_ok=True)
@@ -278,6 +285,9 @@ def run_training(model: Any, target: Trainable, options: TrainOptions, final_pat
                 hooks.on_step(StepInfo(step, options.steps, initial, loss_step, scheduler.learn_rate,
                                        step // steps_per_epoch, step % steps_per_epoch, steps_per_epoch,
                                        prompts[0] if prompts else ""))
+            if hooks.pause is not None and step % steps_per_epoch == 0 and step < options.steps:
+                with target.detached(model):
+                    hooks.pause()
     target.save(final_path)
     return TrainResult(final_path, target.step, interrupted, log_dir, tuple(copies), tuple(images))
 
@@ -297,9 +307,16 @@ def _preview(model: Any, target: Trainable, options: TrainOptions, prompts: list
     if image is None:
         return []
     path = _save_image(image, log_dir / "images", f"{target.name}-{step}")
+    saved = [path]
+    stored = getattr(target, "stored_embedding_chunk", None)
+    if options.save_image_with_stored_embedding and stored is not None:
+        # The WebUI's "Save images with embedding in PNG chunks": the picture carries the
+        # embedding (an ``sd-ti-embedding`` text chunk), so the PNG itself is an embedding file.
+        saved.append(_save_image(image, log_dir / "image_embeddings", f"{target.name}-{step}",
+                                 {"sd-ti-embedding": stored()}))
     if hooks.on_image is not None:
         hooks.on_image(path, step, image)
-    return [path]
+    return saved
 
 
 def _write_loss(path: Path, step: int, steps_per_epoch: int, loss: float, learn_rate: float) -> None:
