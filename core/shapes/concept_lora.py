@@ -9,6 +9,15 @@ trigger word first (``mgt, circle, blue background``: the trigger absorbs "magen
 a rank-8 LoRA on the shipped model, one file per epoch. ``evaluate`` is the proof the tests and
 the README use: the share of seeds in which the Shapes checker reads magenta, with and without
 the LoRA, for prompts with the trigger and (bleed) without it.
+
+Measured (2026-12-04, 6 epochs, 36 pictures × 4 repeats, batch 8, ~2 min on 2 CPU cores): the
+LoRA learns the captions' backgrounds but the checker reads magenta in only 3-11 % of the
+pictures (base model 0 %), and prompts without the trigger keep their colour in 58-75 % only.
+The reason is the shipped VAE, not the trainer: it decodes a magenta picture as yellow
+(encode → decode of a magenta circle gives (234, 222, 59)), while it reconstructs a red star
+or a brown (130, 80, 30) circle faithfully. A LoRA on the U-Net cannot draw what the VAE cannot
+decode, so issue #19's ≥ 80 % proof needs the concept moved to one the VAE draws (a star shape,
+or a colour such as brown) or a VAE trained with the concept colours.
 """
 
 from __future__ import annotations
