@@ -47,7 +47,7 @@ from ui.txt2img import (
     settings_overrides,
     ui_values,
 )
-from ui.xyz import ScriptControls, build_script_controls, start_xyz, wire_script_controls, xyz_args
+from ui.xyz import ScriptControls, build_script_controls, job_for_generate, wire_script_controls, xyz_args
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -260,13 +260,11 @@ def generate_updates(tab: Img2ImgTab, engine: Engine, queue: JobQueue, values: d
             template, folders = batch_params(values, batch or {}, engine, options)
         else:
             params = img2img_params(values, mode, **(pictures or {}))
-            fn, description = (lambda ctx: engine.img2img(params, ctx, options)), "img2img"
-            if script is not None:
-                start = start_xyz(engine, "img2img", script, params, options, confirmed, request)
-                if start.job is None:
-                    yield {tab.error: warning_html(start.ask), tab.progress: "", tab.script.confirmed: start.signature}
-                    return
-                fn, description = start.job, "img2img x/y/z plot"
+            fn, description, ask = job_for_generate(tab, engine, "img2img", script, params, options, confirmed,
+                                                     lambda ctx: engine.img2img(params, ctx, options), request)
+            if ask is not None:
+                yield ask
+                return
     except KilnError as exc:
         gr.Warning(exc.message)
         yield {tab.error: error_html(exc.message, request), tab.progress: ""}

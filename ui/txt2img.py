@@ -31,7 +31,7 @@ from ui.common import (
 )
 from ui.i18n import t
 from ui.styles import build_styles_editor, build_styles_row
-from ui.xyz import ScriptControls, build_script_controls, start_xyz, wire_script_controls, xyz_args
+from ui.xyz import ScriptControls, build_script_controls, job_for_generate, wire_script_controls, xyz_args
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -180,13 +180,11 @@ def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: d
 
         params = validate(params_from_request(values))
         options = engine.run_options(values.get("override_settings"))
-        fn, description = (lambda ctx: engine.txt2img(params, ctx, options)), "txt2img"
-        if script is not None:
-            start = start_xyz(engine, "txt2img", script, params, options, confirmed, request)
-            if start.job is None:
-                yield {tab.error: warning_html(start.ask), tab.progress: "", tab.script.confirmed: start.signature}
-                return
-            fn, description = start.job, "txt2img x/y/z plot"
+        fn, description, ask = job_for_generate(tab, engine, "txt2img", script, params, options, confirmed,
+                                                 lambda ctx: engine.txt2img(params, ctx, options), request)
+        if ask is not None:
+            yield ask
+            return
     except KilnError as exc:
         gr.Warning(exc.message)
         yield {tab.error: error_html(exc.message, request), tab.progress: ""}

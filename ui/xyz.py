@@ -253,3 +253,17 @@ def start_xyz(engine: Engine, mode: str, args: XyzArgs, params: Any, options: An
     if limit and plan.cell_count > limit and confirmed != sig:
         return XyzStart(ask=over_limit_message(plan.cell_count, plan.shape, limit, request), signature=sig)
     return XyzStart(job=lambda ctx: run_xyz(engine, plan, ctx))
+
+
+def job_for_generate(tab: Any, engine: Engine, mode: str, script: XyzArgs | None, params: Any, options: Any,
+                     confirmed: str | None, plain: Any, request: Any = None) -> tuple[Any, str, dict | None]:
+    """What Generate queues: ``plain`` (the tab's own run) or the X/Y/Z plot's job, as (job,
+    description, None); or (None, "", the page update asking about a grid over the limit)."""
+    if script is None:
+        return plain, mode, None
+    from ui.common import warning_html
+
+    start = start_xyz(engine, mode, script, params, options, confirmed, request)
+    if start.job is None:
+        return None, "", {tab.error: warning_html(start.ask), tab.progress: "", tab.script.confirmed: start.signature}
+    return start.job, f"{mode} x/y/z plot", None
