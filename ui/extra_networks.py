@@ -315,7 +315,7 @@ def build_extra_networks(engine: Engine, prompt_box: gr.Textbox, catalog: Networ
         c["checkpoint_pick"] = gr.Textbox(visible="hidden", elem_id="kiln-en-checkpoint-pick")
 
     with gr.Accordion(tr("LoRA metadata"), open=False, elem_id="kiln-en-metadata") as c["metadata_box"]:
-        c["selected"] = gr.Markdown(f"*{translate('Click a LoRA card to see its training metadata.')}*",
+        c["selected"] = gr.Markdown(tr("Click a LoRA card to see its training metadata."),
                                     elem_id="kiln-en-selected")
         c["selected_name"] = gr.Textbox(visible="hidden", elem_id="kiln-en-selected-name")
         with gr.Tabs():
