@@ -266,21 +266,24 @@ def _cells(request: SheetRequest, files: Sequence[Path], plan: Any, done: dict, 
 
 def shapes_score(prompt: str, image: Image.Image) -> tuple[float | None, str]:
     """How much of what ``prompt`` names (shape colour, shape, background colour, in the world's
-    words) the Shapes checker reads in ``image``: 0..1, or None when the prompt names none."""
+    words, its concept colours such as magenta included) the Shapes checker reads in ``image``:
+    0..1, or None when the prompt names none."""
     from core.shapes.checker import check_image
-    from core.shapes.world import PALETTE, SHAPES
+    from core.shapes.world import ALL_PALETTE, SHAPES
 
     words = re.findall(r"[a-z]+", prompt.lower())
     wanted: dict[str, str] = {}
     for i, word in enumerate(words):
         nxt = words[i + 1] if i + 1 < len(words) else ""
-        if word in PALETTE and nxt == "background":
+        if word in ALL_PALETTE and nxt == "background":
             wanted.setdefault("background", word)
-        elif word in PALETTE:
+        elif word in ALL_PALETTE:
             wanted.setdefault("color", word)
         elif word in SHAPES:
             wanted.setdefault("shape", word)
-    result = check_image(image)
+    # With the concept colours always: a sheet is mostly of a run that taught one, and a magenta
+    # picture must not count as the "red" a prompt without the trigger asked for.
+    result = check_image(image, concepts=True)
     reading = f"{result.color or '?'} {result.shape or 'no shape'} on {result.background}"
     if not wanted:
         return None, reading
