@@ -111,3 +111,23 @@ def test_logging_dir_writes_kohyas_tensorboard_scalars(model, tmp_path):
     tags = events.Tags()["scalars"]
     assert {"loss/current", "loss/average", "lr/textencoder", "lr/unet"} <= set(tags)
     assert [e.step for e in events.Scalars("loss/current")] == [1, 2, 3]
+
+
+def test_an_fp8_base_trains_upcast_and_the_run_says_so(tmp_path):
+    from safetensors.torch import save_file
+
+    from core.training.lora import base_precision_note
+
+    path = write_tiny_checkpoint(tmp_path / "ckpt", "sd1")
+    assert base_precision_note(path) is None
+    with safe_open(path, "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    fp8 = {k: v.to(torch.float8_e4m3fn) if k.startswith("model.diffusion_model.") and v.is_floating_point() else v
+           for k, v in tensors.items()}
+    pruned = tmp_path / "pruned-fp8.safetensors"
+    save_file(fp8, str(pruned), metadata)
+    model = load_checkpoint(pruned)
+    notes = []
+    files = train_lora(_job(tmp_path, None, max_train_steps=1), model, Hooks(on_note=notes.append))
+    assert files and any("F8_E4M3" in n and "pruned-fp8.safetensors" in n for n in notes)

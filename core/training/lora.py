@@ -208,6 +208,32 @@ def learning_rate_names(optimizer: Any) -> list[tuple[str, float]]:
     return [(names.get(g.get("name"), f"group{i}"), g["lr"]) for i, g in enumerate(optimizer.param_groups)]
 
 
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+
+
+def base_precision_note(path: Path | None) -> str | None:
+    """A note when the base file stores its U-Net in fp8 (a pruned inference file): Kiln loads it
+    upcast and trains, but the LoRA then learns against the rounded weights."""
+    if path is None or Path(path).suffix.lower() != ".safetensors":
+        return None
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    dtypes = {v.get("dtype") for k, v in header.items() if k.startswith("model.diffusion_model.") and isinstance(v, dict)}
+    found = sorted(d for d in dtypes if d in FP8_DTYPES)
+    if not found:
+        return None
+    return (f"the base checkpoint {Path(path).name} stores its U-Net in {found[0]} (an fp8 file pruned for "
+            "generation): Kiln trains on it upcast to float32, but the LoRA learns against the rounded weights; "
+            "train on the full fp16 / fp32 checkpoint for a LoRA that fits the real model")
+
+
 def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Path]:
     """Train on the leased ``model`` (frozen, never written); returns the files written."""
     import random as _random
@@ -318,7 +344,8 @@ def train_lora(job: LoraJob, model: Any, hooks: Hooks | None = None) -> list[Pat
         log.close()
         if board is not None:
             board.close()
-    for note in trainer.notes:
+    precision = base_precision_note(getattr(model, "path", None))
+    for note in ([precision] if precision else []) + trainer.notes:
         if hooks.on_note is not None:
             hooks.on_note(note)
     finished = final.global_step >= trainer.total
