@@ -27,7 +27,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
 import random
 import sys
 import time
@@ -42,6 +41,10 @@ from safetensors.torch import load_file, save_file
 from core.errors import KilnError
 from core.fileio import atomic_save_with, atomic_write_text
 from core.shapes import world
+from core.training.ema import Ema
+from core.training.objective import noised, per_sample_mse, prediction_target, truncated_snr_weights
+from core.training.optimizers import build_optimizer
+from core.training.schedulers import warmup_cosine_lr
 
 RECIPE_VERSION = "kiln-shapes-v1.2"
 TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "models" / "clip_tokenizer"
@@ -379,12 +382,7 @@ def tensor_to_images(batch: torch.Tensor) -> list:
     return [Image.fromarray(a) for a in array]
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
-    """Linear warmup, then cosine decay to ``floor``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+lr_at = warmup_cosine_lr  # the VAE stages' schedule, shared with core.training
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -407,7 +405,7 @@ def random_crops(batch: torch.Tensor, size: int, generator: torch.Generator) -> 
 def train_vae(vae, settings: VaeSettings, world_seed: int, progress: Progress,
               jitter: world.Jitter = world.DEFAULT_JITTER) -> None:
     vae.train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = build_optimizer("AdamW", vae.parameters(), settings.learning_rate, {"weight_decay": 0.0})
     generator = torch.Generator().manual_seed(settings.seed)
     total = sum(steps for steps, _, _ in settings.phases)
     pictures = world.iter_world(world_seed + 1, sum(s * b for s, b, _ in settings.phases), "train", jitter)
@@ -450,7 +448,7 @@ def finetune_decoder(vae, settings: DecoderSettings, world_seed: int, progress: 
     pictures; the encoder stays frozen so latents cached before this stage stay valid."""
     vae.eval()
     decoder_params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    optimizer = torch.optim.AdamW(decoder_params, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = build_optimizer("AdamW", decoder_params, settings.learning_rate, {"weight_decay": 0.0})
     weights = border_weights(world.IMAGE_SIZE, settings.border_width, settings.border_weight)
     pictures = world.iter_world(world_seed + 2, settings.steps * settings.batch_size, "train", jitter)
     progress.start("vae-decoder", settings.steps)
@@ -481,26 +479,6 @@ def encode_latents(vae, images: Sequence, batch_size: int = 256) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------- UNet
-
-
-class Ema:
-    """Exponential moving average of weights, with the usual warm-up of the decay so the
-    average is not dominated by the random initialisation."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.steps = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        for key, value in model.state_dict().items():
-            if value.dtype.is_floating_point:
-                self.shadow[key].lerp_(value, 1 - decay)
-            else:
-                self.shadow[key].copy_(value)
 
 
 @dataclass
@@ -546,8 +524,7 @@ def step_weights(alphas_cumprod: torch.Tensor, snr_gamma: float | None) -> torch
     """Per-sample weights of the v-loss (see UnetSettings.snr_gamma)."""
     if snr_gamma is None:
         return torch.ones_like(alphas_cumprod)
-    snr_plus_one = 1.0 / (1.0 - alphas_cumprod).clamp_min(1e-8)
-    return (snr_gamma / snr_plus_one).clamp(max=1.0)
+    return truncated_snr_weights(alphas_cumprod, snr_gamma)
 
 
 def _prune_snapshots(prefix: Path, keep: int, keep_every: int) -> None:
@@ -590,7 +567,7 @@ def train_unet(
     if text_encoder is not None:
         groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad],
                        "scale": settings.text_encoder_lr_scale})
-    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = build_optimizer("AdamW", groups, settings.learning_rate, {"weight_decay": settings.weight_decay})
     generator = torch.Generator().manual_seed(settings.seed)
     ema = Ema(parts, settings.ema_decay)
     total = settings.total_steps
@@ -602,7 +579,7 @@ def train_unet(
         parts.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        ema.shadow, ema.steps = state["ema"], int(state["ema_steps"])
+        ema.load_state_dict({"shadow": state["ema"], "steps": state["ema_steps"]})
         progress.note("resumed", step=start)
     empty_row = data.variant_rows.min().item() - 1 if data.variant_rows is not None else data.contexts.shape[0] - 1
     n = data.latents.shape[0]
@@ -624,10 +601,9 @@ def train_unet(
             rows[partial] = data.variant_rows[rows[partial], pick[partial]]
         noise = torch.randn(x0.shape, generator=generator)
         t = sample_timesteps(batch_size, scheduler.config.num_train_timesteps, settings, generator)
-        a = alphas[t].sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-        noisy = a * x0 + s * noise
-        target = a * noise - s * x0  # v-prediction
+        abar = alphas[t].view(-1, 1, 1, 1)
+        noisy = noised(x0, noise, abar)
+        target = prediction_target(x0, noise, abar, "v_prediction")
         if text_encoder is not None:
             context = text_encoder(input_ids=data.token_ids[rows]).last_hidden_state
         else:
@@ -636,8 +612,7 @@ def train_unet(
         if settings.snr_gamma is None:
             loss = F.mse_loss(prediction, target)
         else:
-            per_sample = (prediction - target).square().mean(dim=(1, 2, 3))
-            loss = (per_sample * step_weights(alphas[t], settings.snr_gamma)).mean()
+            loss = (per_sample_mse(prediction, target) * step_weights(alphas[t], settings.snr_gamma)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)

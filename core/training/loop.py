@@ -32,6 +32,7 @@ from core.fileio import atomic_save_with
 from core.sampling.schedule import NoiseSchedule
 from core.training.data import Item, TrainingData
 from core.training.network import LoRANetwork
+from core.training.objective import min_snr_weights, noised, per_sample_mse, prediction_target
 
 CHUNK = 75  # tokens of one CLIP window without BOS/EOS
 
@@ -323,16 +324,14 @@ class LoraTrainer:
                                                                generator=self.generator).to(self.device, self.dtype)
         timesteps = torch.randint(0, len(self.alphas_cumprod), (latents.shape[0],), generator=self.generator)
         abar = self.alphas_cumprod[timesteps].to(self.device, self.dtype).view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
-        target = abar.sqrt() * noise - (1 - abar).sqrt() * latents if self.prediction == "v_prediction" else noise
+        noisy = noised(latents, noise, abar)
+        target = prediction_target(latents, noise, abar, self.prediction)
         with self._autocast():
             prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context).sample
-        loss = torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = per_sample_mse(prediction, target)
         weights = torch.tensor([options.prior_loss_weight if item.is_reg else 1.0 for item in batch])
         if options.min_snr_gamma:
-            snr = (abar.flatten().float() / (1 - abar.flatten().float()).clamp_min(1e-8)).cpu()
-            snr_weight = torch.minimum(snr, torch.full_like(snr, options.min_snr_gamma))
-            weights = weights * (snr_weight / (snr + 1) if self.prediction == "v_prediction" else snr_weight / snr)
+            weights = weights * min_snr_weights(abar, options.min_snr_gamma, self.prediction).cpu()
         return (loss * weights.to(loss.device)).mean()
 
     def _autocast(self):

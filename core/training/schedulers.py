@@ -9,6 +9,7 @@ like kohya's ``int_or_float``: ``int(lr_warmup_steps * max_train_steps)``.
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -178,3 +179,12 @@ def lr_curve(
         optimizer.step()
         scheduler.step()
     return lrs
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
+    """Linear warmup over ``warmup`` steps (step 0 already at peak/warmup), then a cosine decay to
+    ``floor`` at ``total``: the built-in model's VAE schedule (kohya's cosine decays to 0)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -28,6 +28,7 @@ from core.errors import KilnError
 from core.fileio import atomic_save_with, unique_path
 from core.sampling.schedule import NoiseSchedule
 from core.training.learn_schedule import LearnRateScheduler
+from core.training.objective import noised, prediction_target
 from core.training.ti_data import DataOptions, PersonalizedData
 
 CLIP_GRAD_MODES = ("disabled", "value", "norm")
@@ -178,8 +179,8 @@ def objective(model: Any, target: Trainable, latents: torch.Tensor, prompts: lis
     alphas = schedule.alphas_cumprod.float()
     timesteps = torch.randint(0, len(alphas), (latents.shape[0],), generator=generator)
     abar = alphas[timesteps].to(device, dtype).view(-1, 1, 1, 1)
-    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
-    wanted = abar.sqrt() * noise - (1 - abar).sqrt() * latents if schedule.prediction_type == "v_prediction" else noise
+    noisy = noised(latents, noise, abar)
+    wanted = prediction_target(latents, noise, abar, schedule.prediction_type)
     prediction = model.unet(noisy, timesteps.to(device), encoder_hidden_states=context).sample
     return torch.nn.functional.mse_loss(prediction.float(), wanted.float())
 
