@@ -212,6 +212,7 @@ class TrainingData:
         self.seed = seed
         self.buckets = Buckets(options)
         self._faces: dict[Path, tuple[float, float, float, float] | None] = {}
+        self._random_crops: dict[Path, tuple[int, int]] = {}  # (top, left) of the latest random crop
         self.train = [self._item(c, p) for c in layout.concepts for p in c.images]
         if not self.train:
             raise KilnError("no training pictures", path=layout.train_dir,
@@ -320,6 +321,7 @@ class TrainingData:
             extra_w, extra_h = image.width - bw, image.height - bh
             if self.options.random_crop:
                 left, top = rng.randint(0, extra_w), rng.randint(0, extra_h)
+                self._random_crops[item.path] = (top, left)
             else:
                 left, top = extra_w // 2, extra_h // 2
             image = image.crop((left, top, left + bw, top + bh))
@@ -329,6 +331,15 @@ class TrainingData:
             image = hue_shift(image, rng.uniform(-COLOR_AUG_HUE, COLOR_AUG_HUE))
         array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         return array / 127.5 - 1.0
+
+    def crop_top_left(self, item: Item) -> tuple[int, int]:
+        """Where the bucket crop of ``item`` starts in the resized picture, (top, left): SDXL's crop
+        conditioning. The centre crop's, or the last random crop drawn; a face crop counts as (0, 0)."""
+        if self.options.face_crop_aug_range:
+            return (0, 0)
+        if self.options.random_crop and item.path in self._random_crops:
+            return self._random_crops[item.path]
+        return ((item.resized[1] - item.bucket[1]) // 2, (item.resized[0] - item.bucket[0]) // 2)
 
     def face(self, item: Item, image: Image.Image) -> tuple[float, float, float, float] | None:
         """The face of a picture as (centre x, centre y, width, height): from the file name as

@@ -141,6 +141,31 @@ def encode_captions(text_encoder, tokenizer, captions: list[str], options: LoopO
     return hidden.reshape(batch, windows * length, hidden.shape[-1])
 
 
+def encode_captions_sdxl(text_encoders: list, tokenizers: list, captions: list[str],
+                         options: LoopOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL as kohya's sdxl_train_network: each encoder's penultimate hidden states (no final layer
+    norm; ``clip_skip`` does not apply, kohya warns the same), concatenated to (batch, 77 × windows,
+    768 + 1280), and the second encoder's projected pooled output of the first window."""
+    hidden, pooled = [], None
+    for index, (encoder, tokenizer) in enumerate(zip(text_encoders, tokenizers)):
+        ids = torch.stack([input_ids(tokenizer, c, options.max_token_length) for c in captions])
+        batch, windows, length = ids.shape
+        out = encoder(ids.reshape(batch * windows, length).to(encoder.device), output_hidden_states=True)
+        states = out.hidden_states[-2]
+        hidden.append(states.reshape(batch, windows * length, states.shape[-1]))
+        if index == 1:
+            pooled = out.text_embeds.reshape(batch, windows, -1)[:, 0]
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def sdxl_size_conditioning(items: list[Item], crops: list[tuple[int, int]]) -> torch.Tensor:
+    """(batch, 6) ``time_ids``: original (h, w), crop top-left (top, left), target (h, w) — the
+    picture's own size, where its bucket crop starts, the bucket (kohya's get_size_embeddings)."""
+    rows = [[item.size[1], item.size[0], top, left, item.bucket[1], item.bucket[0]]
+            for item, (top, left) in zip(items, crops)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, rng: random.Random,
                   generator: torch.Generator) -> torch.Tensor:
     """kohya's multires ("pyramid") noise: coarser noise upsampled and added with ``discount**i``,
@@ -175,15 +200,16 @@ def _allow_fp16_gradients(scaler: torch.amp.GradScaler) -> None:
 def model_switches(model: Any, options: LoopOptions, notes: list[str], *, trains_te: bool) -> Iterator[None]:
     """gradient_checkpointing and xformers on the leased base model for one run, undone after it
     (the shared model must come back as it was lent)."""
-    unet, text_encoder = model.unet, model.text_encoders[0]
+    unet = model.unet
     changed: list[Callable[[], None]] = []
     try:
         if options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             changed.append(unet.disable_gradient_checkpointing)
-            if trains_te and hasattr(text_encoder, "gradient_checkpointing_enable"):
-                text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                changed.append(text_encoder.gradient_checkpointing_disable)
+            for text_encoder in model.text_encoders if trains_te else []:
+                if hasattr(text_encoder, "gradient_checkpointing_enable"):
+                    text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    changed.append(text_encoder.gradient_checkpointing_disable)
         if options.xformers:
             reason = _xformers_unavailable(unet)
             if reason is None:
@@ -223,6 +249,15 @@ class LoraTrainer:
                                                   prediction_type=spec.prediction_type)
         self.alphas_cumprod = self.schedule.alphas_cumprod.float()
         self.prediction = spec.prediction_type
+        self.sdxl = spec.family == "sdxl"
+        if spec.family not in ("sd1", "sd2", "sdxl"):
+            raise KilnError(f"LoRA training supports SD1, SD2 and SDXL base models, not {spec.family}",
+                            hint="select an SD1.x, SD2.x or SDXL base checkpoint")
+        if self.sdxl and options.clip_skip > 1:
+            self.notes_at_start = ["clip_skip: SDXL trains on the penultimate layer of both text encoders, as "
+                                   f"kohya's sdxl_train_network; clip_skip {options.clip_skip} was not used"]
+        else:
+            self.notes_at_start = []
         self.steps_per_epoch, self.total = total_steps(data, options)
         self.state = TrainState(torch_rng=None, python_rng=None)
         self.generator = torch.Generator().manual_seed(options.seed)
@@ -239,7 +274,7 @@ class LoraTrainer:
             network.to(self.autocast_dtype)
             if options.mixed_precision == "fp16":
                 _allow_fp16_gradients(self.scaler)
-        self.notes: list[str] = []  # what the run did differently from what was asked, and why
+        self.notes: list[str] = list(self.notes_at_start)  # what the run did differently from what was asked, and why
         # The optimizer holds the network's parameters as they are now (full_fp16/bf16: cast).
         self.optimizer = make_optimizer(network.param_groups(*learning_rates))
         self.scheduler = make_scheduler(self.optimizer, self.total)
@@ -311,10 +346,17 @@ class LoraTrainer:
         flips = [options.flip_aug and self.rng.random() < 0.5 for _ in batch]
         latents = torch.stack([self.latents(item, flip) for item, flip in zip(batch, flips)])
         captions = [process_caption(item.caption, self.data.options.captions, self.rng, epoch) for item in batch]
-        text_encoder = self.model.text_encoders[0]
         trains_te = any(te for _, _, te in self.network.targets)
+        added = None
         with torch.set_grad_enabled(trains_te), self._autocast():
-            context = encode_captions(text_encoder, self.model.tokenizers[0], captions, options).to(self.dtype)
+            if self.sdxl:
+                context, pooled = encode_captions_sdxl(self.model.text_encoders, self.model.tokenizers, captions,
+                                                       options)
+                time_ids = sdxl_size_conditioning(batch, [self.data.crop_top_left(item) for item in batch])
+                added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.to(self.device, self.dtype)}
+            else:
+                context = encode_captions(self.model.text_encoders[0], self.model.tokenizers[0], captions, options)
+            context = context.to(self.dtype)
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device, self.dtype)
         if options.multires_noise_iterations:
             noise = pyramid_noise(noise, options.multires_noise_iterations, options.multires_noise_discount,
@@ -327,7 +369,8 @@ class LoraTrainer:
         noisy = noised(latents, noise, abar)
         target = prediction_target(latents, noise, abar, self.prediction)
         with self._autocast():
-            prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context).sample
+            prediction = self.model.unet(noisy, timesteps.to(self.device), encoder_hidden_states=context,
+                                         added_cond_kwargs=added).sample
         loss = per_sample_mse(prediction, target)
         weights = torch.tensor([options.prior_loss_weight if item.is_reg else 1.0 for item in batch])
         if options.min_snr_gamma:
