@@ -63,6 +63,7 @@ class Flags:
     embeddings_dir: Path | None = None
     hypernetwork_dir: Path | None = None
     esrgan_models_path: Path | None = None
+    styles_file: list[str] = field(default_factory=list)  # --styles-file, each a path or a glob
     ckpt: str | None = None
     xformers: bool = False
     opt_sdp_attention: bool = False
@@ -317,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="hypernetworks folder (default: DATA_DIR/models/hypernetworks)")
     folders.add_argument("--esrgan-models-path", type=Path, default=None, metavar="DIR",
                          help="ESRGAN upscaler models folder (default: DATA_DIR/models/ESRGAN)")
+    folders.add_argument("--styles-file", action="append", default=None, metavar="FILE",
+                         help="prompt styles file (the WebUI's styles.csv); give it again for more files, "
+                         "or a glob such as 'styles/*.csv'; new styles go to the first "
+                         "(default: DATA_DIR/styles.csv)")
     folders.add_argument("--ckpt", default=None, metavar="PATH_OR_NAME",
                          help="checkpoint to load at start: a file path (added to the list) or a name "
                          "in the checkpoints folder")
@@ -422,6 +427,7 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
         embeddings_dir=ns.embeddings_dir,
         hypernetwork_dir=ns.hypernetwork_dir,
         esrgan_models_path=ns.esrgan_models_path,
+        styles_file=list(ns.styles_file or []),
         ckpt=ns.ckpt,
         xformers=ns.xformers,
         opt_sdp_attention=ns.opt_sdp_attention,

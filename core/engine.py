@@ -74,7 +74,7 @@ class Engine:
         self.registry.refresh()
         from core.styles import StyleDatabase, styles_path
 
-        self.styles = StyleDatabase(styles_path(self.paths.data_dir))  # the WebUI's styles.csv
+        self.styles = StyleDatabase(self.paths.styles_files or styles_path(self.paths.data_dir))
         self._lock = threading.RLock()  # the shared choice and error table
         devices = settings.worker_devices() if devices is None else devices
         self.slots = [DeviceModels(i, device_id) for i, device_id in enumerate(devices or [None])]

@@ -27,6 +27,7 @@ OUTPUTS_SUBDIR = Path("outputs")
 EXTENSIONS_SUBDIR = Path("extensions")
 CONFIG_NAME = "config.json"
 CACHE_NAME = "cache.json"
+STYLES_NAME = "styles.csv"  # the WebUI's default styles file, in the data folder
 
 
 def _absolute(path: Path) -> Path:
@@ -53,6 +54,8 @@ class KilnPaths:
     # The Shapes model ships in the repository's own checkpoints folder; the registry lists it
     # even when --data-dir / --ckpt-dir point somewhere else.
     builtin_checkpoint_dir: Path
+    # The prompt styles files (--styles-file, each a path or a glob); default DATA_DIR/styles.csv.
+    styles_files: tuple[Path, ...] = ()
 
     @classmethod
     def from_flags(cls, flags: Flags, repo_root: Path) -> KilnPaths:
@@ -78,6 +81,7 @@ class KilnPaths:
             cache_path=data / CACHE_NAME,
             extensions_dir=data / EXTENSIONS_SUBDIR,
             builtin_checkpoint_dir=repo_root / CHECKPOINT_SUBDIR,
+            styles_files=tuple(_absolute(Path(f)) for f in flags.styles_file) or (data / STYLES_NAME,),
         )
 
     def folders(self) -> list[Path]:

@@ -5,18 +5,26 @@ The file is the WebUI's: UTF-8 (with or without BOM) CSV, columns ``name,prompt,
 style's text holding ``{prompt}`` has the prompt put in its place; any other text is appended
 after ``", "``. A WebUI ``styles.csv`` dropped into the data folder works as it is, and Kiln's
 saves keep its dividers and row order, after copying the previous file to ``styles.csv.bak``.
+
+Several files (the WebUI's ``--styles-file``, given more than once, each a path or a glob such as
+``styles/*.csv``) merge into one list, in the order given: a later file's style of an earlier name
+wins but keeps the earlier place, as in the WebUI. Each style remembers its file; saving a style
+rewrites only that file (new styles go to the first file), so editing one style never rewrites,
+or loses rows of, the others. (The WebUI rewrites every file from its merged list, which drops a
+style shadowed by a later file of the same name.)
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,9 @@ class PromptStyle:
     name: str
     prompt: str = ""
     negative_prompt: str = ""
+    # The styles file the style was read from (None: not saved yet). Not part of equality: two
+    # styles of the same texts are the same style wherever they are kept.
+    path: Path | None = field(default=None, compare=False)
 
 
 def merge_prompts(style_prompt: str, prompt: str) -> str:
@@ -89,62 +100,93 @@ def _is_divider(name: str) -> bool:
     return name.startswith("#")
 
 
-class StyleDatabase:
-    """The styles of one ``styles.csv``. Reread when the file changes on disk (a hand edit or the
-    WebUI sharing the folder), so every job applies the styles the file holds when it starts."""
+def _is_pattern(path: str) -> bool:
+    return any(c in Path(path).name for c in "*?[")
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+
+class StyleDatabase:
+    """The styles of one or more ``styles.csv`` files. Reread when a file changes on disk (a hand
+    edit or the WebUI sharing the folder), or a glob matches a new file, so every job applies the
+    styles the files hold when it starts."""
+
+    def __init__(self, paths: str | Path | Sequence[str | Path]):
+        given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not given:
+            raise ValueError("StyleDatabase needs at least one styles file")
+        self.patterns: list[str] = [str(p) for p in given]
+        first = self.patterns[0]
+        if _is_pattern(first):
+            # The WebUI's rule: a wildcard first path saves new styles to its first match, else to
+            # styles.csv in its folder.
+            matches = sorted(glob.glob(first))
+            self.path = Path(matches[0]) if matches else Path(first).parent / STYLES_FILE
+        else:
+            self.path = Path(first)  # the default file: new styles are saved here
         self._lock = threading.RLock()
-        self._rows: list[PromptStyle] = []  # styles and dividers, in file order
-        self._stamp: tuple[int, int] | None = None
+        self._files: dict[Path, list[PromptStyle]] = {}  # file → its styles and dividers, in file order
+        self._stamp: tuple[Any, ...] | None = None
 
     # -- reading ---------------------------------------------------------------------------
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def files(self) -> list[Path]:
+        """The styles files, in the order given (globs expanded, sorted); the default file first
+        when a wildcard chose it. Files that do not exist yet are listed too (they read as empty)."""
+        found: list[Path] = [self.path] if _is_pattern(self.patterns[0]) else []
+        for pattern in self.patterns:
+            found += [Path(p) for p in sorted(glob.glob(pattern))] if _is_pattern(pattern) else [Path(pattern)]
+        return list(dict.fromkeys(found))
+
+    @staticmethod
+    def _file_stamp(path: Path) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(path)
         except FileNotFoundError:
             return None
         return st.st_mtime_ns, st.st_size
 
-    def _fresh(self) -> list[PromptStyle]:
+    def _fresh(self) -> dict[Path, list[PromptStyle]]:
         with self._lock:
-            stamp = self._file_stamp()
+            files = self.files()
+            stamp = tuple((f, self._file_stamp(f)) for f in files)
             if stamp != self._stamp:
-                self._rows = [] if stamp is None else self._read()
+                self._files = {f: ([] if st is None else self._read(f)) for f, st in stamp}
                 self._stamp = stamp
-            return self._rows
+            return self._files
 
-    def _read(self) -> list[PromptStyle]:
+    @staticmethod
+    def _read(path: Path) -> list[PromptStyle]:
         try:
-            text = self.path.read_text(encoding="utf-8-sig")
+            text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise KilnError(f"cannot read the prompt styles ({exc})", path=self.path,
+            raise KilnError(f"cannot read the prompt styles ({exc})", path=path,
                             hint="save it as UTF-8 CSV with the columns name,prompt,negative_prompt") from None
         reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
         header = reader.fieldnames or []
         if text.strip() and ("name" not in header or not ({"prompt", "text"} & set(header))):
             raise KilnError(f"no name/prompt columns in the first line (found {', '.join(header) or 'nothing'})",
-                            path=self.path, hint="the first line must be name,prompt,negative_prompt")
+                            path=path, hint="the first line must be name,prompt,negative_prompt")
         rows: list[PromptStyle] = []
         for row in reader:
             name = row.get("name") or ""
             if not name:
                 continue
             prompt = row.get("prompt") if "prompt" in row else row.get("text")
-            rows.append(PromptStyle(name, prompt or "", row.get("negative_prompt") or ""))
+            rows.append(PromptStyle(name, prompt or "", row.get("negative_prompt") or "", path))
         return rows
 
     def reload(self) -> None:
-        """Read the file again now (the Styles dropdown's refresh button)."""
+        """Read the files again now (the Styles dropdown's refresh button)."""
         with self._lock:
             self._stamp = None
             self._fresh()
 
     @property
     def styles(self) -> dict[str, PromptStyle]:
-        """Name → style, in file order, dividers left out (a later row of the same name wins, as in the WebUI)."""
-        return {s.name: s for s in self._fresh() if not _is_divider(s.name)}
+        """Name → style, in file order, dividers left out (a later row of the same name wins, in
+        the place of the first, as in the WebUI)."""
+        merged: dict[str, PromptStyle] = {}
+        for rows in self._fresh().values():
+            merged.update((s.name, s) for s in rows if not _is_divider(s.name))
+        return merged
 
     def names(self) -> list[str]:
         return list(self.styles)
@@ -159,7 +201,8 @@ class StyleDatabase:
         known = self.styles
         for name in names:
             if not isinstance(name, str) or name not in known:
-                hint = (f"the styles are {', '.join(known)}" if known else f"{self.path} has no styles") + \
+                where = ", ".join(map(str, self.files()))
+                hint = (f"the styles are {', '.join(known)}" if known else f"{where} has no styles") + \
                        " (GET /sdapi/v1/prompt-styles)"
                 raise InvalidParameterError(field, f"no prompt style named {name!r}", hint=hint)
         return list(names)
@@ -192,41 +235,49 @@ class StyleDatabase:
 
     # -- saving ----------------------------------------------------------------------------
     def save_style(self, style: PromptStyle) -> Path:
-        """Add the style, or replace the one of that name in its place; write the file."""
+        """Replace the style of that name in its own file and place, or add it to the default
+        file; write that file only. Returns the file written."""
         name = style.name.strip()
         if not name:
             raise InvalidParameterError("name", "a style needs a name")
         if _is_divider(name):
             raise InvalidParameterError("name", f"{name!r}: names starting with # are dividers in styles.csv")
-        style = replace(style, name=name)
         with self._lock:
-            rows = list(self._fresh())
+            current = self.styles.get(name)
+            target = current.path if current is not None and current.path is not None else self.path
+            style = replace(style, name=name, path=target)
+            rows = list(self._fresh().get(target, []))
             at = next((i for i, s in enumerate(rows) if s.name == name), None)
             if at is None:
                 rows.append(style)
             else:
                 rows[at] = style
-            return self._write(rows)
+            return self._write(target, rows)
 
     def delete_style(self, name: str) -> Path:
+        """Remove the style the list shows under ``name`` from its file (a same-name style of an
+        earlier file, which it shadowed, shows again). Returns the file written."""
         with self._lock:
-            rows = list(self._fresh())
-            if not any(s.name == name for s in rows):
+            current = self.styles.get(name)
+            if current is None or current.path is None:
                 raise InvalidParameterError("name", f"no prompt style named {name!r}")
-            return self._write([s for s in rows if s.name != name])
+            rows = self._fresh()[current.path]
+            return self._write(current.path, [s for s in rows if s.name != name])
 
-    def _write(self, rows: list[PromptStyle]) -> Path:
-        """The WebUI's layout (BOM, header, CRLF as csv writes it); the old file kept as styles.csv.bak;
-        the new one replaces it atomically."""
+    def _write(self, path: Path, rows: list[PromptStyle]) -> Path:
+        """The WebUI's layout (BOM, header, CRLF as csv writes it); the old file kept as
+        <name>.bak; the new one replaces it atomically."""
         buffer = io.StringIO(newline="")
         writer = csv.writer(buffer)
         writer.writerow(CSV_FIELDS)
         for s in rows:
             writer.writerow((s.name, s.prompt, s.negative_prompt))
-        if self.path.exists():
-            shutil.copy2(self.path, self.path.with_name(self.path.name + ".bak"))
-        written = atomic_write_bytes(self.path, buffer.getvalue().encode("utf-8-sig"))
-        self._rows, self._stamp = rows, self._file_stamp()
+        if path.exists():
+            shutil.copy2(path, path.with_name(path.name + ".bak"))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        written = atomic_write_bytes(path, buffer.getvalue().encode("utf-8-sig"))
+        self._stamp = None  # reread on next use: the stamp of every file is taken together
         return written
 
     def as_api(self) -> list[dict[str, Any]]:
@@ -275,4 +326,5 @@ def extract_pasted_styles(parsed: dict[str, Any], db: StyleDatabase | None, mode
 
 
 def styles_path(data_dir: str | Path) -> Path:
+    """The WebUI's default styles file: styles.csv in the data folder."""
     return Path(data_dir) / STYLES_FILE

@@ -114,7 +114,6 @@ WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
     "--localizations-dir": WebUIFlag("Kiln ships its own translations; ignored", "DIR"),
     "--ui-config-file": WebUIFlag("Kiln does not read ui-config.json (its page has its own defaults); ignored",
                                   "FILE"),
-    "--styles-file": WebUIFlag("Kiln reads styles.csv in the data folder only; ignored", "FILE"),
     # Code execution the WebUI can switch on: Kiln has no such feature, so there is nothing to switch.
     "--allow-code": WebUIFlag("Kiln has no 'Custom code' script and never runs code sent from the page; ignored"),
     "--enable-insecure-extension-access": WebUIFlag(

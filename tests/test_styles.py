@@ -148,6 +148,78 @@ def test_a_hand_edit_is_seen_without_a_restart(db, tmp_path):
     assert db.names() == ["Only"]
 
 
+# --- several files (--styles-file given more than once, or a glob) -------------------------------
+def _csv(path, rows: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("name,prompt,negative_prompt\n" + rows, encoding="utf-8")
+
+
+def test_several_files_merge_later_wins_in_the_earlier_place(tmp_path):
+    _csv(tmp_path / "a.csv", "Shared,from a,\nOnly A,a,\n")
+    _csv(tmp_path / "more" / "b.csv", "Only B,b,\nShared,from b,neg b\n")
+    db = StyleDatabase([tmp_path / "a.csv", str(tmp_path / "more" / "*.csv")])
+    assert db.names() == ["Shared", "Only A", "Only B"]
+    shared = db.get("Shared")
+    assert (shared.prompt, shared.negative_prompt, shared.path) == ("from b", "neg b", tmp_path / "more" / "b.csv")
+    assert db.get("Only A").path == tmp_path / "a.csv"
+
+
+def test_saving_writes_only_the_styles_own_file_and_new_ones_to_the_first(tmp_path):
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    _csv(a, "Shared,from a,\nOnly A,a,\n")
+    _csv(b, "Only B,b,\nShared,from b,\n")
+    b_before = b.read_bytes()
+    db = StyleDatabase([a, b])
+    assert db.save_style(PromptStyle("Only A", "a edited", "")) == a
+    assert b.read_bytes() == b_before  # the other file is not rewritten
+    assert db.save_style(PromptStyle("New", "new", "")) == a
+    assert db.save_style(PromptStyle("Only B", "b edited", "")) == b
+    assert StyleDatabase([a]).names() == ["Shared", "Only A", "New"]  # a's shadowed style is kept
+    assert [(s.name, s.prompt) for s in StyleDatabase([b]).styles.values()] == [("Only B", "b edited"),
+                                                                                 ("Shared", "from b")]
+    # Deleting the shown "Shared" (b's) lets a's show again; nothing else is lost.
+    assert db.delete_style("Shared") == b
+    assert db.get("Shared").prompt == "from a" and db.get("Shared").path == a
+    assert (tmp_path / "b.csv.bak").exists()
+
+
+def test_a_wildcard_first_path_saves_to_its_first_match_or_styles_csv_beside(tmp_path):
+    _csv(tmp_path / "s" / "b.csv", "B,b,\n")
+    _csv(tmp_path / "s" / "a.csv", "A,a,\n")
+    db = StyleDatabase([str(tmp_path / "s" / "*.csv")])
+    assert db.path == tmp_path / "s" / "a.csv" and db.names() == ["A", "B"]
+    empty = StyleDatabase([str(tmp_path / "none" / "*.csv")])
+    assert empty.path == tmp_path / "none" / "styles.csv" and empty.names() == []
+    assert empty.save_style(PromptStyle("First", "f", "")) == tmp_path / "none" / "styles.csv"
+    assert empty.names() == ["First"]
+
+
+def test_a_file_added_to_a_glob_folder_is_seen_without_a_restart(tmp_path):
+    _csv(tmp_path / "s" / "a.csv", "A,a,\n")
+    db = StyleDatabase([str(tmp_path / "s" / "*.csv")])
+    assert db.names() == ["A"]
+    _csv(tmp_path / "s" / "c.csv", "C,c,\n")
+    assert db.names() == ["A", "C"]
+
+
+def test_styles_file_flag_reaches_the_engine_and_cmd_flags(tmp_path):
+    from core.api.cmd_flags import cmd_flags
+    from core.cli import parse_flags
+    from core.paths import KilnPaths
+
+    _csv(tmp_path / "x.csv", "X,x,\n")
+    flags = parse_flags(["--data-dir", str(tmp_path), "--styles-file", str(tmp_path / "x.csv"),
+                         "--styles-file", str(tmp_path / "s" / "*.csv")])
+    assert flags.styles_file == [str(tmp_path / "x.csv"), str(tmp_path / "s" / "*.csv")]
+    assert "--styles-file" not in flags.webui_accepted
+    paths = KilnPaths.from_flags(flags, tmp_path)
+    assert paths.styles_files == (tmp_path / "x.csv", tmp_path / "s" / "*.csv")
+    assert cmd_flags(flags, paths)["styles_file"] == [str(tmp_path / "x.csv"), str(tmp_path / "s" / "*.csv")]
+    assert StyleDatabase(paths.styles_files).names() == ["X"]
+    default = KilnPaths.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    assert default.styles_files == (tmp_path / "styles.csv",)
+
+
 # --- the API ----------------------------------------------------------------------------------------
 def test_prompt_styles_route_and_unknown_style_422(model_api):
     client, engine = model_api

@@ -51,8 +51,6 @@ def _logins(pairs: list[tuple[str, str]]) -> str | None:
 
 def _kiln_values(flags: Flags, paths: KilnPaths) -> dict[str, Any]:
     """Kiln's own flags under the WebUI's names, as the WebUI's types (str paths, comma lists)."""
-    from core.styles import styles_path
-
     device = "all" if flags.all_devices else (",".join(map(str, flags.device_ids)) or None)
     return {
         "listen": flags.listen, "port": flags.port, "server_name": flags.server_name, "api": flags.api_enabled,
@@ -75,7 +73,7 @@ def _kiln_values(flags: Flags, paths: KilnPaths) -> dict[str, Any]:
         "timeout_keep_alive": flags.timeout_keep_alive if flags.timeout_keep_alive is not None else 5,
         "loglevel": flags.loglevel, "ui_debug_mode": flags.skip_load_model,
         "skip_load_model_at_start": flags.skip_load_model,
-        "ui_settings_file": str(paths.config_path), "styles_file": [str(styles_path(paths.data_dir))],
+        "ui_settings_file": str(paths.config_path), "styles_file": [str(f) for f in paths.styles_files],
         "force_enable_xformers": flags.xformers and "--force-enable-xformers" in flags.webui_accepted,
         # Kiln's own flags, which the WebUI lacks.
         "insecure": flags.insecure, "operator": list(flags.operators),
