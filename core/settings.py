@@ -46,6 +46,14 @@ class Options:
     s_tmin: float = 0.0  # sigma tmin
     s_tmax: float = 0.0  # sigma tmax; 0 = infinity, as in the WebUI
     s_noise: float = 1.0  # noise multiplier for ancestral / SDE samplers
+    s_min_uncond: float = 0.0  # "Negative Guidance minimum sigma" (NGMS): below it, skip the negative prompt
+    sigma_min: float = 0.0  # the schedule's lowest sigma; 0 = the model's (~0.03)
+    sigma_max: float = 0.0  # the schedule's highest sigma; 0 = the model's (~14.6)
+    rho: float = 0.0  # 0 = the schedule's own (7 for Karras, 1 for Polyexponential)
+    beta_dist_alpha: float = 0.6  # the Beta schedule's alpha
+    beta_dist_beta: float = 0.6  # the Beta schedule's beta
+    always_discard_next_to_last_sigma: bool = False
+    sgm_noise_multiplier: bool = False  # txt2img starts from noise * sqrt(1 + sigma_max²), as SGM does
     img2img_fix_steps: bool = False  # "do exactly the amount of steps the slider specifies"
     initial_noise_multiplier: float = 1.0  # img2img: noise multiplier for the init latent
     inpainting_mask_weight: float = 1.0  # "Conditional mask weight" for inpainting checkpoints
@@ -115,6 +123,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "s_tmin": (0.0, 10.0),
     "s_tmax": (0.0, 999.0),
     "s_noise": (0.0, 1.1),
+    "s_min_uncond": (0.0, 15.0),
+    "sigma_min": (0.0, 1000.0),
+    "sigma_max": (0.0, 1000.0),
+    "rho": (0.0, 100.0),
+    "beta_dist_alpha": (0.01, 1.0),
+    "beta_dist_beta": (0.01, 1.0),
     "initial_noise_multiplier": (0.0, 1.5),
     "inpainting_mask_weight": (0.0, 1.0),
     "jpeg_quality": (1, 100),

@@ -97,6 +97,25 @@ def test_apply_settings_saves_changes_atomically(engine):
     assert len(rejected) == 1 and rejected[0].startswith("randn_source: 'TPU' is not one of")  # says why
 
 
+def test_settings_tab_has_the_sampler_parameters_and_stores_them(engine):
+    import gradio as gr
+
+    from ui.settings import apply_settings, build_settings_tab
+
+    with gr.Blocks():
+        tab = build_settings_tab(engine)
+    for key in ("eta_ddim", "eta_ancestral", "eta_noise_seed_delta", "s_churn", "sigma_min", "sigma_max", "rho",
+                "beta_dist_alpha", "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "s_min_uncond"):
+        assert key in tab.fields, key
+    changed, rejected = apply_settings(engine, {"sigma_max": 5.5, "sgm_noise_multiplier": True, "rho": 0.0})
+    assert changed == ["sigma_max", "sgm_noise_multiplier"] and rejected == []
+    saved = json.loads(engine.paths.config_path.read_text(encoding="utf-8"))
+    assert saved["sigma_max"] == 5.5 and saved["sgm_noise_multiplier"] is True
+    assert engine.run_options().sigma_max == 5.5  # the next job runs with it
+    _changed, rejected = apply_settings(engine, {"s_min_uncond": 20.0})
+    assert len(rejected) == 1 and rejected[0].startswith("s_min_uncond:")
+
+
 def test_send_to_txt2img_values_fit_the_dropdowns():
     from ui.pnginfo import txt2img_values
 

@@ -10,6 +10,7 @@ import gradio as gr
 from core.settings import RANDN_SOURCES
 from ui.common import CheckpointRow, checkpoint_choices, checkpoint_value
 from ui.i18n import t, translate
+from ui.settings_sampler import build_sampler_settings
 from ui.settings_saving import build_saving_settings
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
             -1, 32, value=o.show_progress_every_n_steps, step=1,
             label=t("Live preview display period (steps; -1 = only at the end)"))
         f["samples_save"] = gr.Checkbox(value=o.samples_save, label=t("Always save all generated images"))
+        f.update(build_sampler_settings(o))  # eta, sigma churn, the schedule's sigmas, NGMS
         f.update(build_saving_settings(o))  # formats, name patterns, folders, infotext styles
     return SettingsTab(fields=f, apply=apply, result=result)
 

@@ -52,6 +52,10 @@ ZH = {
     "Denoising": "重绘幅度", "Initial noise multiplier": "初始噪声倍率", "Cond. Image Mask Weight": "条件图像蒙版权重",
     "Hires upscaler": "高分辨率放大算法", "VAE": "VAE", "RNG source": "随机数源", "Size": "尺寸",
     "Rescale CFG": "CFG 重缩放", "Extra networks multiplier": "额外网络权重倍率", "Styles": "预设样式",
+    "Negative Guidance minimum sigma": "负面引导最小 sigma", "Schedule min sigma": "调度器最小 sigma",
+    "Schedule max sigma": "调度器最大 sigma", "Schedule rho": "调度器 rho", "Beta schedule alpha": "Beta 调度 alpha",
+    "Beta schedule beta": "Beta 调度 beta", "Always discard next-to-last sigma": "始终舍弃倒数第二个 sigma",
+    "SGM noise multiplier": "SGM 噪声倍增",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)

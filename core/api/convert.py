@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.api.models import Txt2ImgRequest
-from core.api.paste import fields_from_infotext
+from core.api.paste import fields_from_infotext, settings_from_infotext
 from core.errors import InvalidParameterError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ FIXED_INFOTEXT_KEYS = {
     "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed",
     "Face restoration", "Size", "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash",
     "VAE", "Variation seed", "Variation seed strength", "Seed resize from", "Conditional mask weight",
-    "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr", "Init image hash", "RNG", "Tiling",
+    "Clip skip", "ENSD", "Token merging ratio", "Token merging ratio hr", "Init image hash", "RNG", "NGMS", "Tiling",
     "Version", "User",
 }
 _PAIR_KEY = re.compile(r"^(.*)-([12])$")
@@ -47,14 +47,17 @@ def request_fields(req: Txt2ImgRequest, parse_infotext: Callable[[str], dict[str
     """The request's fields after ``infotext`` filled those the client did not set (WebUI v1.10)."""
     values = req.model_dump()
     if req.infotext and parse_infotext is not None:
-        pasted = fields_from_infotext(parse_infotext(req.infotext))
-        clip_skip = pasted.pop("clip_skip", None)
+        parsed = parse_infotext(req.infotext)
+        pasted = fields_from_infotext(parsed)
+        pasted.pop("clip_skip", None)  # an option, in settings_from_infotext
         for name, value in pasted.items():
             if name not in req.model_fields_set:
                 values[name] = value
-        if clip_skip is not None:
+        settings = settings_from_infotext(parsed)
+        if settings:
             overrides = dict(values.get("override_settings") or {})
-            overrides.setdefault("CLIP_stop_at_last_layers", clip_skip)
+            for key, value in settings.items():
+                overrides.setdefault(key, value)  # the request's own override_settings win
             values["override_settings"] = overrides
     return values
 
@@ -142,6 +145,7 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         s_tmin=values.get("s_tmin"),
         s_tmax=values.get("s_tmax"),
         s_noise=values.get("s_noise"),
+        s_min_uncond=values.get("s_min_uncond"),
         hires=hires,
         save_images=bool(get("save_images", False)) and not values.get("do_not_save_samples"),
         styles=list(values.get("styles") or []),

@@ -54,7 +54,39 @@ INFOTEXT_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Hires prompt": ("hr_prompt", _to_str),
     "Hires negative prompt": ("hr_negative_prompt", _to_str),
     "Styles array": ("styles", list),  # set by the paste when the prompts end with styles (core.styles)
+    "NGMS": ("s_min_uncond", _to_float),
 }
+
+
+def _to_bool(value: Any) -> bool:
+    return str(value).strip().lower() == "true"
+
+
+# infotext key → (WebUI option, converter): pasted into the job's override_settings, as the
+# WebUI's infotext_to_setting_name_mapping does, so the picture is made again the same way.
+INFOTEXT_SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "Clip skip": ("CLIP_stop_at_last_layers", _to_int),
+    "Schedule min sigma": ("sigma_min", _to_float),
+    "Schedule max sigma": ("sigma_max", _to_float),
+    "Schedule rho": ("rho", _to_float),
+    "Beta schedule alpha": ("beta_dist_alpha", _to_float),
+    "Beta schedule beta": ("beta_dist_beta", _to_float),
+    "Discard penultimate sigma": ("always_discard_next_to_last_sigma", _to_bool),
+    "SGM noise multiplier": ("sgm_noise_multiplier", _to_bool),
+}
+
+
+def settings_from_infotext(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The options a parsed infotext names (``override_settings`` keys); unreadable values left out."""
+    settings: dict[str, Any] = {}
+    for key, (name, convert) in INFOTEXT_SETTINGS.items():
+        if parsed.get(key) is None:
+            continue
+        try:
+            settings[name] = convert(parsed[key])
+        except (TypeError, ValueError):
+            continue
+    return settings
 
 # Keys whose presence means the image was made with Hires. fix on.
 _HIRES_MARKERS = ("Hires upscale", "Hires resize-1", "Hires upscaler", "Hires steps")

@@ -82,6 +82,7 @@ class GenerationParams:
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    s_min_uncond: float | None = None  # NGMS; None = the job's option
     hires: HiresParams = field(default_factory=HiresParams)
     checkpoint: str | None = None  # override_settings sd_model_checkpoint; None = current
     save_images: bool = True
@@ -129,7 +130,8 @@ def validate(params: GenerationParams) -> GenerationParams:
         raise InvalidParameterError("rescale_cfg", f"must be between 0 and 1, got {p.rescale_cfg}")
     if not 0.0 <= p.subseed_strength <= 1.0:
         raise InvalidParameterError("subseed_strength", f"must be between 0 and 1, got {p.subseed_strength}")
-    for name in ("cfg_scale", "rescale_cfg", "subseed_strength", "eta", "s_churn", "s_tmin", "s_tmax", "s_noise"):
+    for name in ("cfg_scale", "rescale_cfg", "subseed_strength", "eta", "s_churn", "s_tmin", "s_tmax", "s_noise",
+                 "s_min_uncond"):
         value = getattr(p, name)
         if value is not None and not math.isfinite(value):
             raise InvalidParameterError(name, f"must be a finite number, got {value}")
@@ -137,6 +139,8 @@ def validate(params: GenerationParams) -> GenerationParams:
         value = getattr(p, name)
         if value is not None and not -1 <= int(value) <= MAX_SEED:
             raise InvalidParameterError(name, f"must be -1 (random) or between 0 and {MAX_SEED}, got {value}")
+    if p.s_min_uncond is not None and p.s_min_uncond < 0:
+        raise InvalidParameterError("s_min_uncond", f"must be 0 (off) or above, got {p.s_min_uncond}")
     if p.eta is not None and not 0.0 <= p.eta <= 1.0:
         raise InvalidParameterError("eta", f"must be between 0 and 1, got {p.eta}")
     if p.clip_skip is not None and not 1 <= p.clip_skip <= 12:

@@ -35,7 +35,7 @@ from core.sampling.plan import (
 )
 from core.sampling.samplers import KIND_TIMESTEPS, SamplerInfo, find_sampler
 from core.sampling.schedule import NoiseSchedule
-from core.sampling.schedulers import find_scheduler
+from core.sampling.schedulers import ScheduleOptions, find_scheduler
 
 if TYPE_CHECKING:
     from core.models.checkpoint import LoadedModel
@@ -61,6 +61,9 @@ class SamplingPass:
     s_tmin: float = 0.0
     s_tmax: float = float("inf")
     s_noise: float = 1.0
+    s_min_uncond: float = 0.0  # NGMS: below this sigma the negative prompt is not evaluated
+    schedule_options: ScheduleOptions = field(default_factory=ScheduleOptions)
+    sgm_noise_multiplier: bool = False  # txt2img's start noise scaled by sqrt(1 + sigma_max²)
 
     @property
     def sampler_name(self) -> str:
@@ -160,13 +163,15 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
     sampler = sp.sampler
     batch = noise.shape[0]
     is_sdxl = model.spec.family == "sdxl"
+    schedule_kwargs = {"is_sdxl": is_sdxl, **sp.schedule_options.sigma_kwargs(),
+                       "always_discard_penultimate": sp.schedule_options.always_discard_penultimate}
     if init_latent is None:
-        sigmas = sampler_sigmas(sampler, sp.scheduler, sp.steps, schedule, is_sdxl=is_sdxl)
+        sigmas = sampler_sigmas(sampler, sp.scheduler, sp.steps, schedule, **schedule_kwargs)
         full_sigmas = sigmas
-        x = txt2img_start(sampler, noise, sigmas)
+        x = txt2img_start(sampler, noise, sigmas, sgm_noise_multiplier=sp.sgm_noise_multiplier)
     else:
         plan = img2img_plan(sampler, sp.scheduler, sp.steps, denoising_strength, schedule, fix_steps=fix_steps,
-                            is_sdxl=is_sdxl)
+                            **schedule_kwargs)
         sigmas, full_sigmas = plan.sigmas, plan.full_sigmas
         x = plan.start(init_latent, noise)
 
@@ -189,7 +194,7 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
 
     keep = inpaint.keep if inpaint is not None else None
     cfg = CFGDenoiser(denoiser, conditioning_at, sp.cfg_scale, sigmas=sigmas, pad_with=sp.empty_context,
-                      rescale_cfg=sp.rescale_cfg, mask=keep, init_latent=init_latent if keep is not None else None)
+                      rescale_cfg=sp.rescale_cfg, s_min_uncond=sp.s_min_uncond, mask=keep, init_latent=init_latent if keep is not None else None)
     reporter = reporter or StepReporter()
     stopped = None
     with torch.no_grad():

@@ -36,6 +36,14 @@ class RunOptions:
     s_tmin: float = 0.0
     s_tmax: float = 0.0
     s_noise: float = 1.0
+    s_min_uncond: float = 0.0
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    beta_dist_alpha: float = 0.6
+    beta_dist_beta: float = 0.6
+    always_discard_next_to_last_sigma: bool = False
+    sgm_noise_multiplier: bool = False
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
     inpainting_mask_weight: float = 1.0

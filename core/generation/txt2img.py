@@ -39,6 +39,7 @@ from core.prompts.conditioning import PromptEncoder
 from core.prompts.extra_networks import parse_extra_networks
 from core.sampling.rng import ImageRNG
 from core.sampling.schedule import NoiseSchedule
+from core.sampling.schedulers import ScheduleOptions
 
 if TYPE_CHECKING:
     from core.generation.context import GenerationContext
@@ -55,8 +56,9 @@ def random_seed() -> int:
     return int(random.randrange(4294967294))
 
 
-def sampler_options(p: GenerationParams, sampler, options: RunOptions) -> dict[str, float | None]:
-    """eta / sigma churn / noise for a pass: the request's values, else the job's options."""
+def sampler_options(p: GenerationParams, sampler, options: RunOptions) -> dict[str, Any]:
+    """eta / sigma churn / noise / NGMS / schedule settings for a pass: the request's values, else
+    the job's options."""
     eta = p.eta if p.eta is not None else default_eta(sampler, options.eta_ancestral, options.eta_ddim)
     return {
         "eta": eta,
@@ -64,7 +66,15 @@ def sampler_options(p: GenerationParams, sampler, options: RunOptions) -> dict[s
         "s_tmin": p.s_tmin if p.s_tmin is not None else options.s_tmin,
         "s_tmax": p.s_tmax if p.s_tmax is not None else options.sigma_tmax,
         "s_noise": p.s_noise if p.s_noise is not None else options.s_noise,
+        "s_min_uncond": ngms(p, options),
+        "schedule_options": ScheduleOptions.from_options(options),
+        "sgm_noise_multiplier": bool(options.sgm_noise_multiplier),
     }
+
+
+def ngms(p: GenerationParams, options: RunOptions) -> float:
+    """The pass's "Negative Guidance minimum sigma": the request's s_min_uncond, else the option."""
+    return float(p.s_min_uncond if p.s_min_uncond is not None else options.s_min_uncond or 0.0)
 
 
 def prompt_encoder(gc: GenerationContext, p: GenerationParams) -> ConditioningCache:
@@ -267,6 +277,8 @@ def _infotext_params(gc: GenerationContext, p: GenerationParams, sampler: str, s
                      second: SamplingPass | None, cache: ConditioningCache) -> dict[str, object]:
     params = base_infotext(gc, p, sampler, scheduler, cache.clip_skip,
                            denoising_strength=hires.denoising_strength if hires.enabled else None)
+    if gc.options.sgm_noise_multiplier:  # only txt2img's start noise is scaled (the WebUI's sample())
+        params["SGM noise multiplier"] = True
     if hires.enabled and second is not None:
         if hires.resize_x or hires.resize_y:
             tw, th = hires.target_size(p.width, p.height)
@@ -323,6 +335,12 @@ def base_infotext(gc: GenerationContext, p: GenerationParams, sampler: str, sche
             params["Eta DDIM" if info.kind == "timesteps" else "Eta"] = eta
     if options.eta_noise_seed_delta and info.uses_ensd:
         params["ENSD"] = options.eta_noise_seed_delta
+    if ngms(p, options):
+        params["NGMS"] = ngms(p, options)
+    if info.kind != "timesteps":  # DDIM / PLMS / UniPC walk timesteps: no sigma schedule to change
+        params.update(ScheduleOptions.from_options(options).infotext(scheduler, sampler_discards=info.discard_penultimate))
+    elif options.always_discard_next_to_last_sigma:
+        params["Discard penultimate sigma"] = True
     return params
 
 

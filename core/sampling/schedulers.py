@@ -165,6 +165,51 @@ def discard_penultimate_sigma(sigmas: Tensor) -> Tensor:
     return torch.cat([sigmas[:-2], sigmas[-1:]])
 
 
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """The WebUI's schedule settings (sigma_min, sigma_max, rho, beta_dist_*, always discard):
+    0 for a sigma or rho means the model's / the schedule's own value."""
+
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    beta_alpha: float = DEFAULT_BETA_ALPHA
+    beta_beta: float = DEFAULT_BETA_BETA
+    always_discard_penultimate: bool = False
+
+    @classmethod
+    def from_options(cls, options: Any) -> ScheduleOptions:
+        """From RunOptions / Options (the WebUI's option names)."""
+        return cls(sigma_min=float(options.sigma_min or 0), sigma_max=float(options.sigma_max or 0),
+                   rho=float(options.rho or 0), beta_alpha=float(options.beta_dist_alpha),
+                   beta_beta=float(options.beta_dist_beta),
+                   always_discard_penultimate=bool(options.always_discard_next_to_last_sigma))
+
+    def sigma_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`get_sigmas` (and of plan.sampler_sigmas)."""
+        return {"sigma_min": self.sigma_min or None, "sigma_max": self.sigma_max or None, "rho": self.rho or None,
+                "beta_alpha": self.beta_alpha, "beta_beta": self.beta_beta}
+
+    def infotext(self, scheduler_label: str, *, sampler_discards: bool) -> dict[str, object]:
+        """The keys the WebUI's KDiffusionSampler.get_sigmas adds for the schedule ``scheduler_label``
+        (already resolved from Automatic): only values that changed the schedule."""
+        info = find_scheduler(scheduler_label)
+        params: dict[str, object] = {}
+        if info is not None and info.function is not None:
+            if self.sigma_min:
+                params["Schedule min sigma"] = self.sigma_min
+            if self.sigma_max:
+                params["Schedule max sigma"] = self.sigma_max
+            if self.rho and info.default_rho is not None:
+                params["Schedule rho"] = self.rho
+            if info.name == "beta":
+                params["Beta schedule alpha"] = self.beta_alpha
+                params["Beta schedule beta"] = self.beta_beta
+        if self.always_discard_penultimate and not sampler_discards:
+            params["Discard penultimate sigma"] = True
+        return params
+
+
 def get_sigmas(
     scheduler_name: str,
     steps: int,

@@ -94,6 +94,24 @@ def _option(name: str) -> Apply:
     return apply
 
 
+def _bool_option(name: str) -> Apply:
+    """The WebUI's apply_override(..., boolean=True): the text "True" (any case) is on, anything else off."""
+    def apply(cell: Cell, value: Any, _values: list) -> None:
+        cell.set_options(**{name: str(value).strip().lower() == "true"})
+    return apply
+
+
+def _check_bool(_params: Any, values: list, _catalog: Catalog, label: str) -> list:
+    for value in values:
+        if str(value).strip().lower() not in ("true", "false"):
+            raise AxisError(f'{label} value "{value}" is not True or False')
+    return values
+
+
+def _bool_choices(_catalog: Catalog) -> list[str]:
+    return ["False", "True"]  # the WebUI's boolean_choice(reverse=True)
+
+
 def apply_prompt_sr(cell: Cell, value: str, values: list) -> None:
     """Every occurrence of the first value, in prompt and negative prompt, becomes ``value``."""
     p = cell.params
@@ -336,17 +354,17 @@ ALL_AXES: tuple[Axis, ...] = (
          modes=frozenset(T2I)),
     Axis("Checkpoint name", TEXT, _field("checkpoint"), label_style="basename", cost=1.0,
          choices=_checkpoint_choices, check=_check_checkpoints),
-    _no("Negative Guidance minimum sigma", FLOAT, "Kiln has no negative guidance minimum sigma"),
+    Axis("Negative Guidance minimum sigma", FLOAT, _field("s_min_uncond"), check=_range(0, 15)),
     Axis("Sigma Churn", FLOAT, _field("s_churn")),
     Axis("Sigma min", FLOAT, _field("s_tmin")),
     Axis("Sigma max", FLOAT, _field("s_tmax")),
     Axis("Sigma noise", FLOAT, _field("s_noise")),
     Axis("Schedule type", TEXT, _field("scheduler"), choices=_scheduler_choices, check=_check_schedulers),
-    _no("Schedule min sigma", FLOAT, NO_SETTING + " (sigma_min)"),
-    _no("Schedule max sigma", FLOAT, NO_SETTING + " (sigma_max)"),
-    _no("Schedule rho", FLOAT, NO_SETTING + " (rho)"),
-    _no("Beta schedule alpha", FLOAT, NO_SETTING + " (beta_dist_alpha)"),
-    _no("Beta schedule beta", FLOAT, NO_SETTING + " (beta_dist_beta)"),
+    Axis("Schedule min sigma", FLOAT, _option("sigma_min"), check=_range(0, 1000)),
+    Axis("Schedule max sigma", FLOAT, _option("sigma_max"), check=_range(0, 1000)),
+    Axis("Schedule rho", FLOAT, _option("rho"), check=_range(0, 100)),
+    Axis("Beta schedule alpha", FLOAT, _option("beta_dist_alpha"), check=_range(0.01, 1)),
+    Axis("Beta schedule beta", FLOAT, _option("beta_dist_beta"), check=_range(0.01, 1)),
     Axis("Eta", FLOAT, _field("eta"), check=_range(0, 1)),
     Axis("Clip skip", INT, apply_clip_skip, check=_range(1, 12)),
     Axis("Denoising", FLOAT, apply_denoising, check=_range(0, 1)),
@@ -362,8 +380,10 @@ ALL_AXES: tuple[Axis, ...] = (
     _no("Face restore", TEXT, "Kiln has no face restoration"),
     _no("Token merging ratio", FLOAT, "Kiln has no token merging"),
     _no("Token merging ratio high-res", FLOAT, "Kiln has no token merging"),
-    _no("Always discard next-to-last sigma", TEXT, NO_SETTING),
-    _no("SGM noise multiplier", TEXT, NO_SETTING),
+    Axis("Always discard next-to-last sigma", TEXT, _bool_option("always_discard_next_to_last_sigma"),
+         choices=_bool_choices, check=_check_bool),
+    Axis("SGM noise multiplier", TEXT, _bool_option("sgm_noise_multiplier"),
+         choices=_bool_choices, check=_check_bool),
     _no("Refiner checkpoint", TEXT, "Kiln has no refiner"),
     _no("Refiner switch at", FLOAT, "Kiln has no refiner"),
     Axis("RNG source", TEXT, _option("randn_source"), choices=_rng_choices, check=_check_rng),
