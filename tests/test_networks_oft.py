@@ -156,6 +156,35 @@ def test_oft_alpha_is_never_a_scale(sd1, tmp_path):
     torch.testing.assert_close(now["q"], ref_oft(w["q"], ref_cayley(blocks, 0.0)), rtol=1e-4, atol=1e-5)
 
 
+def test_sdxl_kohya_oft_with_sgm_names(tmp_path):
+    """sd-scripts' SDXL trainer names U-Net modules by the original SGM layout: oft_unet_input_blocks_*."""
+    model = tiny_model("sdxl", seed=0)
+    unet, tes = model.unet, model.text_encoders
+    target = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    te2_target = "text_model.encoder.layers.0.mlp.fc2"
+    rows, te2_rows = unet.get_submodule(target).weight.shape[0], tes[1].get_submodule(te2_target).weight.shape[0]
+    g = torch.Generator().manual_seed(18)
+    blocks, te2_blocks = torch.randn(4, rows // 4, rows // 4, generator=g), torch.randn(2, te2_rows // 2, te2_rows // 2,
+                                                                                        generator=g) * 0.01
+    key = "oft_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"
+    path = write(tmp_path / "sdxl_oft.safetensors", {
+        f"{key}.oft_blocks": blocks, f"{key}.alpha": torch.tensor(1e-3),
+        "lora_te2_text_model_encoder_layers_0_mlp_fc2.oft_blocks": te2_blocks,
+        "lora_te2_text_model_encoder_layers_0_mlp_fc2.alpha": torch.tensor(0),
+    })
+    before = snapshot(unet, *tes)
+    w, w_te2 = weight(unet, target), weight(tes[1], te2_target)
+    manager = NetworkManager(unet, tes, "sdxl", model.spec.unet_config)
+    report = manager.apply([NetworkRequest(manager.load(path), 0.5, 1.5)])
+    assert report.modules_changed == 2 and report.networks[0].unmapped == 0 and not report.warnings, report
+    torch.testing.assert_close(weight(unet, target) - w, 1.5 * (ref_oft(w, ref_cayley(blocks, 1e-3 * rows)) - w),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight(tes[1], te2_target) - w_te2,
+                               0.5 * (ref_oft(w_te2, ref_cayley(te2_blocks, 0.0)) - w_te2), rtol=1e-4, atol=1e-5)
+    manager.restore()
+    assert_same(before, unet, *tes)
+
+
 # --- LyCORIS diag-OFT -----------------------------------------------------------------------------
 
 def test_lycoris_diag_oft_rescale_and_integer_zero_alpha(sd1, tmp_path):
