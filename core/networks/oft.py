@@ -59,7 +59,7 @@ def check_oft_tensors(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, st
     for key, tensor in tensors.items():
         base, _, part = key.rpartition(".")
         if part in OFT_PARTS:
-            problem = _rotation_problem(part, tensor)
+            problem = _rotation_problem(tensor)
         elif part in (ALPHA, RESCALE) and any(f"{base}.{p}" in tensors for p in OFT_PARTS):
             problem = _companion_problem(part, tensor)
         else:
@@ -69,7 +69,7 @@ def check_oft_tensors(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, st
     return problems
 
 
-def _rotation_problem(part: str, t: torch.Tensor) -> str | None:
+def _rotation_problem(t: torch.Tensor) -> str | None:
     shape = list(t.shape)
     if t.dim() not in (3, 4):
         return (f"shape {shape}: expected [num_blocks, block_size, block_size] (OFT) or "
