@@ -100,9 +100,9 @@ def _fail(problem: str, hint: str | None, path) -> ModelFileError:
 
 def describe_non_checkpoint(keys: list[str]) -> tuple[str, str] | None:
     """(what this looks like, where it belongs) for state dicts that are not SD checkpoints."""
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "oft_unet_")) for k in keys):
         return "this is a LoRA (lora_unet_* keys)", "put it in models/Lora"
-    if any(re.search(r"\.(lora_down|lora_up|lora_A|lora_B|hada_w1_a|lokr_w1|oft_blocks)\b", k) for k in keys):
+    if any(re.search(r"\.(lora_down|lora_up|lora_A|lora_B|hada_w1_a|lokr_w1|oft_blocks|oft_diag)\b", k) for k in keys):
         return "this is a LoRA/LyCORIS network (lora_down/lora_up-style keys)", "put it in models/Lora"
     if any(k.startswith(("string_to_param", "emb_params")) for k in keys) or \
             (keys and set(keys) <= {"clip_l", "clip_g"}):

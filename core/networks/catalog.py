@@ -161,6 +161,8 @@ def network_type_from_keys(keys: list[str]) -> str:
         return "IA3"
     if "diff" in parts:
         return "Full"
+    if "oft_blocks" in parts or "oft_diag" in parts:
+        return "OFT"  # BOFT too: only the tensor's rank tells them apart, and the header is not read here
     return "Unknown"
 
 

@@ -34,6 +34,7 @@ from core.networks.lora_formats import (
     network_type,
     split_bundle_embeddings,
 )
+from core.networks.oft import OFTPartError, check_oft_tensors
 
 NETWORK_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 
@@ -134,6 +135,7 @@ def load_network(path: str | Path) -> LoadedNetwork:
     tensors, bundles = split_bundle_embeddings(_read_tensors(path))
     if not tensors and not bundles:
         raise ModelFileError("contains no tensors", path=path, hint="this is not a LoRA file")
+    _refuse_malformed_oft(path, tensors)
     stored = metadata.get("sshs_model_hash")
     file_hash = stored if isinstance(stored, str) and stored else (
         addnet_hash_safetensors(path) if is_safetensors else sha256_file(path))
@@ -141,6 +143,17 @@ def load_network(path: str | Path) -> LoadedNetwork:
         name=path.stem, path=path, mtime=path.stat().st_mtime, alias=output_name_alias(metadata, path.stem),
         metadata=metadata, tensors=tensors, hash=file_hash, sd_version=detect_version(metadata),
         bundle_embeddings=bundles)
+
+
+def _refuse_malformed_oft(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """OFT tensors no model could use make the whole file unreadable, by key: merging the rest
+    would give a picture that is neither the network's nor the base model's."""
+    problems = check_oft_tensors(tensors)
+    if problems:
+        listed = "; ".join(f"{key}: {problem}" for key, problem in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelFileError(f"malformed OFT tensor {listed}{more}", path=path,
+                             hint="the file is damaged or not an OFT/BOFT network; re-download or re-export it")
 
 
 # --- applying -------------------------------------------------------------------------------
@@ -296,7 +309,9 @@ class NetworkManager:
                 if delta_bias is not None:
                     delta_bias = delta_bias.reshape(weight.shape[0])
             except (RuntimeError, UnsupportedNetworkType) as e:
-                report.failed_modules.append(f"{match.first_key[target]} ({e})")
+                # an OFT part error knows which stored tensor does not fit: name that key
+                key = match.part_keys[target].get(e.part) if isinstance(e, OFTPartError) else None
+                report.failed_modules.append(f"{key or match.first_key[target]} ({e})")
                 continue
             new_weight = new_weight + delta
             if delta_bias is not None:

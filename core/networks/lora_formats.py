@@ -4,9 +4,10 @@ The numbers follow the WebUI (AUTOMATIC1111 v1.10.1, ``extensions-builtin/Lora``
 
 * a file key is ``<module name>.<part>``; the parts of one module are grouped and the first
   network type whose required parts are all present wins, in the WebUI's order
-  (LoRA/LoCon, LoHa, IA3, LoKr, Full, Norm, GLoRA);
+  (LoRA/LoCon, LoHa, IA3, LoKr, Full, Norm, GLoRA, OFT/BOFT — the last in core.networks.oft);
 * ``finalize``: reshape to the target, add a stored ``bias``, times ``calc_scale``
-  (``scale`` if stored, else alpha/dim when both are known, else 1), DoRA re-normalisation,
+  (``scale`` if stored, else alpha/dim when both are known, else 1; always 1 for OFT, whose
+  alpha is a constraint), DoRA re-normalisation,
   then times the multiplier (text-encoder multiplier for text-encoder modules, U-Net
   multiplier for U-Net modules); an extra bias delta is multiplied by the multiplier only.
 
@@ -24,8 +25,11 @@ import torch
 from torch import nn
 
 from core.networks.kohya import SDXL_TE_PREFIXES, TE_PREFIX, UNET_PREFIX, kohya_name
+from core.networks.oft import OFT_PARTS, oft_updown
 
 UNET = "unet"
+# sd-scripts' OFT trainer names its U-Net modules oft_unet_* (else the same as lora_unet_*).
+OFT_UNET_PREFIX = "oft_unet_"
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 
@@ -95,6 +99,8 @@ class ModuleIndex:
                 self.kohya.setdefault(kohya_name(UNET_PREFIX, ldm_key[: -len(".weight")]), target)
 
     def resolve_kohya(self, base: str) -> ModuleTarget | None:
+        if base.startswith(OFT_UNET_PREFIX):
+            base = UNET_PREFIX + base[len(OFT_UNET_PREFIX):]
         return self.kohya.get(base)
 
     def resolve_dotted(self, component: str, path: str) -> ModuleTarget | None:
@@ -184,6 +190,7 @@ class MatchResult:
 
     modules: dict[ModuleTarget, dict[str, torch.Tensor]] = field(default_factory=dict)
     first_key: dict[ModuleTarget, str] = field(default_factory=dict)
+    part_keys: dict[ModuleTarget, dict[str, str]] = field(default_factory=dict)  # part → file key
     matched_keys: int = 0
     unmatched_keys: dict[str, str] = field(default_factory=dict)  # file key → module name tried
 
@@ -243,6 +250,7 @@ def match_state_dict(state_dict: dict[str, torch.Tensor], index: ModuleIndex,
             continue
         result.modules.setdefault(target, {})[part] = tensor
         result.first_key.setdefault(target, key)
+        result.part_keys.setdefault(target, {})[part] = key
         result.matched_keys += 1
     if adapter_metadata:
         for target, (component, path) in dotted_paths.items():
@@ -295,16 +303,16 @@ def network_type(parts: dict[str, torch.Tensor]) -> str | None:
         return "norm"
     if all(k in parts for k in ("a1.weight", "a2.weight", "alpha", "b1.weight", "b2.weight")):
         return "glora"
-    if "oft_blocks" in parts or "oft_diag" in parts:
-        return "oft"
+    if any(p in parts for p in OFT_PARTS):
+        return "oft"  # BOFT too: the same module in the WebUI, told apart by the tensor's rank
     return None
 
 
-SUPPORTED_TYPES = ("lora", "loha", "ia3", "lokr", "full", "norm", "glora")
+SUPPORTED_TYPES = ("lora", "loha", "ia3", "lokr", "full", "norm", "glora", "oft")
 
 
 class UnsupportedNetworkType(ValueError):
-    """A layer whose tensors form no supported network type (e.g. OFT)."""
+    """A layer whose tensors form no supported network type."""
 
 
 def _f32(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -339,6 +347,7 @@ class _Delta:
     output_shape: list[int]
     dim: int | None = None
     ex_bias: torch.Tensor | None = None
+    scale: float | None = None  # the type's own scale instead of calc_scale (OFT: 1)
 
 
 def _lora(p: dict[str, torch.Tensor], orig: torch.Tensor, dyn_dim: int | None) -> _Delta:
@@ -443,7 +452,13 @@ def _glora(p: dict[str, torch.Tensor], orig: torch.Tensor, dyn_dim: int | None) 
     return _Delta(updown, [w1a.size(0), w1b.size(1)])
 
 
-_CALC = {"lora": _lora, "loha": _loha, "ia3": _ia3, "lokr": _lokr, "full": _full, "norm": _norm, "glora": _glora}
+def _oft(p: dict[str, torch.Tensor], orig: torch.Tensor, dyn_dim: int | None) -> _Delta:
+    # the WebUI's OFT module sets scale = 1: its alpha constrains the rotation, it never scales ΔW
+    return _Delta(oft_updown(p, orig), list(orig.shape), scale=1.0)
+
+
+_CALC = {"lora": _lora, "loha": _loha, "ia3": _ia3, "lokr": _lokr, "full": _full, "norm": _norm, "glora": _glora,
+         "oft": _oft}
 
 
 def calc_scale(parts: dict[str, torch.Tensor], dim: int | None) -> float:
@@ -497,7 +512,7 @@ def network_delta(parts: dict[str, torch.Tensor], orig_weight: torch.Tensor, mul
     if orig_weight.numel() == updown.numel():
         updown = updown.reshape(orig_weight.shape)
     ex_bias = delta.ex_bias * multiplier if delta.ex_bias is not None else None
-    updown = updown * calc_scale(parts, delta.dim)
+    updown = updown * (delta.scale if delta.scale is not None else calc_scale(parts, delta.dim))
     if "dora_scale" in parts:
         updown = apply_weight_decompose(updown, orig_weight, _f32(parts["dora_scale"], orig_weight.device))
     return updown * multiplier, ex_bias
