@@ -78,6 +78,11 @@ class Options:
     outdir_img2img_samples: str = "outputs/img2img-images"
     outdir_txt2img_grids: str = "outputs/txt2img-grids"
     outdir_img2img_grids: str = "outputs/img2img-grids"
+    extra_networks_default_multiplier: float = 1.0  # the weight a clicked LoRA / hypernetwork card writes
+    add_model_hash_to_info: bool = True  # "Model hash: ..." in the infotext
+    add_model_name_to_info: bool = True  # "Model: ..." in the infotext
+    add_vae_hash_to_info: bool = True
+    add_vae_name_to_info: bool = True
     infotext_styles: str = "Apply if any"  # pasting an infotext: "Ignore" | "Apply" | "Discard" | "Apply if any"
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
@@ -127,6 +132,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sigma_min": (0.0, 1000.0),
     "sigma_max": (0.0, 1000.0),
     "rho": (0.0, 100.0),
+    "extra_networks_default_multiplier": (0.0, 2.0),
     "beta_dist_alpha": (0.01, 1.0),
     "beta_dist_beta": (0.01, 1.0),
     "initial_noise_multiplier": (0.0, 1.5),

@@ -71,6 +71,15 @@ def test_every_tab_lists_the_fixture_files_with_webui_prompt_text(catalog):
     assert hn.prompt_tag == "<hypernet:kiln_hypernet:1>"
 
 
+def test_cards_write_the_default_multiplier_option_unless_a_weight_is_preferred(catalog, data):
+    catalog.engine.settings.options.extra_networks_default_multiplier = 0.75
+    loras = {c.name: c for c in catalog.cards(LORA)}
+    assert loras["kiln_style_v1"].prompt_tag == "<lora:kiln_style:0.75>"
+    [hn] = catalog.cards(HYPERNETWORK)
+    assert hn.prompt_tag == "<hypernet:kiln_hypernet:0.75>"
+    assert lora_prompt_tag("x", {"preferred weight": 0.4}, 0.75) == "<lora:x:0.4>"
+
+
 def test_cards_say_what_kind_of_file_they_are(catalog):
     """The type a card without a preview shows: LyCORIS for files LyCORIS wrote, LoRA for the rest."""
     assert {c.type_label for c in catalog.cards(CHECKPOINT)} == {"Checkpoint"}

@@ -157,3 +157,13 @@ def test_settings_store_the_new_options(model_api):
     assert caught.value.field == "rho"
     assert engine.settings.check_user_changes({"rho": 3, "sgm_noise_multiplier": True}) == \
         {"rho": 3.0, "sgm_noise_multiplier": True}
+
+
+def test_infotext_leaves_out_the_model_facts_the_options_say(model_api):
+    client, _engine = model_api
+    _image, text = _run(client)
+    assert "Model hash: " in text and "Model: " in text
+    _image, text = _run(client, override_settings={"add_model_hash_to_info": False})
+    assert "Model hash: " not in text and "Model: " in text
+    _image, text = _run(client, override_settings={"add_model_hash_to_info": False, "add_model_name_to_info": False})
+    assert "Model hash: " not in text and "Model: " not in text

@@ -35,6 +35,7 @@ from ui.merger import build_merger_tab
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
 from ui.settings import build_settings_tab, vae_choices, wire_settings
+from ui.settings_infotext import STRINGS as INFOTEXT_STRINGS
 from ui.settings_sampler import STRINGS as SAMPLER_STRINGS
 from ui.settings_saving import STRINGS as SAVING_STRINGS
 from ui.styles import STRINGS as STYLES_STRINGS
@@ -66,6 +67,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
                                                                      TRAIN_STRINGS, XYZ_STRINGS, SHEET_STRINGS,
                                                                      MERGER_STRINGS, STYLES_STRINGS, SAVING_STRINGS, SAMPLER_STRINGS,
+                                                                     INFOTEXT_STRINGS,
                                                                      *extra_tables))}
 
 

@@ -10,6 +10,7 @@ import gradio as gr
 from core.settings import RANDN_SOURCES
 from ui.common import CheckpointRow, checkpoint_choices, checkpoint_value
 from ui.i18n import t, translate
+from ui.settings_infotext import build_infotext_settings
 from ui.settings_sampler import build_sampler_settings
 from ui.settings_saving import build_saving_settings
 
@@ -54,6 +55,7 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         f["samples_save"] = gr.Checkbox(value=o.samples_save, label=t("Always save all generated images"))
         f.update(build_sampler_settings(o))  # eta, sigma churn, the schedule's sigmas, NGMS
         f.update(build_saving_settings(o))  # formats, name patterns, folders, infotext styles
+        f.update(build_infotext_settings(o))  # model facts in the infotext, the cards' default weight
     return SettingsTab(fields=f, apply=apply, result=result)
 
 

@@ -64,6 +64,10 @@ class RunOptions:
     grid_save_to_dirs: bool = True
     outdir_txt2img_samples: str = "outputs/txt2img-images"
     outdir_img2img_samples: str = "outputs/img2img-images"
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    add_vae_hash_to_info: bool = True
+    add_vae_name_to_info: bool = True
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10
     # Kiln's, set by a job and not a setting: more folders `<lora:name>` tags look in, before

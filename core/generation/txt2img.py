@@ -312,12 +312,13 @@ def base_infotext(gc: GenerationContext, p: GenerationParams, sampler: str, sche
         "CFG scale": _number(p.cfg_scale),
         "Seed": None,
         "Size": f"{p.width}x{p.height}",
-        "Model hash": gc.model_hash,
-        "Model": gc.model_name,
+        # The WebUI's add_*_to_info options leave them out (a studio sharing pictures, not models).
+        "Model hash": gc.model_hash if options.add_model_hash_to_info else None,
+        "Model": gc.model_name if options.add_model_name_to_info else None,
     }
     if gc.vae_name is not None:
-        params["VAE hash"] = gc.vae_hash
-        params["VAE"] = gc.vae_name
+        params["VAE hash"] = gc.vae_hash if options.add_vae_hash_to_info else None
+        params["VAE"] = gc.vae_name if options.add_vae_name_to_info else None
     if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0:
         params["Seed resize from"] = f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
     if denoising_strength is not None:

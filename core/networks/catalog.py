@@ -133,13 +133,14 @@ def format_weight(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
-def lora_prompt_tag(alias: str, user: dict[str, Any]) -> str:
-    """``<lora:alias:W>`` plus the activation text (A1111 ``ExtraNetworksPageLora.create_item``)."""
+def lora_prompt_tag(alias: str, user: dict[str, Any], default_multiplier: float = DEFAULT_MULTIPLIER) -> str:
+    """``<lora:alias:W>`` plus the activation text (A1111 ``ExtraNetworksPageLora.create_item``):
+    W is the card's preferred weight, else the ``extra_networks_default_multiplier`` option."""
     try:
         weight = float(user.get("preferred weight") or 0.0)
     except (TypeError, ValueError):
         weight = 0.0
-    tag = f"<lora:{alias}:{format_weight(weight or DEFAULT_MULTIPLIER)}>"
+    tag = f"<lora:{alias}:{format_weight(weight or default_multiplier)}>"
     activation = str(user.get("activation text") or "").strip()
     return f"{tag} {activation}" if activation else tag
 
@@ -222,6 +223,11 @@ class NetworkCatalog:
         self._lora_info: dict[tuple, _LoraInfo] = {}
         self._embedding_files: dict[tuple, tuple[Embedding | None, str | None]] = {}
 
+    def default_multiplier(self) -> float:
+        """The weight a clicked LoRA / hypernetwork card writes (the WebUI's option of that name)."""
+        options = getattr(getattr(self.engine, "settings", None), "options", None)
+        return float(getattr(options, "extra_networks_default_multiplier", DEFAULT_MULTIPLIER))
+
     # -- folders ------------------------------------------------------------------
     def refresh(self) -> None:
         """Rescan every folder; cached file reads stay valid only for unchanged files."""
@@ -291,7 +297,8 @@ class NetworkCatalog:
             alias = aliases[e.name]
             version = str(user.get("sd version") or "") or detect_version(info.metadata)
             extra = [alias, version, str(info.metadata.get("ss_sd_model_name") or "")]
-            cards.append(self._base_card(LORA, e.name, e.path, e.relative or e.name, lora_prompt_tag(alias, user),
+            tag = lora_prompt_tag(alias, user, self.default_multiplier())
+            cards.append(self._base_card(LORA, e.name, e.path, e.relative or e.name, tag,
                                          user, extra, alias=alias, sd_version=version,
                                          type_label=lora_type_label(info.metadata, info.keys),
                                          error=info.error or user_error))
@@ -322,7 +329,7 @@ class NetworkCatalog:
         cards = []
         for e in self.engine.registry.hypernetworks():
             user, error = self._read_user(e.path)
-            tag = f"<hypernet:{e.name}:{format_weight(DEFAULT_MULTIPLIER)}>"
+            tag = f"<hypernet:{e.name}:{format_weight(self.default_multiplier())}>"
             cards.append(self._base_card(HYPERNETWORK, e.name, e.path, e.relative or e.name, tag, user, [],
                                          type_label=TYPE_HYPERNETWORK, error=error))
         return cards
