@@ -54,6 +54,10 @@ class DeviceModels:
         self.upscalers: Any = None
         self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
         self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
+        from core.models.model_cache import CheckpointCache
+
+        self.kept = CheckpointCache()  # checkpoints switched away from (sd_checkpoints_limit > 1)
+        self.stamp: tuple[int, int] | None = None  # the loaded file's (mtime, size) when read
 
 
 class Engine:
@@ -304,12 +308,22 @@ class Engine:
                 raise
 
     def _load(self, slot: DeviceModels, entry: ModelEntry) -> LoadedModel:
-        self._unload(slot)
+        kept = slot.kept.take(entry)  # first: putting the current one away may drop the oldest
+        self._put_away(slot)
+        if kept is not None:  # switched back within sd_checkpoints_limit: no file read
+            log.info("using %s kept in memory", entry.path)
+            slot.kept.resume(kept)
+            slot.model, slot.entry, slot.extras, slot.vaes = kept.model, kept.entry, kept.extras, kept.vaes
+            slot.autocast, slot.load_warnings = kept.autocast, list(kept.load_warnings)
+            self._loaded(entry)
+            return kept.model
         from core.models.checkpoint import load_checkpoint
         from core.models.memory import place_model
+        from core.models.model_cache import file_stamp
 
         policy = self.settings.device_policy(slot.device_id)
         log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)
+        slot.stamp = file_stamp(entry.path)  # before the read: a file changed while read is read again
         model = load_checkpoint(entry.path, device=policy.device_for("sd"), dtype=policy.torch_dtype())
         slot.load_warnings = [*policy.warnings, *place_model(model, policy)]
         slot.autocast = bool(policy.autocast)
@@ -321,11 +335,31 @@ class Engine:
         slot.extras = ExtraNetworks(model, self.paths, hash_cache=self.hash_cache)
         slot.vaes = ExternalVAEs(model)
         slot.model, slot.entry = model, entry
+        self._loaded(entry)
+        return model
+
+    def _loaded(self, entry: ModelEntry) -> None:
         self.checkpoint_errors.pop(str(entry.path), None)
         if self.fallback_note and self._checkpoint_choice and self.registry.find_checkpoint(
                 self._checkpoint_choice) == entry:
             self.fallback_note = None
-        return model
+
+    def _put_away(self, slot: DeviceModels) -> None:
+        """Before another checkpoint comes in: keep the current one (its own weights: LoRAs
+        restored) while ``sd_checkpoints_limit`` allows, else drop it; free the dropped ones."""
+        from core.models.model_cache import KeptModel
+
+        keep = int(self.settings.options.sd_checkpoints_limit) - 1
+        with slot.lock:
+            dropped = slot.kept.clear() if keep < 1 else []
+            if slot.model is not None and slot.entry is not None and keep >= 1:
+                if slot.extras is not None:
+                    slot.extras.restore()
+                dropped += slot.kept.put(KeptModel(slot.entry, slot.model, slot.extras, slot.vaes, slot.autocast,
+                                                   list(slot.load_warnings), slot.stamp), keep)
+                slot.model = slot.entry = slot.extras = slot.vaes = None
+            del dropped  # the last references: _unload's collection frees them with the current one
+        self._unload(slot)
 
     def unload(self) -> None:
         """worker: drop the calling worker's loaded model and give its memory back."""
@@ -345,6 +379,7 @@ class Engine:
                 skipped.append(slot.index)
                 continue
             try:
+                slot.kept.clear()  # the WebUI's unload frees every checkpoint
                 self._unload(slot)
             finally:
                 slot.lock.release()

@@ -36,6 +36,7 @@ class Options:
     """User options. Names, defaults and meanings are the WebUI's (modules/shared_options.py)."""
 
     sd_model_checkpoint: str | None = None  # checkpoint title or file name; None = first found
+    sd_checkpoints_limit: int = 1  # checkpoints kept loaded at once: a switch back to a kept one reads no file
     sd_vae: str = "Automatic"  # "Automatic" (same-name VAE beside checkpoint) | "None" | VAE file name
     CLIP_stop_at_last_layers: int = 1  # clip skip: 1 uses the last layer, 2 skips one
     randn_source: str = "GPU"  # where initial noise is drawn: "GPU" | "CPU" | "NV"
@@ -122,6 +123,7 @@ _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
 _RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12),
+    "sd_checkpoints_limit": (1, 10),
     "eta_ancestral": (0.0, 1.0),
     "eta_ddim": (0.0, 1.0),
     "s_churn": (0.0, 100.0),

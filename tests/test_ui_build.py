@@ -105,7 +105,8 @@ def test_settings_tab_has_the_sampler_parameters_and_stores_them(engine):
     with gr.Blocks():
         tab = build_settings_tab(engine)
     for key in ("eta_ddim", "eta_ancestral", "eta_noise_seed_delta", "s_churn", "sigma_min", "sigma_max", "rho",
-                "beta_dist_alpha", "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "s_min_uncond"):
+                "beta_dist_alpha", "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "s_min_uncond",
+                "sd_checkpoints_limit", "extra_networks_default_multiplier", "add_model_hash_to_info"):
         assert key in tab.fields, key
     changed, rejected = apply_settings(engine, {"sigma_max": 5.5, "sgm_noise_multiplier": True, "rho": 0.0})
     assert changed == ["sigma_max", "sgm_noise_multiplier"] and rejected == []

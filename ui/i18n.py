@@ -150,6 +150,7 @@ EN: dict[str, str] = {
     # Settings
     "SD VAE": "SD VAE",
     "Clip skip": "Clip skip",
+    "Maximum number of checkpoints loaded at the same time": "Maximum number of checkpoints loaded at the same time",
     "Random number generator source.": "Random number generator source.",
     "Show live previews of the created image": "Show live previews of the created image",
     "Live preview display period (steps; -1 = only at the end)":
@@ -289,6 +290,7 @@ ZH_CN: dict[str, str] = {
     "This file is not an image Kiln can read.": "该文件不是 Kiln 能读取的图像。",
     "SD VAE": "外挂 VAE 模型",
     "Clip skip": "CLIP 终止层数 (Clip skip)",
+    "Maximum number of checkpoints loaded at the same time": "最多同时加载的模型数量",
     "Random number generator source.": "随机数生成器来源",
     "Show live previews of the created image": "显示生成过程中的实时预览",
     "Live preview display period (steps; -1 = only at the end)": "实时预览刷新间隔（步数；-1 = 仅在结束时）",

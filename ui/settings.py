@@ -40,6 +40,9 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         f["sd_model_checkpoint"] = gr.Dropdown(label=t("Stable Diffusion checkpoint"),
                                                choices=engine.checkpoint_titles(), value=checkpoint_value(engine),
                                                elem_id="settings-checkpoint")
+        f["sd_checkpoints_limit"] = gr.Slider(1, 10, value=o.sd_checkpoints_limit, step=1,
+                                              label=t("Maximum number of checkpoints loaded at the same time"),
+                                              elem_id="settings-checkpoints-limit")
         vaes = vae_choices(engine)
         f["sd_vae"] = gr.Dropdown(label=t("SD VAE"), choices=vaes, value=o.sd_vae if o.sd_vae in vaes else "Automatic",
                                   elem_id="settings-sd-vae")
