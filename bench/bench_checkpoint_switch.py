@@ -51,7 +51,6 @@ def kiln_switch_back(data: Path, names: tuple[str, str], limit: int) -> float:
         return time.perf_counter() - start
     finally:
         queue.shutdown()
-        del engine
         gc.collect()
 
 
@@ -107,12 +106,12 @@ def main() -> int:
     r, k, d = (statistics.median(x) for x in (reload_s, kept_s, diff_s))
     size = source.stat().st_size / 2**30
     print(f"\nswitch back A → B → A, checkpoints of {size:.2f} GiB, {args.repeats} runs, median seconds")
-    print(f"| {'switch back to A':<44} | {'seconds':>8} |")
-    print(f"|{'-' * 46}|{'-' * 10}|")
-    print(f"| {'Kiln, sd_checkpoints_limit 1 (reads the file)':<44} | {r:8.3f} |")
-    print(f"| {'Kiln, sd_checkpoints_limit 2 (kept)':<44} | {k:8.3f} |")
-    print(f"| {'diffusers from_single_file':<44} | {d:8.3f} |")
-    print(f"| {'ratio kept / diffusers':<44} | {k / d:8.3f} |")
+    print(f"| {'switch back to A':<46} | {'seconds':>8} |")
+    print(f"|{'-' * 48}|{'-' * 10}|")
+    print(f"| {'Kiln, sd_checkpoints_limit 1 (reads the file)':<46} | {r:8.3f} |")
+    print(f"| {'Kiln, sd_checkpoints_limit 2 (kept)':<46} | {k:8.3f} |")
+    print(f"| {'diffusers from_single_file':<46} | {d:8.3f} |")
+    print(f"| {'ratio kept / diffusers':<46} | {k / d:8.3f} |")
     return 0
 
 

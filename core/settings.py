@@ -29,6 +29,25 @@ RANDN_SOURCES = ("GPU", "CPU", "NV")
 # The formats pictures are saved in (samples_format, grid_format); AVIF where Pillow can write it.
 AVIF_AVAILABLE = features.check("avif")
 SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp") + (("avif",) if AVIF_AVAILABLE else ())
+# Live preview methods: the WebUI's "Approx NN" and "TAESD" need model files it downloads.
+PREVIEW_METHODS = ("Approx cheap", "Full")
+
+# WebUI options Kiln keeps at one behaviour, and why. Sending that value is accepted (a client
+# posting back the WebUI's whole option dict); any other value is refused naming the reason,
+# never stored and ignored.
+FIXED_WEBUI_OPTIONS: dict[str, tuple[Any, str]] = {
+    "token_merging_ratio": (0.0, "Kiln has no token merging (ToMe): it trades picture quality for speed and "
+                                 "Kiln's U-Net runs unmerged"),
+    "token_merging_ratio_hr": (0.0, "Kiln has no token merging (ToMe)"),
+    "token_merging_ratio_img2img": (0.0, "Kiln has no token merging (ToMe)"),
+    "upcast_attn": (False, "not needed: Kiln's attention is PyTorch SDPA (or xformers), whose half-precision "
+                           "kernels accumulate in fp32; the WebUI's upcast fixes its own split attention. If a "
+                           "model still makes black pictures, start with --no-half"),
+    "live_preview_content": ("Combined", "Kiln's live preview shows the combined (CFG) prediction, the WebUI's "
+                                         "'Combined'"),
+    "sd_vae_as_default": (False, "the WebUI 1.6 replaced it with sd_vae_overrides_per_model_preferences (its "
+                                 "opposite): set that one"),
+}
 
 
 @dataclass
@@ -61,6 +80,7 @@ class Options:
     img2img_background_color: str = "#ffffff"  # fills transparent parts of img2img inputs
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10  # live preview period in steps; -1 = only at the end
+    show_progress_type: str = "Approx cheap"  # live preview method: "Approx cheap" | "Full" (VAE decode)
     samples_save: bool = True  # always save generated images
     samples_format: str = "png"  # png | jpg | jpeg | webp | avif (where Pillow writes AVIF)
     samples_filename_pattern: str = ""  # "" = "[seed]" (with save_to_dirs) or "[seed]-[prompt_spaces]"
@@ -118,6 +138,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": SAMPLE_FORMATS,
     "grid_format": SAMPLE_FORMATS,
     "infotext_styles": INFOTEXT_STYLES_CHOICES,
+    "show_progress_type": PREVIEW_METHODS,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
@@ -438,6 +459,12 @@ class Settings:
             if key not in OPTION_DEFAULTS:
                 if self.options.extra.get(key) == value:
                     continue  # another program's option, sent back unchanged (a GET-then-POST client)
+                fixed = FIXED_WEBUI_OPTIONS.get(key)
+                if fixed is not None:
+                    if value == fixed[0]:
+                        continue  # what Kiln does anyway
+                    raise InvalidParameterError(key, f"{value!r}: {fixed[1]}", hint=f"Kiln works as {key} = "
+                                                f"{fixed[0]!r}; see GET /sdapi/v1/options")
                 raise InvalidParameterError(key, "Kiln has no such setting", hint="see GET /sdapi/v1/options")
             current = getattr(self.options, key)
             try:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from core.settings import RANDN_SOURCES
+from core.settings import PREVIEW_METHODS, RANDN_SOURCES
 from ui.common import CheckpointRow, checkpoint_choices, checkpoint_value
 from ui.i18n import t, translate
 from ui.settings_infotext import build_infotext_settings
@@ -55,6 +55,8 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         f["show_progress_every_n_steps"] = gr.Slider(
             -1, 32, value=o.show_progress_every_n_steps, step=1,
             label=t("Live preview display period (steps; -1 = only at the end)"))
+        f["show_progress_type"] = gr.Radio([(t(m), m) for m in PREVIEW_METHODS], value=o.show_progress_type,
+                                           label=t("Live preview method"), elem_id="settings-preview-method")
         f["samples_save"] = gr.Checkbox(value=o.samples_save, label=t("Always save all generated images"))
         f.update(build_sampler_settings(o))  # eta, sigma churn, the schedule's sigmas, NGMS
         f.update(build_saving_settings(o))  # formats, name patterns, folders, infotext styles

@@ -218,7 +218,8 @@ def run_img2img(gc: GenerationContext, params: Img2ImgParams, ctx: JobContext) -
     fix_steps = bool(options.img2img_fix_steps)
     steps_per_batch = img2img_steps(p.steps, p.denoising_strength, fix_steps)[1] + 1
     ctx.set_total(steps_per_batch * p.batch_count, job_count=p.total_images)
-    reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model)))
+    reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model),
+                                                   full=options.show_progress_type == "Full"))
     multiplier = options.initial_noise_multiplier if p.initial_noise_multiplier is None else p.initial_noise_multiplier
     infotext = _infotext_params(gc, p, prepared, sampler.name, scheduler, cache, multiplier, inpainting_model)
     folder = gc.output_root(options.outdir_img2img_samples)

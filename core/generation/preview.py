@@ -17,7 +17,10 @@ FULL_DECODE_MAX_LATENT_PIXELS = 32 * 32
 
 
 class LatentPreviewer:
-    def __init__(self, vae, scaling_factor: float, latent_channels: int, seed: int = 0):
+    def __init__(self, vae, scaling_factor: float, latent_channels: int, seed: int = 0, *, full: bool = False):
+        """``full``: decode every preview with the VAE (the WebUI's "Full" preview method);
+        else the fitted linear map ("Approx cheap") for latents above FULL_DECODE_MAX_LATENT_PIXELS."""
+        self.full = full
         self.vae = vae
         self.scaling_factor = scaling_factor
         self.latent_channels = latent_channels
@@ -48,7 +51,7 @@ class LatentPreviewer:
     @torch.no_grad()
     def to_image(self, latent: torch.Tensor) -> Image.Image:
         """First image of a latent batch → small RGB preview."""
-        if latent.shape[-1] * latent.shape[-2] <= FULL_DECODE_MAX_LATENT_PIXELS:
+        if self.full or latent.shape[-1] * latent.shape[-2] <= FULL_DECODE_MAX_LATENT_PIXELS:
             return self._full_decode(latent[:1])
         if self._weights is None:
             self._weights = self._fit()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InvalidParameterError
-from core.settings import OPTION_DEFAULTS, Options, checked_option
+from core.settings import FIXED_WEBUI_OPTIONS, OPTION_DEFAULTS, Options, checked_option
 
 # Options of the WebUI that name the checkpoint rather than tune it.
 CHECKPOINT_KEY = "sd_model_checkpoint"
@@ -70,6 +70,7 @@ class RunOptions:
     add_vae_name_to_info: bool = True
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10
+    show_progress_type: str = "Approx cheap"
     # Kiln's, set by a job and not a setting: more folders `<lora:name>` tags look in, before
     # models/Lora (the evaluation sheet names a run's epoch files where the trainer wrote them).
     lora_folders: tuple[str, ...] = ()
@@ -117,6 +118,11 @@ def snapshot(options: Options, checkpoint: str | None, overrides: dict[str, Any]
         if key not in OPTION_DEFAULTS:
             if options.extra.get(key) == value:
                 continue
+            fixed = FIXED_WEBUI_OPTIONS.get(key)
+            if fixed is not None:
+                if value == fixed[0]:
+                    continue
+                raise InvalidParameterError(field, f"{value!r}: {fixed[1]}", hint=f"Kiln works as {fixed[0]!r}")
             raise InvalidParameterError(field, "Kiln has no such option, so it cannot be changed for one job",
                                         hint="see GET /sdapi/v1/options for the options Kiln has")
         try:

@@ -150,7 +150,8 @@ def run_txt2img(gc: GenerationContext, params: GenerationParams, ctx: JobContext
 
     steps_per_batch = p.steps + (hr_steps or 0)
     ctx.set_total(steps_per_batch * p.batch_count, job_count=p.total_images)
-    reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model)))
+    reporter = StepReporter(ctx, LatentPreviewer(model.vae, spec.vae_scaling_factor, model_ops.latent_channels(model),
+                                                   full=options.show_progress_type == "Full"))
     factor = model_ops.vae_downscale(model)
     base_infotext = _infotext_params(gc, p, sampler.name, scheduler, hires, second, cache)
     folder = gc.output_root(options.outdir_txt2img_samples)
