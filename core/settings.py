@@ -23,6 +23,7 @@ from core.cli import Flags
 from core.errors import KilnError
 from core.fileio import atomic_write_json, remove_stale_temp_files, unique_path
 from core.paths import KilnPaths
+from core.sampling.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from core.styles import INFOTEXT_STYLES_CHOICES
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
@@ -74,6 +75,10 @@ class Options:
     beta_dist_beta: float = 0.6  # the Beta schedule's beta
     always_discard_next_to_last_sigma: bool = False
     sgm_noise_multiplier: bool = False  # txt2img starts from noise * sqrt(1 + sigma_max²), as SGM does
+    uni_pc_variant: str = "bh1"  # "bh1" | "bh2"
+    uni_pc_skip_type: str = "time_uniform"  # "time_uniform" | "time_quadratic" | "logSNR"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
     img2img_fix_steps: bool = False  # "do exactly the amount of steps the slider specifies"
     initial_noise_multiplier: float = 1.0  # img2img: noise multiplier for the init latent
     inpainting_mask_weight: float = 1.0  # "Conditional mask weight" for inpainting checkpoints
@@ -139,12 +144,15 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "grid_format": SAMPLE_FORMATS,
     "infotext_styles": INFOTEXT_STYLES_CHOICES,
     "show_progress_type": PREVIEW_METHODS,
+    "uni_pc_variant": UNIPC_VARIANTS,
+    "uni_pc_skip_type": UNIPC_SKIP_TYPES,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
 _RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12),
     "sd_checkpoints_limit": (1, 10),
+    "uni_pc_order": (1, 50),
     "eta_ancestral": (0.0, 1.0),
     "eta_ddim": (0.0, 1.0),
     "s_churn": (0.0, 100.0),

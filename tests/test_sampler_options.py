@@ -167,3 +167,48 @@ def test_infotext_leaves_out_the_model_facts_the_options_say(model_api):
     assert "Model hash: " not in text and "Model: " in text
     _image, text = _run(client, override_settings={"add_model_hash_to_info": False, "add_model_name_to_info": False})
     assert "Model hash: " not in text and "Model: " not in text
+
+
+# --- UniPC (the WebUI's uni_pc_* settings) ------------------------------------------------------------
+def test_unipc_skip_types_space_the_grid_as_unipc_does():
+    from core.sampling.timestep_samplers import unipc_log_alpha, unipc_sigmas
+
+    n = len(SCHEDULE)
+
+    def sigma_at(t: torch.Tensor) -> torch.Tensor:
+        la = unipc_log_alpha(t.double(), SCHEDULE)
+        return torch.sqrt(1 - torch.exp(2 * la)) / torch.exp(la)
+
+    uniform = unipc_sigmas(5, SCHEDULE)
+    assert uniform.tolist() == pytest.approx(sigma_at(torch.linspace(1.0, 1 / n, 6)).tolist(), rel=1e-5)
+    quadratic = unipc_sigmas(5, SCHEDULE, skip_type="time_quadratic")
+    t = torch.linspace(1.0, (1 / n) ** 0.5, 6) ** 2
+    assert quadratic.tolist() == pytest.approx(sigma_at(t).tolist(), rel=1e-5)
+    log_snr = unipc_sigmas(5, SCHEDULE, skip_type="logSNR")
+    steps = torch.log(log_snr.double()).diff()
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-4)  # even in lambda = -log(sigma)
+    assert log_snr[0] == pytest.approx(float(uniform[0]), rel=1e-5)
+    assert log_snr[-1] == pytest.approx(float(uniform[-1]), rel=1e-5)
+    with pytest.raises(ValueError):
+        unipc_sigmas(5, SCHEDULE, skip_type="nope")
+
+
+def test_unipc_settings_change_the_picture_and_write_the_webui_keys(model_api):
+    client, _engine = model_api
+    unipc = {"sampler_name": "UniPC", "scheduler": "Automatic", "steps": 6}
+    plain, plain_text = _run(client, **unipc)
+    assert "UniPC" not in plain_text.replace("Sampler: UniPC", "")
+    seen = {plain.tobytes()}
+    for overrides, key in (({"uni_pc_variant": "bh2"}, "UniPC variant: bh2"),
+                           ({"uni_pc_skip_type": "logSNR"}, "UniPC skip type: logSNR"),
+                           ({"uni_pc_order": 1}, "UniPC order: 1"),
+                           ({"uni_pc_lower_order_final": False}, "UniPC lower order final: False")):
+        image, text = _run(client, **unipc, override_settings=overrides)
+        assert key in text, text
+        assert image.tobytes() not in seen, overrides  # each setting makes a different picture
+        seen.add(image.tobytes())
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": text, "width": 64, "height": 64})
+    again = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert np.array_equal(np.asarray(again.convert("RGB")), image)  # pasted back: the same picture
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, **unipc, "override_settings": {"uni_pc_variant": "vary_coeff"}})
+    assert r.status_code == 422 and "uni_pc_variant" in r.text

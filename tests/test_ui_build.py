@@ -106,7 +106,8 @@ def test_settings_tab_has_the_sampler_parameters_and_stores_them(engine):
         tab = build_settings_tab(engine)
     for key in ("eta_ddim", "eta_ancestral", "eta_noise_seed_delta", "s_churn", "sigma_min", "sigma_max", "rho",
                 "beta_dist_alpha", "always_discard_next_to_last_sigma", "sgm_noise_multiplier", "s_min_uncond",
-                "sd_checkpoints_limit", "extra_networks_default_multiplier", "add_model_hash_to_info"):
+                "sd_checkpoints_limit", "extra_networks_default_multiplier", "add_model_hash_to_info",
+                "uni_pc_variant", "uni_pc_skip_type", "uni_pc_order", "uni_pc_lower_order_final", "show_progress_type"):
         assert key in tab.fields, key
     changed, rejected = apply_settings(engine, {"sigma_max": 5.5, "sgm_noise_multiplier": True, "rho": 0.0})
     assert changed == ["sigma_max", "sgm_noise_multiplier"] and rejected == []

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from core.sampling.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from core.settings import Options
 from ui.dataset.strings import Strings
 
@@ -27,6 +28,10 @@ ZH = {
     "Always discard next-to-last sigma": "始终舍弃倒数第二个 sigma",
     "SGM noise multiplier": "SGM 噪声倍增",
     "Negative Guidance minimum sigma (NGMS; 0 = off)": "负面引导最小 sigma (NGMS；0 = 关闭)",
+    "UniPC variant": "UniPC 变体",
+    "UniPC skip type": "UniPC 跳步类型",
+    "UniPC order (clamped to the steps)": "UniPC 阶数（不超过迭代步数）",
+    "UniPC lower order final": "UniPC 最后几步降阶",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)
@@ -63,6 +68,14 @@ def build_sampler_settings(o: Options) -> dict[str, Any]:
             f["always_discard_next_to_last_sigma"] = gr.Checkbox(value=o.always_discard_next_to_last_sigma,
                                                                  label=S.tr("Always discard next-to-last sigma"))
             f["sgm_noise_multiplier"] = gr.Checkbox(value=o.sgm_noise_multiplier, label=S.tr("SGM noise multiplier"))
+        with gr.Row():
+            f["uni_pc_variant"] = gr.Radio(list(UNIPC_VARIANTS), value=o.uni_pc_variant, label=S.tr("UniPC variant"))
+            f["uni_pc_skip_type"] = gr.Radio(list(UNIPC_SKIP_TYPES), value=o.uni_pc_skip_type,
+                                             label=S.tr("UniPC skip type"))
+            f["uni_pc_order"] = gr.Slider(1, 50, value=o.uni_pc_order, step=1,
+                                          label=S.tr("UniPC order (clamped to the steps)"))
+            f["uni_pc_lower_order_final"] = gr.Checkbox(value=o.uni_pc_lower_order_final,
+                                                        label=S.tr("UniPC lower order final"))
         f["s_min_uncond"] = gr.Slider(0.0, 15.0, value=o.s_min_uncond, step=0.01,
                                       label=S.tr("Negative Guidance minimum sigma (NGMS; 0 = off)"),
                                       elem_id="settings-s-min-uncond")

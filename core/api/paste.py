@@ -73,6 +73,10 @@ INFOTEXT_SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Beta schedule beta": ("beta_dist_beta", _to_float),
     "Discard penultimate sigma": ("always_discard_next_to_last_sigma", _to_bool),
     "SGM noise multiplier": ("sgm_noise_multiplier", _to_bool),
+    "UniPC variant": ("uni_pc_variant", _to_str),
+    "UniPC skip type": ("uni_pc_skip_type", _to_str),
+    "UniPC order": ("uni_pc_order", _to_int),
+    "UniPC lower order final": ("uni_pc_lower_order_final", _to_bool),
 }
 
 

@@ -36,6 +36,7 @@ from core.sampling.plan import (
 from core.sampling.samplers import KIND_TIMESTEPS, SamplerInfo, find_sampler
 from core.sampling.schedule import NoiseSchedule
 from core.sampling.schedulers import ScheduleOptions, find_scheduler
+from core.sampling.timestep_samplers import UniPCOptions, sample_unipc
 
 if TYPE_CHECKING:
     from core.models.checkpoint import LoadedModel
@@ -64,14 +65,18 @@ class SamplingPass:
     s_min_uncond: float = 0.0  # NGMS: below this sigma the negative prompt is not evaluated
     schedule_options: ScheduleOptions = field(default_factory=ScheduleOptions)
     sgm_noise_multiplier: bool = False  # txt2img's start noise scaled by sqrt(1 + sigma_max²)
+    unipc: UniPCOptions = field(default_factory=UniPCOptions)  # the UniPC sampler's settings
 
     @property
     def sampler_name(self) -> str:
         return self.sampler.name
 
     def kwargs(self) -> dict[str, Any]:
-        return sampler_kwargs(self.sampler, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin,
-                              s_tmax=self.s_tmax, s_noise=self.s_noise)
+        kwargs = sampler_kwargs(self.sampler, eta=self.eta, s_churn=self.s_churn, s_tmin=self.s_tmin,
+                                s_tmax=self.s_tmax, s_noise=self.s_noise)
+        if self.sampler.function is sample_unipc:
+            kwargs.update(self.unipc.sampler_kwargs())
+        return kwargs
 
 
 def resolve_sampler(name: str, field_name: str = "sampler_name") -> SamplerInfo:
@@ -164,7 +169,8 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
     batch = noise.shape[0]
     is_sdxl = model.spec.family == "sdxl"
     schedule_kwargs = {"is_sdxl": is_sdxl, **sp.schedule_options.sigma_kwargs(),
-                       "always_discard_penultimate": sp.schedule_options.always_discard_penultimate}
+                       "always_discard_penultimate": sp.schedule_options.always_discard_penultimate,
+                       "unipc_skip_type": sp.unipc.skip_type}
     if init_latent is None:
         sigmas = sampler_sigmas(sampler, sp.scheduler, sp.steps, schedule, **schedule_kwargs)
         full_sigmas = sigmas

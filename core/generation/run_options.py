@@ -44,6 +44,10 @@ class RunOptions:
     beta_dist_beta: float = 0.6
     always_discard_next_to_last_sigma: bool = False
     sgm_noise_multiplier: bool = False
+    uni_pc_variant: str = "bh1"
+    uni_pc_skip_type: str = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
     inpainting_mask_weight: float = 1.0

@@ -40,6 +40,7 @@ from core.prompts.extra_networks import parse_extra_networks
 from core.sampling.rng import ImageRNG
 from core.sampling.schedule import NoiseSchedule
 from core.sampling.schedulers import ScheduleOptions
+from core.sampling.timestep_samplers import UniPCOptions, sample_unipc
 
 if TYPE_CHECKING:
     from core.generation.context import GenerationContext
@@ -69,6 +70,7 @@ def sampler_options(p: GenerationParams, sampler, options: RunOptions) -> dict[s
         "s_min_uncond": ngms(p, options),
         "schedule_options": ScheduleOptions.from_options(options),
         "sgm_noise_multiplier": bool(options.sgm_noise_multiplier),
+        "unipc": UniPCOptions.from_options(options),
     }
 
 
@@ -343,6 +345,8 @@ def base_infotext(gc: GenerationContext, p: GenerationParams, sampler: str, sche
         params.update(ScheduleOptions.from_options(options).infotext(scheduler, sampler_discards=info.discard_penultimate))
     elif options.always_discard_next_to_last_sigma:
         params["Discard penultimate sigma"] = True
+    if info.function is sample_unipc:
+        params.update(UniPCOptions.from_options(options).infotext())
     return params
 
 

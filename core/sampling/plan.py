@@ -47,18 +47,20 @@ def sampler_sigmas(
     schedule: NoiseSchedule,
     *,
     always_discard_penultimate: bool = False,
+    unipc_skip_type: str = "time_uniform",
     **scheduler_options: Any,
 ) -> Tensor:
     """The full sigma list for ``steps`` (txt2img, or the list img2img cuts from).
 
-    ``scheduler_options`` go to schedulers.get_sigmas (sigma_min, sigma_max, rho, is_sdxl, beta_alpha, ...).
+    ``scheduler_options`` go to schedulers.get_sigmas (sigma_min, sigma_max, rho, is_sdxl, beta_alpha, ...);
+    ``unipc_skip_type`` is UniPC's own grid (the WebUI's uni_pc_skip_type).
     """
     discard = info.discard_penultimate or always_discard_penultimate
     if info.kind == KIND_TIMESTEPS:
         steps = steps + 1 if discard else steps
         if info.function is timestep_samplers.sample_unipc:
             # The WebUI hands UniPC len(timesteps) steps, which exceeds ``steps`` when it does not divide 1000.
-            return unipc_sigmas(len(ddim_timesteps(steps, len(schedule))), schedule)
+            return unipc_sigmas(len(ddim_timesteps(steps, len(schedule))), schedule, skip_type=unipc_skip_type)
         return ddim_timestep_sigmas(steps, schedule)
     return get_sigmas(scheduler, steps, sampler_schedule(info, schedule), discard_penultimate=discard,
                       default_scheduler=info.default_scheduler, **scheduler_options)
@@ -104,6 +106,7 @@ def img2img_plan(
     *,
     fix_steps: bool = False,
     always_discard_penultimate: bool = False,
+    unipc_skip_type: str = "time_uniform",
     **scheduler_options: Any,
 ) -> Img2ImgPlan:
     """The WebUI's sample_img2img schedules: the tail of the full schedule that denoising strength keeps."""
@@ -115,11 +118,11 @@ def img2img_plan(
                               always_discard_penultimate=always_discard_penultimate, **scheduler_options)
         tail = full[total - t_enc - 1:]
         return Img2ImgPlan(tail, full, float(tail[0]), 1.0, t_enc + 1)
-    return _timestep_img2img_plan(info, total, t_enc, schedule, always_discard_penultimate)
+    return _timestep_img2img_plan(info, total, t_enc, schedule, always_discard_penultimate, unipc_skip_type)
 
 
 def _timestep_img2img_plan(info: SamplerInfo, total: int, t_enc: int, schedule: NoiseSchedule,
-                           discard: bool) -> Img2ImgPlan:
+                           discard: bool, unipc_skip_type: str = "time_uniform") -> Img2ImgPlan:
     """DDIM/PLMS/UniPC noise the image to timesteps[t_enc] but then treat it as sitting at
     timesteps[t_enc - 1] (the WebUI's behaviour); in k-space that is a rescale by
     sqrt(abar[t_enc] / abar[t_enc - 1])."""
@@ -130,7 +133,7 @@ def _timestep_img2img_plan(info: SamplerInfo, total: int, t_enc: int, schedule: 
     abar = schedule.alphas_cumprod.float().double()
     scale = math.sqrt(float(abar[noise_t]) / float(abar[start_t]))
     if info.function is timestep_samplers.sample_unipc:
-        sigmas = unipc_sigmas(t_enc, schedule, t_start=(start_t + 1) / len(schedule))
+        sigmas = unipc_sigmas(t_enc, schedule, t_start=(start_t + 1) / len(schedule), skip_type=unipc_skip_type)
     else:
         sigmas = schedule.sigmas[torch.tensor(timesteps[:t_enc][::-1])].clone()
     full = ddim_timestep_sigmas(total, schedule)

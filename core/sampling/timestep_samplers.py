@@ -13,6 +13,8 @@ decodes. Quirks kept on purpose: DDIM/PLMS make len(timesteps) - 1 model calls (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,14 +44,58 @@ def unipc_log_alpha(t_continuous: Tensor, schedule: NoiseSchedule) -> Tensor:
     return torch.from_numpy(np.interp(t_continuous.double().numpy(), t_array.numpy(), log_alphas.numpy()))
 
 
-def unipc_sigmas(steps: int, schedule: NoiseSchedule, t_start: float | None = None) -> Tensor:
-    """Sigmas of UniPC's "time_uniform" grid from t_start (default 1) to 1/N, steps + 1 points."""
-    n = len(schedule)
-    t_T = 1.0 if t_start is None else t_start
-    t = torch.linspace(t_T, 1.0 / n, steps + 1)
-    log_alpha = unipc_log_alpha(t, schedule)
+UNIPC_VARIANTS = ("bh1", "bh2")  # the WebUI's third, "vary_coeff", is not implemented
+UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
+@dataclass(frozen=True)
+class UniPCOptions:
+    """The WebUI's uni_pc_* settings (defaults are its defaults)."""
+
+    variant: str = "bh1"
+    skip_type: str = "time_uniform"
+    order: int = 3
+    lower_order_final: bool = True
+
+    @classmethod
+    def from_options(cls, options: Any) -> UniPCOptions:
+        return cls(variant=options.uni_pc_variant, skip_type=options.uni_pc_skip_type,
+                   order=int(options.uni_pc_order), lower_order_final=bool(options.uni_pc_lower_order_final))
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        return {"variant": self.variant, "order": self.order, "lower_order_final": self.lower_order_final}
+
+    def infotext(self) -> dict[str, object]:
+        """The WebUI's keys for the settings that differ from their defaults."""
+        default = UniPCOptions()
+        names = {"variant": "UniPC variant", "skip_type": "UniPC skip type", "order": "UniPC order",
+                 "lower_order_final": "UniPC lower order final"}
+        return {label: getattr(self, key) for key, label in names.items() if getattr(self, key) != getattr(default, key)}
+
+
+def _sigma_k(log_alpha: Tensor) -> Tensor:
     # sigma_k = sigma_vp / alpha = sqrt(1 - alpha^2) / alpha
-    return (torch.sqrt(-torch.expm1(2 * log_alpha)) / torch.exp(log_alpha)).float()
+    return torch.sqrt(-torch.expm1(2 * log_alpha)) / torch.exp(log_alpha)
+
+
+def unipc_sigmas(steps: int, schedule: NoiseSchedule, t_start: float | None = None,
+                 skip_type: str = "time_uniform") -> Tensor:
+    """Sigmas of UniPC's grid from t_start (default 1) to 1/N, steps + 1 points: even in t
+    ("time_uniform"), in sqrt(t) ("time_quadratic") or in log-SNR ("logSNR"), as UniPC's
+    get_time_steps."""
+    n = len(schedule)
+    t_T, t_0 = (1.0 if t_start is None else t_start), 1.0 / n
+    if skip_type == "logSNR":
+        # lambda = log(alpha / sigma_vp) = -log(sigma_k): evenly spaced lambdas are geometric sigmas.
+        ends = _sigma_k(unipc_log_alpha(torch.tensor([t_T, t_0], dtype=torch.float64), schedule))
+        return torch.exp(torch.linspace(float(torch.log(ends[0])), float(torch.log(ends[1])), steps + 1)).float()
+    if skip_type == "time_quadratic":
+        t = torch.linspace(t_T ** 0.5, t_0 ** 0.5, steps + 1, dtype=torch.float64) ** 2
+    elif skip_type == "time_uniform":
+        t = torch.linspace(t_T, t_0, steps + 1)
+    else:
+        raise ValueError(f"unknown UniPC skip type {skip_type!r} (one of {', '.join(UNIPC_SKIP_TYPES)})")
+    return _sigma_k(unipc_log_alpha(t, schedule)).float()
 
 
 def _alpha_bar(sigma: float) -> float:
@@ -144,23 +190,24 @@ class _UniPCState:
         self.lam = -math.log(sigma_k)
 
 
-def _unipc_coefficients(rks: list[float], hh: float, order: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """R matrix, b vector and B(h) of UniPC's bh1 variant."""
+def _unipc_coefficients(rks: list[float], hh: float, order: int, b_h: float
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+    """R matrix, b vector and phi_1(h)·h of UniPC, for the variant's B(h) (bh1: h, bh2: e^h - 1)."""
     h_phi_1 = math.expm1(hh)
     h_phi_k = h_phi_1 / hh - 1
     factorial = 1
     rows, b = [], []
     for i in range(1, order + 1):
         rows.append([r ** (i - 1) for r in rks])
-        b.append(h_phi_k * factorial / hh)
+        b.append(h_phi_k * factorial / b_h)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
     return np.array(rows, dtype=np.float64), np.array(b, dtype=np.float64), h_phi_1
 
 
 def _unipc_update(model_x0, x, prev_x0: list[Tensor], prev: list[_UniPCState], cur: _UniPCState, order: int,
-                  use_corrector: bool) -> tuple[Tensor, Tensor | None]:
-    """One multistep UniPC-bh1 predictor (+ corrector) step in data-prediction form."""
+                  use_corrector: bool, variant: str = "bh1") -> tuple[Tensor, Tensor | None]:
+    """One multistep UniPC-bh predictor (+ corrector) step in data-prediction form."""
     last, m0 = prev[-1], prev_x0[-1]
     h = cur.lam - last.lam
     rks, d1s = [], []
@@ -170,8 +217,8 @@ def _unipc_update(model_x0, x, prev_x0: list[Tensor], prev: list[_UniPCState], c
         d1s.append((prev_x0[-(i + 1)] - m0) / rk)
     rks.append(1.0)
     hh = -h
-    big_r, b, h_phi_1 = _unipc_coefficients(rks, hh, order)
-    b_h = hh  # bh1
+    b_h = hh if variant == "bh1" else math.expm1(hh)  # bh2
+    big_r, b, h_phi_1 = _unipc_coefficients(rks, hh, order, b_h)
     x_t_ = (cur.sigma / last.sigma) * x - (cur.alpha * h_phi_1) * m0
     pred_res = 0
     if d1s:
@@ -189,8 +236,11 @@ def _unipc_update(model_x0, x, prev_x0: list[Tensor], prev: list[_UniPCState], c
 
 @torch.no_grad()
 def sample_unipc(model, x, sigmas, extra_args=None, callback=None, noise_sampler=None, order=3,
-                 lower_order_final=True):
-    """UniPC multistep, variant bh1, data prediction, corrector on all but the last step (WebUI defaults)."""
+                 lower_order_final=True, variant="bh1"):
+    """UniPC multistep (variant bh1 or bh2), data prediction, corrector on all but the last step
+    (the WebUI's defaults: bh1, order 3, lower order final)."""
+    if variant not in UNIPC_VARIANTS:
+        raise ValueError(f"unknown UniPC variant {variant!r} (one of {', '.join(UNIPC_VARIANTS)})")
     extra = {} if extra_args is None else extra_args
     grid = [_UniPCState(float(s)) for s in sigmas]
     steps = len(grid) - 1
@@ -207,7 +257,7 @@ def sample_unipc(model, x, sigmas, extra_args=None, callback=None, noise_sampler
         else:
             step_order = min(order, steps + 1 - step) if lower_order_final else order
             use_corrector = step != steps
-        x, model_x = _unipc_update(model_x0, x, prev_x0, prev, grid[step], step_order, use_corrector)
+        x, model_x = _unipc_update(model_x0, x, prev_x0, prev, grid[step], step_order, use_corrector, variant)
         _report(callback, x / grid[step].alpha, step - 1, grid[step - 1].sigma_k, grid[step - 1].sigma_k,
                 model_x if model_x is not None else prev_x0[-1])
         if step < order:

@@ -376,7 +376,7 @@ ALL_AXES: tuple[Axis, ...] = (
          modes=frozenset(T2I)),
     Axis("VAE", TEXT, _option("sd_vae"), cost=0.7, choices=_vae_choices, check=_check_vaes),
     Axis("Styles", TEXT, _apply_styles, choices=_style_choices, check=_check_styles),
-    _no("UniPC Order", INT, "Kiln's UniPC has no order setting"),
+    Axis("UniPC Order", INT, _option("uni_pc_order"), check=_range(1, 50)),
     _no("Face restore", TEXT, "Kiln has no face restoration"),
     _no("Token merging ratio", FLOAT, "Kiln has no token merging"),
     _no("Token merging ratio high-res", FLOAT, "Kiln has no token merging"),
