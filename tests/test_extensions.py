@@ -16,7 +16,7 @@ from PIL import Image
 from core.cli import parse_flags
 from core.engine import Engine
 from core.extensions import DISABLED, FAILED, LOADED, NOT_RUN, ExtensionAPI
-from core.extensions.fixtures import write_broken_extension, write_sample_extension
+from core.extensions.fixtures import write_broken_extension, write_extension, write_sample_extension
 from core.generation.infotext import read_png_infotext
 from core.jobs import JobQueue
 from core.sampling.samplers import (
@@ -48,7 +48,7 @@ def ext_api(tmp_path_factory):
     extensions = data / "extensions"
     write_sample_extension(extensions, "good")
     write_broken_extension(extensions, "broken")
-    write_broken_extension(extensions, "off", OFF_SOURCE)
+    write_extension(extensions, "off", OFF_SOURCE)
     (extensions / "stable-diffusion-webui-wd14-tagger" / "scripts").mkdir(parents=True)
     # The WebUI's setting, read from config.json as a WebUI install leaves it.
     (data / "config.json").write_text(json.dumps({"disabled_extensions": ["off"]}), encoding="utf-8")
@@ -146,7 +146,7 @@ def test_the_flags_and_the_setting_disable_every_extension(tmp_path):
                                   (["--disable-extra-extensions"], {}, "--disable-extra-extensions"),
                                   ([], {"disable_all_extensions": "extra"}, "setting disable_all_extensions")):
         data = tmp_path / reason.strip("-").replace(" ", "_")
-        write_broken_extension(data / "extensions", "off", OFF_SOURCE)
+        write_extension(data / "extensions", "off", OFF_SOURCE)
         settings = _settings(data, *argv)
         settings.update(**options)
         engine = Engine(settings)
@@ -161,8 +161,8 @@ def test_a_setup_that_adds_a_taken_sampler_fails_and_takes_back_what_it_added(tm
               "def setup(api):\n"
               "    api.add_xyz_axis(Axis('Half-added axis', FLOAT, lambda cell, value, values: None))\n"
               "    api.add_sampler(SamplerInfo('euler', (), k_samplers.sample_euler))\n")
-    write_broken_extension(tmp_path / "extensions", "clash", source)
-    write_broken_extension(tmp_path / "extensions", "quits", "import sys\n\ndef setup(api):\n    sys.exit(3)\n")
+    write_extension(tmp_path / "extensions", "clash", source)
+    write_extension(tmp_path / "extensions", "quits", "import sys\n\ndef setup(api):\n    sys.exit(3)\n")
     engine = Engine(_settings(tmp_path))
     records = {r.name: r for r in engine.load_extensions().records}
     clash = records["clash"]
@@ -214,3 +214,22 @@ def test_unloading_takes_the_sampler_and_axis_back(tmp_path):
     assert find_sampler("Euler (brief)") is not None and "CFG offset (brief)" in axis_list("img2img").labels()
     engine.extensions.unload()
     assert find_sampler("Euler (brief)") is None and "CFG offset (brief)" not in axis_list("img2img").labels()
+
+
+def test_the_readmes_example_extension_loads_as_documented(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Extensions\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    folder_line, source = code.split("\n", 1)
+    name = folder_line.split("extensions/")[1].split("/")[0]
+    write_extension(tmp_path / "extensions", name, source)  # the README's text, as it is
+    engine = Engine(_settings(tmp_path))
+    try:
+        record = engine.load_extensions().record(name)
+        assert record.state == LOADED, record.message
+        assert record.adds == ["script: Prompt suffix", f"route: GET /kiln/ext/{name}/hello", "X/Y/Z axis: CFG offset",
+                               "sampler: Euler (mine)"]
+    finally:
+        engine.extensions.unload()

@@ -12,7 +12,7 @@ import pytest
 from core.api.convert import params_from_request
 from core.cli import parse_flags
 from core.engine import Engine
-from core.extensions.fixtures import write_broken_extension, write_sample_extension
+from core.extensions.fixtures import write_broken_extension, write_extension, write_sample_extension
 from core.jobs import JobQueue
 from core.settings import Settings
 from ui.extensions import alwayson_values, apply_choice, table_html
@@ -28,8 +28,8 @@ def page(tmp_path):
     extensions = tmp_path / "extensions"
     write_sample_extension(extensions, "good")
     write_broken_extension(extensions, "broken")
-    write_broken_extension(extensions, "badtab", BAD_TAB)
-    write_broken_extension(extensions, "off", "raise RuntimeError('not to be imported')\n")
+    write_extension(extensions, "badtab", BAD_TAB)
+    write_extension(extensions, "off", "raise RuntimeError('not to be imported')\n")
     (tmp_path / "config.json").write_text(json.dumps({"disabled_extensions": ["off", "gone-since"]}), encoding="utf-8")
     settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
     settings.paths.ensure_dirs()

@@ -2,7 +2,8 @@
 
 ``write_sample_extension`` writes a working extension that adds one of everything (an API
 route, an X/Y/Z axis, a sampler, an always-on script and a tab), named after its folder so
-several can load side by side; ``write_broken_extension`` one that raises on import.
+several can load side by side; ``write_broken_extension`` one that raises on import (as a WebUI extension would);
+``write_extension`` one with any source.
 """
 
 from __future__ import annotations
@@ -76,8 +77,13 @@ def write_sample_extension(extensions_dir: Path, name: str) -> Path:
     return folder
 
 
-def write_broken_extension(extensions_dir: Path, name: str, source: str = BROKEN_SOURCE) -> Path:
+def write_extension(extensions_dir: Path, name: str, source: str) -> Path:
+    """An extension folder whose entry point is ``source``."""
     folder = Path(extensions_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ENTRY_POINT).write_text(source, encoding="utf-8")
     return folder
+
+
+def write_broken_extension(extensions_dir: Path, name: str) -> Path:
+    return write_extension(extensions_dir, name, BROKEN_SOURCE)
