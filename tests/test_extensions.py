@@ -233,3 +233,18 @@ def test_the_readmes_example_extension_loads_as_documented(tmp_path):
                                "sampler: Euler (mine)"]
     finally:
         engine.extensions.unload()
+
+
+def test_extension_routes_are_behind_the_api_logins(tmp_path):
+    from core.api.server import create_api_app
+
+    write_sample_extension(tmp_path / "extensions", "guarded")
+    engine = Engine(_settings(tmp_path, "--api-auth", "tool:secret"))
+    queue = JobQueue()
+    try:
+        client = TestClient(create_api_app(engine, queue))
+        assert client.get("/kiln/ext/guarded/status").status_code == 401
+        assert client.get("/kiln/ext/guarded/status", auth=("tool", "secret")).json()["extension"] == "guarded"
+    finally:
+        queue.shutdown()
+        engine.extensions.unload()

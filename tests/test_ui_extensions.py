@@ -104,3 +104,11 @@ def test_the_choice_is_stored_in_the_webuis_settings(page):
     assert apply_choice(engine, ["good", "broken", "off"], "none", ZH_REQUEST) == "没有更改。"
     apply_choice(engine, ["good"], "all")
     assert options.disable_all_extensions == "all"
+
+
+def test_the_top_notice_names_the_broken_extensions(page):
+    from ui.common import notice_html
+
+    _demo, engine = page
+    assert "Extensions that failed to load (see the Extensions tab): broken" in notice_html(engine)
+    assert "加载失败的扩展" in notice_html(engine, ZH_REQUEST)
