@@ -112,3 +112,31 @@ def test_the_top_notice_names_the_broken_extensions(page):
     _demo, engine = page
     assert "Extensions that failed to load (see the Extensions tab): broken" in notice_html(engine)
     assert "加载失败的扩展" in notice_html(engine, ZH_REQUEST)
+
+
+def test_generate_on_the_page_runs_the_accordion_and_offers_the_sampler(tmp_path):
+    from core.models.fixtures import write_tiny_checkpoint
+    from ui.txt2img import build_txt2img_tab, generate_updates
+
+    write_tiny_checkpoint(tmp_path, "sd1")
+    write_sample_extension(tmp_path / "extensions", "good")
+    settings = Settings.from_flags(parse_flags(["--data-dir", str(tmp_path)]), tmp_path)
+    settings.paths.ensure_dirs()
+    engine = Engine(settings)
+    queue = JobQueue()
+    try:
+        engine.load_extensions(queue)
+        with gr.Blocks():
+            tab = build_txt2img_tab(engine)
+        assert "Euler (good)" in [value for _label, value in tab.fields["sampler_name"].choices]
+        (script,) = tab.ext_scripts
+        enabled, suffix = script.inputs
+        values = {name: component.value for name, component in tab.fields.items()}
+        values.update(prompt="a red circle", steps=1, width=64, height=64, seed=11, sampler_name="Euler (good)",
+                      alwayson_scripts=alwayson_values(tab.ext_scripts, {enabled: True, suffix: "on blue"}))
+        final = list(generate_updates(tab, engine, queue, values))[-1]
+    finally:
+        queue.shutdown()
+        engine.extensions.unload()
+    parameters = final[tab.gallery][0].info["parameters"]
+    assert parameters.startswith("a red circle, on blue\nSteps: 1, Sampler: Euler (good)")
