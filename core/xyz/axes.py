@@ -387,8 +387,8 @@ def register_axis(axis: Axis) -> Axis:
         raise ValueError(f"an axis is a core.xyz.axes.Axis, not {type(axis).__name__}")
     if not axis.label or axis.kind not in AXIS_KINDS:
         raise ValueError(f"axis {axis.label!r}: needs a label and a kind of {', '.join(AXIS_KINDS)}")
-    if axis.apply is None and axis.unsupported is None:
-        raise ValueError(f"axis {axis.label!r}: apply(cell, value, values) is missing")
+    if not callable(axis.apply) or axis.unsupported is not None:
+        raise ValueError(f"axis {axis.label!r}: needs apply(cell, value, values), and unsupported left unset")
     if not axis.modes or not axis.modes <= {"txt2img", "img2img"}:
         raise ValueError(f"axis {axis.label!r}: modes must be txt2img and/or img2img")
     wanted = axis.label.casefold()
