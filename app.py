@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
     engine = Engine(settings)
     queue = JobQueue(preview_every=lambda: preview_period(settings.options), workers=engine.workers)
     api = flags.api_enabled
+    engine.load_extensions(queue)  # before the page and the API: they show what extensions add
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -93,6 +93,10 @@ class Flags:
     timeout_keep_alive: int | None = None  # seconds an idle HTTP connection stays open (uvicorn's default)
     loglevel: str | None = None  # console log level; None = INFO
     skip_load_model: bool = False  # --ui-debug-mode / --skip-load-model-at-start: no model load at start
+    # --disable-all-extensions / --disable-extra-extensions: load nothing from extensions/ (every
+    # extension there is an "extra" one: Kiln ships none of its own).
+    disable_all_extensions: bool = False
+    disable_extra_extensions: bool = False
     # WebUI flags accepted without effect, in command-line order (each also has a line in warnings).
     webui_accepted: list[str] = field(default_factory=list)
     # Things worth telling the user that do not stop the start (e.g. a WebUI-only --use-cpu name).
@@ -385,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="console log level (default INFO)")
     page.add_argument("--ui-debug-mode", "--skip-load-model-at-start", dest="skip_load_model", action="store_true",
                       help="do not load a checkpoint at start (it loads with the first job)")
+    page.add_argument("--disable-all-extensions", action="store_true",
+                      help="load no extension from extensions/ (README, section 'Extensions')")
+    page.add_argument("--disable-extra-extensions", action="store_true",
+                      help="the same in Kiln, which ships no built-in extensions: load none from extensions/")
 
     # The WebUI's other flags: parsed with the WebUI's nargs and types, hidden from --help (listed in the
     # epilog and the README), acted on in parse_flags.
@@ -455,6 +463,8 @@ def parse_flags(argv: Sequence[str] | None = None) -> Flags:
         timeout_keep_alive=ns.timeout_keep_alive,
         loglevel=ns.loglevel,
         skip_load_model=ns.skip_load_model,
+        disable_all_extensions=ns.disable_all_extensions,
+        disable_extra_extensions=ns.disable_extra_extensions,
     )
     given = _given_webui_flags(ns, args_list)
     refused = [name for name in given if name in WEBUI_FLAGS_REFUSED]

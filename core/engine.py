@@ -88,6 +88,17 @@ class Engine:
         # Checkpoints that failed to load, path → why; listed as such and skipped as defaults.
         self.checkpoint_errors: dict[str, str] = {}
         self.fallback_note: str | None = None  # "X failed (why); using Y" after a fallback
+        from core.extensions.registry import ExtensionRegistry
+
+        # Filled by load_extensions(): the app loads them before it builds the page and the API.
+        self.extensions = ExtensionRegistry(self.paths.extensions_dir)
+
+    def load_extensions(self, queue: Any = None) -> Any:
+        """Import the enabled extensions of extensions/ once (README, section 'Extensions');
+        the ExtensionRegistry of what loaded, failed, or was disabled."""
+        from core.extensions.loader import load_extensions
+
+        return load_extensions(self, queue)
 
     # ------------------------------------------------------------------ devices --
     @property

@@ -27,6 +27,9 @@ from core.sampling.timestep_samplers import UNIPC_SKIP_TYPES, UNIPC_VARIANTS
 from core.styles import INFOTEXT_STYLES_CHOICES
 
 RANDN_SOURCES = ("GPU", "CPU", "NV")
+# The WebUI's "Disable all extensions" choices. Kiln ships no extensions of its own, so every
+# folder in extensions/ is an "extra" one: "extra" and "all" both switch them all off.
+DISABLE_EXTENSIONS_CHOICES = ("none", "extra", "all")
 # The formats pictures are saved in (samples_format, grid_format); AVIF where Pillow can write it.
 AVIF_AVAILABLE = features.check("avif")
 SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp") + (("avif",) if AVIF_AVAILABLE else ())
@@ -111,6 +114,8 @@ class Options:
     add_vae_name_to_info: bool = True
     infotext_styles: str = "Apply if any"  # pasting an infotext: "Ignore" | "Apply" | "Discard" | "Apply if any"
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
+    disabled_extensions: list[str] = field(default_factory=list)  # folder names in extensions/ not to load
+    disable_all_extensions: str = "none"  # "none" | "extra" | "all" (read at start)
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,7 +135,7 @@ class Options:
             if key not in known:
                 extra[key] = value
                 continue
-            default = known[key].default
+            default = OPTION_DEFAULTS[key]
             try:
                 values[key] = _check_option(key, value, default)
             except ValueError as exc:
@@ -146,6 +151,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "show_progress_type": PREVIEW_METHODS,
     "uni_pc_variant": UNIPC_VARIANTS,
     "uni_pc_skip_type": UNIPC_SKIP_TYPES,
+    "disable_all_extensions": DISABLE_EXTENSIONS_CHOICES,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.
@@ -195,6 +201,10 @@ def _check_option(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{value!r} is not a number")
         return _in_range(key, float(value))
+    if isinstance(default, list):  # disabled_extensions: names, as the WebUI stores them
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{value!r} is not a list of names")
+        return list(dict.fromkeys(value))
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not text")
@@ -425,13 +435,12 @@ class Settings:
     def update(self, **changes: Any) -> list[str]:
         """Set options by WebUI key (UI / API /sdapi/v1/options). Returns the keys that were rejected."""
         rejected: list[str] = []
-        defaults = {f.name: f.default for f in fields(Options) if f.default is not MISSING}
         for key, value in changes.items():
-            if key not in defaults:
+            if key not in OPTION_DEFAULTS:
                 self.options.extra[key] = value
                 continue
             try:
-                setattr(self.options, key, _check_option(key, value, defaults[key]))
+                setattr(self.options, key, _check_option(key, value, OPTION_DEFAULTS[key]))
             except ValueError:
                 rejected.append(key)
         return rejected
@@ -526,7 +535,17 @@ class Settings:
         return worker_devices(self.flags, _cuda_device_count())
 
 
-OPTION_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Options) if f.default is not MISSING}
+def _option_defaults() -> dict[str, Any]:
+    """Every option's default by key (a list option's from its factory); ``extra`` is no option."""
+    out: dict[str, Any] = {}
+    for f in fields(Options):
+        if f.name == "extra":
+            continue
+        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return out
+
+
+OPTION_DEFAULTS: dict[str, Any] = _option_defaults()
 
 
 def checked_option(key: str, value: Any) -> Any:

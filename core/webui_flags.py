@@ -68,7 +68,6 @@ _INTERNAL = "tunes the WebUI's internals; Kiln has no counterpart, ignored"
 _CONTROLNET = "a flag of the sd-webui-controlnet extension; Kiln has no ControlNet, ignored"
 _LYCORIS = "Kiln reads LyCORIS files from the LoRA folder (--lora-dir): move them there; ignored"
 _FILENAMES = "Kiln names saved images its own way (NNNNN-SEED.png, no characters a file system refuses); ignored"
-_NO_EXTENSIONS = "Kiln loads no WebUI extensions; nothing to disable"
 
 WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
     # launch.py's install and check steps: launch.sh installs, app.py only serves.
@@ -117,9 +116,7 @@ WEBUI_FLAGS_ACCEPTED: dict[str, WebUIFlag] = {
     # Code execution the WebUI can switch on: Kiln has no such feature, so there is nothing to switch.
     "--allow-code": WebUIFlag("Kiln has no 'Custom code' script and never runs code sent from the page; ignored"),
     "--enable-insecure-extension-access": WebUIFlag(
-        "Kiln has no Extensions tab that installs code from the page; nothing to enable"),
-    "--disable-all-extensions": WebUIFlag(_NO_EXTENSIONS),
-    "--disable-extra-extensions": WebUIFlag(_NO_EXTENSIONS),
+        "Kiln's Extensions tab installs no code from the page (extensions are folders you copy); nothing to enable"),
     "--administrator": WebUIFlag("Kiln has no administrator mode (--operator USER lets a login see and cancel "
                                  "every job); ignored"),
     # Attention, precision and memory tweaks of the WebUI's own model code.

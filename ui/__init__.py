@@ -25,6 +25,8 @@ from ui.common import (
 )
 from ui.dataset import build_dataset_tab, subtabs
 from ui.dataset import i18n_tables as dataset_i18n_tables
+from ui.extensions import STRINGS as EXTENSIONS_STRINGS
+from ui.extensions import build_extension_tabs, build_extensions_tab, wire_extensions_tab
 from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.extras import STRINGS as EXTRAS_STRINGS
 from ui.extras import build_extras_tab
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from core.jobs import JobQueue
 
 TITLE = "Kiln"
+EXTENSIONS_TITLE = I18nData("Extensions")
 
 
 def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
     return {"theme": theme, "css": CSS, "js": KEYBOARD_JS, "i18n": make_i18n((i18n_tables(), dataset_i18n_tables(), EXTRAS_STRINGS,
                                                                      TRAIN_STRINGS, XYZ_STRINGS, SHEET_STRINGS,
                                                                      MERGER_STRINGS, STYLES_STRINGS, SAVING_STRINGS, SAMPLER_STRINGS,
-                                                                     INFOTEXT_STRINGS,
+                                                                     INFOTEXT_STRINGS, EXTENSIONS_STRINGS,
                                                                      *extra_tables))}
 
 
@@ -90,8 +93,11 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
             build_merger_tab(engine, queue, top.dropdown)
             with gr.Tab(t("PNG Info"), id="pnginfo", elem_id="tab-pnginfo"):
                 pnginfo = build_pnginfo_tab()
+            build_extension_tabs(engine)  # the extensions' own tabs, before Settings as in the WebUI
             with gr.Tab(t("Settings"), id="settings", elem_id="tab-settings"):
                 settings = build_settings_tab(engine)
+            with gr.Tab(EXTENSIONS_TITLE, id="extensions", elem_id="tab-extensions"):
+                extensions_tab = build_extensions_tab(engine)
             with gr.Tab(t("Queue"), id="queue", elem_id="tab-queue"):
                 queue_tab = build_queue_tab()
         clip_skip = settings.fields["CLIP_stop_at_last_layers"]
@@ -108,6 +114,7 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                      lambda path: path, engine, clip_skip=clip_skip)
         wire_settings(settings, engine, top)
         wire_queue(queue_tab, engine, queue)
+        wire_extensions_tab(extensions_tab, engine, demo)
         _wire_checkpoint_row(top, engine, queue, (txt2img, img2img), settings, extra["checkpoint_pick"])
 
         sizes = [tab.fields[name] for tab in (txt2img, img2img) for name in ("width", "height")]

@@ -332,19 +332,34 @@ def checkpoint_choices(engine: Engine) -> dict[str, Any]:
     return gr.update(choices=checkpoint_labels(engine), value=checkpoint_value(engine))
 
 
+EXTENSIONS_FAILED = "Extensions that failed to load (see the Extensions tab):"
+
+
 def notice_html(engine: Engine, request: Any = None) -> str:
-    """Beside the checkpoint list: where to put a checkpoint when there is none, and which
-    files failed to load and why (in the browser's language)."""
+    """Beside the checkpoint list: where to put a checkpoint when there is none, which files
+    failed to load and why, and which extensions failed (in the browser's language)."""
+    broken = _broken_extensions_line(engine, request)
     if not engine.registry.checkpoints():
         text = translate(NO_CHECKPOINT, request).format(folder=engine.paths.ckpt_dir)
-        return f'<div class="kiln-notice">{html.escape(text)}</div>'
+        return f'<div class="kiln-notice">{html.escape(chr(10).join([text, *broken]))}</div>'
     failed = [(e, engine.checkpoint_error(e)) for e in engine.registry.checkpoints() if engine.checkpoint_error(e)]
-    if not failed:
-        return ""
     lines = [f"{translate('Could not load', request)} {e.name}: {why}" for e, why in failed]
-    if engine.fallback_note and engine.loaded_checkpoint() is not None:
+    if failed and engine.fallback_note and engine.loaded_checkpoint() is not None:
         lines.append(f"{translate('Using', request)} {engine.loaded_checkpoint().name}")
+    lines += broken
+    if not lines:
+        return ""
     return f'<div class="kiln-notice kiln-warning">{html.escape(chr(10).join(lines))}</div>'
+
+
+def _broken_extensions_line(engine: Engine, request: Any = None) -> list[str]:
+    """One line naming the extensions that failed to load (their errors are on the Extensions tab)."""
+    from core.extensions.registry import FAILED
+
+    names = [r.name for r in engine.extensions.by_state(FAILED)]
+    if not names:
+        return []
+    return [f"{translate(EXTENSIONS_FAILED, request)} {', '.join(names)}"]
 
 
 def build_checkpoint_row(engine: Engine) -> CheckpointRow:

@@ -24,6 +24,8 @@ EN: dict[str, str] = {
     "PNG Info": "PNG Info",
     "Dataset": "Dataset",
     "Settings": "Settings",
+    "Extensions that failed to load (see the Extensions tab):":
+        "Extensions that failed to load (see the Extensions tab):",
     # txt2img
     "Prompt": "Prompt",
     "Negative prompt": "Negative prompt",
@@ -174,6 +176,7 @@ ZH_CN: dict[str, str] = {
     "PNG Info": "PNG 图片信息",
     "Dataset": "数据集",
     "Settings": "设置",
+    "Extensions that failed to load (see the Extensions tab):": "加载失败的扩展（详见“扩展”选项卡）：",
     "Prompt": "提示词",
     "Negative prompt": "反向提示词",
     "Generate": "生成",

@@ -13,7 +13,7 @@ its infotext's settings here: ``wire_send_to``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from ui.common import (
     warning_html,
     wire_generation_controls,
 )
+from ui.extensions import ExtensionScript, alwayson_values, build_script_accordions, script_inputs
 from ui.i18n import t, translate
 from ui.styles import build_styles_editor, build_styles_row
 from ui.txt2img import (
@@ -85,6 +86,7 @@ class Img2ImgTab(GenerationTab):
     batch: dict[str, Any]  # BatchParams field name → component
     mask_controls: gr.Column
     script: ScriptControls | None = None  # the Script dropdown (X/Y/Z plot)
+    ext_scripts: list[ExtensionScript] = field(default_factory=list)  # extensions' always-on accordions
 
 
 def _radio(names: tuple[str, ...], value: str, label: str, elem_id: str) -> gr.Radio:
@@ -152,13 +154,14 @@ def build_img2img_tab(engine: Engine) -> Img2ImgTab:
             f["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label=t("Denoising strength"),
                                                 elem_id="img2img-denoising")
             random_seed, reuse_seed = build_seed_controls(f, "img2img")
+            ext_scripts = build_script_accordions(engine, "img2img")  # above Script, as in the WebUI
             script = build_script_controls(engine, "img2img", "img2img")
         with gr.Column(scale=1, min_width=380):
             outputs = build_output_column("img2img")
     return Img2ImgTab(fields=f, **prompt_row, random_seed=random_seed, reuse_seed=reuse_seed, mode_tabs=mode_tabs,
                       mode_tab=mode_tab, mode=gr.State(IMG2IMG), init_image=init_image, inpaint_editor=inpaint_editor,
                       upload_image=upload_image, upload_mask=upload_mask, batch=batch, mask_controls=mask_controls,
-                      script=script, **outputs)
+                      script=script, ext_scripts=ext_scripts, **outputs)
 
 
 # ----------------------------------------------------------------------- handlers --
@@ -215,12 +218,14 @@ def mode_pictures(mode: str, init_image: Any, editor: Any, upload_image: Any, up
 
 
 def img2img_params(values: dict[str, Any], mode: str, init_image: Any = None, editor: Any = None,
-                   upload_image: Any = None, upload_mask: Any = None) -> Any:
-    """Checked ``Img2ImgParams`` for the page (``values``: API field names, radios by name)."""
+                   upload_image: Any = None, upload_mask: Any = None, scripts: Any = None) -> Any:
+    """Checked ``Img2ImgParams`` for the page (``values``: API field names, radios by name;
+    ``scripts``: the extensions' always-on scripts that ``values["alwayson_scripts"]`` runs)."""
     from core.generation.img2img import validate_img2img
 
     images, mask = mode_pictures(mode, init_image, editor, upload_image, upload_mask)
-    return validate_img2img(img2img_params_from_request(request_values(values), init_images=images, mask=mask))
+    return validate_img2img(img2img_params_from_request(request_values(values), init_images=images, mask=mask,
+                                                        scripts=scripts))
 
 
 def batch_params(values: dict[str, Any], batch: dict[str, Any], engine: Engine, options: Any
@@ -231,7 +236,8 @@ def batch_params(values: dict[str, Any], batch: dict[str, Any], engine: Engine, 
     from core.generation.params import validate
     from core.generation.saving import output_folder
 
-    template = img2img_params_from_request(request_values(values), init_images=[], mask=None)
+    template = img2img_params_from_request(request_values(values), init_images=[], mask=None,
+                                           scripts=engine.extensions)
     validate(template)
     output_dir = (batch.get("output_dir") or "").strip() or str(
         output_folder(engine.paths.resolve_output(options.outdir_img2img_samples)))
@@ -259,7 +265,7 @@ def generate_updates(tab: Img2ImgTab, engine: Engine, queue: JobQueue, values: d
         if mode == BATCH:
             template, folders = batch_params(values, batch or {}, engine, options)
         else:
-            params = img2img_params(values, mode, **(pictures or {}))
+            params = img2img_params(values, mode, **(pictures or {}), scripts=engine.extensions)
             fn, description, ask = job_for_generate(tab, engine, "img2img", script, params, options, confirmed,
                                                      lambda ctx: engine.img2img(params, ctx, options), request)
             if ask is not None:
@@ -308,10 +314,12 @@ def wire_img2img(tab: Img2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
                tab.seeds_state, tab.selected_state, tab.script.confirmed, *checkpoint_dropdowns]
     inputs = (set(f.values()) | set(pictures.values()) | set(tab.batch.values()) | {tab.mode}
-              | ({clip_skip} if clip_skip is not None else set()) | set(tab.script.inputs))
+              | ({clip_skip} if clip_skip is not None else set()) | set(tab.script.inputs)
+              | script_inputs(tab.ext_scripts))
 
     def generate(data: dict[Any, Any], request: gr.Request):
         values = settings_overrides(ui_values(tab, data), data, clip_skip)
+        values["alwayson_scripts"] = alwayson_values(tab.ext_scripts, data)
         yield from generate_updates(tab, engine, queue, values, data[tab.mode],
                                     {name: data[c] for name, c in pictures.items()},
                                     {name: data[c] for name, c in tab.batch.items()}, request,

@@ -29,6 +29,7 @@ from ui.common import (
     warning_html,
     wire_generation_controls,
 )
+from ui.extensions import ExtensionScript, alwayson_values, build_script_accordions, script_inputs
 from ui.i18n import t
 from ui.styles import build_styles_editor, build_styles_row
 from ui.xyz import ScriptControls, build_script_controls, job_for_generate, wire_script_controls, xyz_args
@@ -111,6 +112,7 @@ class Txt2ImgTab(GenerationTab):
     hires_accordion: gr.Accordion
     extra: dict[str, Any] = field(default_factory=dict)
     script: ScriptControls | None = None  # the Script dropdown (X/Y/Z plot)
+    ext_scripts: list[ExtensionScript] = field(default_factory=list)  # extensions' always-on accordions
 
 
 def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
@@ -148,11 +150,12 @@ def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
             build_size_controls(f, "txt2img", engine.native_size())
             build_cfg_row(f, "txt2img", engine)
             random_seed, reuse_seed = build_seed_controls(f, "txt2img")
+            ext_scripts = build_script_accordions(engine, "txt2img")  # above Script, as in the WebUI
             script = build_script_controls(engine, "txt2img", "txt2img")
         with gr.Column(scale=1, min_width=380):
             outputs = build_output_column("txt2img")
     return Txt2ImgTab(fields=f, **prompt_row, random_seed=random_seed, reuse_seed=reuse_seed,
-                      hires_accordion=hires_accordion, script=script, **outputs)
+                      hires_accordion=hires_accordion, script=script, ext_scripts=ext_scripts, **outputs)
 
 
 # ----------------------------------------------------------------------- handlers --
@@ -178,7 +181,7 @@ def generate_updates(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, values: d
     try:
         from core.generation.params import validate
 
-        params = validate(params_from_request(values))
+        params = validate(params_from_request(values, scripts=engine.extensions))
         options = engine.run_options(values.get("override_settings"))
         fn, description, ask = job_for_generate(tab, engine, "txt2img", script, params, options, confirmed,
                                                  lambda ctx: engine.txt2img(params, ctx, options), request)
@@ -212,10 +215,11 @@ def wire_txt2img(tab: Txt2ImgTab, engine: Engine, queue: JobQueue, clip_skip: An
     outputs = [tab.gallery, tab.infotext, tab.progress, tab.preview, tab.error, tab.infotexts_state,
                tab.seeds_state, tab.selected_state, tab.script.confirmed, *checkpoint_dropdowns]
     inputs = (set(f.values()) | ({clip_skip} if clip_skip is not None else set()) | set(picker_inputs)
-              | set(tab.script.inputs))
+              | set(tab.script.inputs) | script_inputs(tab.ext_scripts))
 
     def generate(data: dict[Any, Any], request: gr.Request):
         values = settings_overrides(ui_values(tab, data), data, clip_skip)
+        values["alwayson_scripts"] = alwayson_values(tab.ext_scripts, data)
         if picker_inputs:  # the Additional Networks rows become <lora:name:weight> tags
             from ui.extra_networks import apply_picker
 

@@ -83,6 +83,11 @@ class ScriptControls:
     inputs: list[Any] = field(default_factory=list)
 
 
+def axis_title(label: str) -> Any:
+    """An axis label as the page shows it: translated, or an extension's label as it gave it."""
+    return S.tr(label) if label in STRINGS["en"] else label
+
+
 def axis_labels(mode: str) -> list[str]:
     """The axes a tab offers: the WebUI's list without those Kiln cannot vary (the API names those)."""
     return [a.label for a in axis_list(mode).supported()]
@@ -97,7 +102,7 @@ def build_script_controls(engine: Engine, prefix: str, mode: str) -> ScriptContr
         for axis, default in zip(AXES, ("Seed", "Nothing", "Nothing")):
             name = axis.upper()
             with gr.Row(elem_id=f"{prefix}-xyz-{axis}-row"):
-                kind = gr.Dropdown(label=S.tr(f"{name} type"), choices=[(S.tr(label), label) for label in labels],
+                kind = gr.Dropdown(label=S.tr(f"{name} type"), choices=[(axis_title(label), label) for label in labels],
                                    value=default, elem_id=f"{prefix}-xyz-{axis}-type", scale=2)
                 values = gr.Textbox(label=S.tr(f"{name} values"), lines=1, elem_id=f"{prefix}-xyz-{axis}-values",
                                     scale=5)

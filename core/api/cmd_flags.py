@@ -73,6 +73,8 @@ def _kiln_values(flags: Flags, paths: KilnPaths) -> dict[str, Any]:
         "timeout_keep_alive": flags.timeout_keep_alive if flags.timeout_keep_alive is not None else 5,
         "loglevel": flags.loglevel, "ui_debug_mode": flags.skip_load_model,
         "skip_load_model_at_start": flags.skip_load_model,
+        "disable_all_extensions": flags.disable_all_extensions,
+        "disable_extra_extensions": flags.disable_extra_extensions,
         "ui_settings_file": str(paths.config_path), "styles_file": [str(f) for f in paths.styles_files],
         "force_enable_xformers": flags.xformers and "--force-enable-xformers" in flags.webui_accepted,
         # Kiln's own flags, which the WebUI lacks.

@@ -22,6 +22,7 @@ from core.errors import InvalidParameterError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from core.extensions.registry import ExtensionRegistry
     from core.generation.params import GenerationParams, GenerationResult
     from core.jobs import ProgressSnapshot
 
@@ -70,11 +71,12 @@ def overrides_from_request(values: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def params_from_request(values: dict[str, Any]) -> GenerationParams:
+def params_from_request(values: dict[str, Any], *, scripts: ExtensionRegistry | None = None) -> GenerationParams:
     """``GenerationParams`` for a txt2img request (fields as ``request_fields`` returns them).
 
     Raises InvalidParameterError naming the field for features Kiln does not have, so a client
-    learns at once instead of getting images made without them.
+    learns at once instead of getting images made without them. ``scripts``: the extensions'
+    always-on scripts, which the request's ``alwayson_scripts`` run on the params.
     """
     from core.generation.params import GenerationParams, HiresParams
 
@@ -94,8 +96,9 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         raise _unsupported("hr_checkpoint_name", "a separate hires checkpoint")
     if values.get("script_name"):
         raise InvalidParameterError("script_name", f"script {values['script_name']!r} not found")
-    for name in values.get("alwayson_scripts") or {}:
-        raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
+    if scripts is None:
+        for name in values.get("alwayson_scripts") or {}:
+            raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
 
     # WebUI 1.10: "DPM++ 2M Karras" is sampler + schedule, aliases ("k_euler_a") name samplers too;
     # the request's own scheduler wins unless it is unset or "Automatic".
@@ -122,7 +125,7 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         prompt=get("hr_prompt", ""),
         negative_prompt=get("hr_negative_prompt", ""),
     )
-    return GenerationParams(
+    params = GenerationParams(
         prompt=get("prompt", ""),
         negative_prompt=get("negative_prompt", ""),
         sampler_name=sampler,
@@ -150,10 +153,13 @@ def params_from_request(values: dict[str, Any]) -> GenerationParams:
         save_images=bool(get("save_images", False)) and not values.get("do_not_save_samples"),
         styles=list(values.get("styles") or []),
     )
+    if scripts is not None:
+        params = scripts.apply_scripts(params, values.get("alwayson_scripts"), "txt2img")
+    return params
 
 
 def img2img_params_from_request(values: dict[str, Any], *, init_images: list[Any] | None = None,
-                                mask: Any = None) -> Any:
+                                mask: Any = None, scripts: ExtensionRegistry | None = None) -> Any:
     """``Img2ImgParams`` for an img2img request: the txt2img mapping plus pictures and mask.
 
     The API sends base64 text in ``values``; the UI passes PIL pictures as ``init_images`` / ``mask``.
@@ -162,7 +168,11 @@ def img2img_params_from_request(values: dict[str, Any], *, init_images: list[Any
 
     from core.generation.img2img import Img2ImgParams
 
-    base = params_from_request({**values, "enable_hr": False})
+    # The scripts run once, on the img2img params below, not on this txt2img half of them.
+    base = params_from_request({**values, "enable_hr": False, "alwayson_scripts": None})
+    if scripts is None:
+        for name in values.get("alwayson_scripts") or {}:
+            raise InvalidParameterError("alwayson_scripts", f"always on script {name!r} not found")
     if init_images is None:
         init_images = [decode_base64_image(text, "init_images") for text in values.get("init_images") or []]
         mask_text = values.get("mask")
@@ -179,7 +189,7 @@ def img2img_params_from_request(values: dict[str, Any], *, init_images: list[Any
         return default if value is None else value
 
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    return Img2ImgParams(
+    params = Img2ImgParams(
         **fields, init_images=images, mask=mask,
         denoising_strength=float(get("denoising_strength", 0.75)), resize_mode=int(get("resize_mode", 0)),
         image_cfg_scale=values.get("image_cfg_scale"), mask_blur_x=blur_x, mask_blur_y=blur_y,
@@ -189,6 +199,9 @@ def img2img_params_from_request(values: dict[str, Any], *, init_images: list[Any
         inpainting_mask_invert=int(get("inpainting_mask_invert", 0)),
         initial_noise_multiplier=values.get("initial_noise_multiplier"),
     )
+    if scripts is not None:
+        params = scripts.apply_scripts(params, values.get("alwayson_scripts"), "img2img")
+    return params
 
 
 def _number(text: Any) -> Any:

@@ -142,7 +142,7 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             values = convert.request_fields(req, parse_pasted)
             script = take_script(values)
             engine.styles.check("styles", values.get("styles") or [])
-            params = validate(convert.params_from_request(values))
+            params = validate(convert.params_from_request(values, scripts=engine.extensions))
             check_hr_upscaler(params)
             return values, params, script
 
@@ -174,7 +174,8 @@ def build_router(engine: Engine, queue: JobQueue) -> APIRouter:
             values = convert.request_fields(req, parse_pasted)
             script = take_script(values)
             engine.styles.check("styles", values.get("styles") or [])
-            return values, validate_img2img(convert.img2img_params_from_request(values)), script
+            params = convert.img2img_params_from_request(values, scripts=engine.extensions)
+            return values, validate_img2img(params), script
 
         values, params, script = await run_in_threadpool(prepare)
         parameters = req.model_dump()

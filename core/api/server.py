@@ -50,13 +50,17 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
     app.include_router(extras_router(engine, queue))  # extra-single-image, extra-batch-images
     from core.api.xyz_routes import scripts_router
 
-    app.include_router(scripts_router())  # /sdapi/v1/scripts, /script-info: the X/Y/Z plot
+    app.include_router(scripts_router(engine.extensions))  # /sdapi/v1/scripts, /script-info: the X/Y/Z plot
     from core.api.train_routes import train_router
 
     app.include_router(train_router(engine, queue))  # create/train embedding and hypernetwork
     from core.api.system_routes import system_router
 
     app.include_router(system_router(engine, queue))  # cmd-flags, memory, extensions, unload/reload...
+    from core.api.extension_routes import extensions_router, install_extension_routes
+
+    app.include_router(extensions_router(engine))  # /kiln/v1/extensions: what loaded, failed, is disabled
+    install_extension_routes(app, engine)  # /kiln/ext/<name>/...: the loaded extensions' own routes
 
     @app.exception_handler(InvalidParameterError)
     async def invalid_parameter(_request: Request, exc: InvalidParameterError) -> JSONResponse:
@@ -73,9 +77,11 @@ def install_api(app: FastAPI, engine: Engine, queue: JobQueue) -> None:
 
 
 def create_api_app(engine: Engine, queue: JobQueue) -> FastAPI:
-    """A FastAPI app with the API alone (what the API tests use), behind the flags' logins."""
+    """A FastAPI app with the API alone (what the API tests use), behind the flags' logins; the
+    engine's extensions are loaded first, as create_app in app.py does."""
     from core.api.auth import BasicAuthMiddleware, page_and_api_logins
 
+    engine.load_extensions(queue)
     app = FastAPI(title="Kiln API", description="AUTOMATIC1111 WebUI-compatible REST API", docs_url="/docs")
     install_api(app, engine, queue)
     app.add_middleware(BasicAuthMiddleware, logins=page_and_api_logins(engine.settings.flags)[1])

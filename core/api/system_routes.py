@@ -114,15 +114,17 @@ def _commit_time(git: Path, commit: str) -> int | None:
     return None
 
 
-def list_extensions(folder: Path) -> list[dict[str, Any]]:
-    """The WebUI's ExtensionItem for each folder in extensions/. Kiln runs no WebUI extension
-    code, so each is ``enabled: false`` (listed so a tool sees what the shared folder holds)."""
+def list_extensions(folder: Path, loaded: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The WebUI's ExtensionItem for each folder in extensions/: ``enabled`` for the Kiln
+    extensions that ``loaded`` names; false for disabled or failed ones and for WebUI extensions,
+    which Kiln cannot run (listed so a tool sees what the shared folder holds). Details:
+    GET /kiln/v1/extensions."""
     if not folder.is_dir():
         return []
     items = []
     for child in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
         if child.is_dir() and not child.name.startswith("."):
-            items.append({"name": child.name, **_git_info(child), "enabled": False})
+            items.append({"name": child.name, **_git_info(child), "enabled": child.name in loaded})
     return items
 
 
@@ -144,7 +146,8 @@ def system_router(engine: Engine, queue: JobQueue) -> APIRouter:
 
     @router.get("/extensions")
     def extensions() -> list[dict[str, Any]]:
-        return list_extensions(settings.paths.extensions_dir)
+        loaded = {record.name for record in engine.extensions.records if record.enabled}
+        return list_extensions(settings.paths.extensions_dir, loaded)
 
     @router.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from core.xyz.plan import (
 
 if TYPE_CHECKING:
     from core.engine import Engine
+    from core.extensions.registry import ExtensionRegistry
 
 
 def take_script(values: dict[str, Any]) -> XyzArgs | None:
@@ -41,12 +42,17 @@ def xyz_job(engine: Engine, mode: str, args: XyzArgs, params: Any, options: Any)
     return lambda ctx: run_xyz(engine, plan, ctx)
 
 
-def scripts_router() -> APIRouter:
+def scripts_router(extensions: ExtensionRegistry | None = None) -> APIRouter:
+    """``extensions``: their always-on scripts are listed after the X/Y/Z plot, by their titles
+    lower-cased (the WebUI's script names), with ``is_alwayson`` true."""
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+
+    def always_on(mode: str) -> list[Any]:
+        return extensions.scripts_for(mode) if extensions is not None else []
 
     @router.get("/scripts")
     def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [SCRIPT_NAME], "img2img": [SCRIPT_NAME]}
+        return {mode: [SCRIPT_NAME, *(s.title.lower() for s in always_on(mode))] for mode in ("txt2img", "img2img")}
 
     @router.get("/script-info")
     def script_info() -> list[dict[str, Any]]:
@@ -63,6 +69,9 @@ def scripts_router() -> APIRouter:
                 arg_list.append(item)
             out.append({"name": SCRIPT_NAME, "is_alwayson": False, "is_img2img": mode == "img2img",
                         "args": arg_list, "title": SCRIPT_TITLE})
+            # Their widgets exist only on the page, so their args are not described here.
+            out.extend({"name": s.title.lower(), "is_alwayson": True, "is_img2img": mode == "img2img",
+                        "args": [], "title": s.title} for s in always_on(mode))
         return out
 
     return router

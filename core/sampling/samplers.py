@@ -114,6 +114,7 @@ SAMPLERS: list[SamplerInfo] = [
 ]
 
 DEFAULT_SAMPLER = SAMPLERS[0]
+_BUILTIN_COUNT = len(SAMPLERS)  # the WebUI's; extensions' samplers come after them
 
 # Aliases of the samplers that existed before 1.9 folded the schedule into "Schedule type".
 LEGACY_ALIAS_SUFFIXES = {"_ka": "karras", "_exp": "exponential"}
@@ -121,6 +122,45 @@ LEGACY_ALIAS_SUFFIXES = {"_ka": "karras", "_exp": "exponential"}
 
 def sampler_names() -> list[str]:
     return [s.name for s in SAMPLERS]
+
+
+def register_sampler(info: SamplerInfo) -> SamplerInfo:
+    """Add a sampler (an extension's) after the WebUI's; ValueError when it cannot be told apart.
+
+    ``find_sampler`` matches names and aliases case-insensitively, and ``split_sampler_name``
+    reads "<sampler> <schedule>", so a name or alias that equals another one in any case, or a
+    name that ends in a Schedule type ("My Karras"), would be found as something else: refused.
+    """
+    if not isinstance(info, SamplerInfo):
+        raise ValueError(f"a sampler is a core.sampling.samplers.SamplerInfo, not {type(info).__name__}")
+    if not info.name or info.name != info.name.strip():
+        raise ValueError(f"sampler name {info.name!r} is empty or has spaces around it")
+    if not callable(info.function):
+        raise ValueError(f"sampler {info.name!r}: function is not callable")
+    if info.kind not in (KIND_KDIFFUSION, KIND_TIMESTEPS, KIND_LCM):
+        raise ValueError(f"sampler {info.name!r}: kind {info.kind!r} is not one of "
+                         f"{KIND_KDIFFUSION}, {KIND_TIMESTEPS}, {KIND_LCM}")
+    taken = {n.lower(): s.name for s in SAMPLERS for n in (s.name, *s.aliases)}
+    for name in (info.name, *info.aliases):
+        if name.lower() in taken:
+            raise ValueError(f"sampler name {name!r} is taken by the sampler {taken[name.lower()]!r}")
+    base, schedule = _split_scheduler_suffix(info.name)
+    if schedule is not None:
+        raise ValueError(f"sampler name {info.name!r} ends in a Schedule type; it would read as "
+                         f"{base!r} with that schedule")
+    SAMPLERS.append(info)
+    return info
+
+
+def unregister_sampler(name: str) -> None:
+    """Remove a sampler ``register_sampler`` added (the WebUI's own cannot be removed)."""
+    builtin = SAMPLERS[:_BUILTIN_COUNT]
+    for index, info in enumerate(SAMPLERS):
+        if info.name == name:
+            if info in builtin:
+                raise ValueError(f"{name!r} is a built-in sampler")
+            del SAMPLERS[index]
+            return
 
 
 def find_sampler(name: str | None) -> SamplerInfo | None:

@@ -395,6 +395,37 @@ ALL_AXES: tuple[Axis, ...] = (
 )
 
 
+# Extensions' axes (register_axis), after Kiln's own: the WebUI's indices stay where they are.
+_EXTENSION_AXES: list[Axis] = []
+AXIS_KINDS = (INT, FLOAT, TEXT, ORDER)
+
+
+def register_axis(axis: Axis) -> Axis:
+    """Add an axis type (an extension's) at the end of the list; ValueError when its label is
+    taken (axes are chosen by label, in any case) or it cannot change anything."""
+    if not isinstance(axis, Axis):
+        raise ValueError(f"an axis is a core.xyz.axes.Axis, not {type(axis).__name__}")
+    if not axis.label or axis.kind not in AXIS_KINDS:
+        raise ValueError(f"axis {axis.label!r}: needs a label and a kind of {', '.join(AXIS_KINDS)}")
+    if not callable(axis.apply) or axis.unsupported is not None:
+        raise ValueError(f"axis {axis.label!r}: needs apply(cell, value, values), and unsupported left unset")
+    if not axis.modes or not axis.modes <= {"txt2img", "img2img"}:
+        raise ValueError(f"axis {axis.label!r}: modes must be txt2img and/or img2img")
+    wanted = axis.label.casefold()
+    if any(a.label.casefold() == wanted for a in (*ALL_AXES, *_EXTENSION_AXES)):
+        raise ValueError(f"axis label {axis.label!r} is taken")
+    _EXTENSION_AXES.append(axis)
+    return axis
+
+
+def unregister_axis(label: str) -> None:
+    """Remove an axis ``register_axis`` added."""
+    for index, axis in enumerate(_EXTENSION_AXES):
+        if axis.label == label:
+            del _EXTENSION_AXES[index]
+            return
+
+
 @dataclass(frozen=True)
 class AxisList:
     """One tab's axes in the WebUI's order (its indices are the API's x_type / y_type / z_type)."""
@@ -430,7 +461,7 @@ class AxisList:
 def axis_list(mode: str) -> AxisList:
     if mode not in ("txt2img", "img2img"):
         raise ValueError(f"no X/Y/Z axes for mode {mode!r}")
-    return AxisList(mode, tuple(a for a in ALL_AXES if mode in a.modes))
+    return AxisList(mode, tuple(a for a in (*ALL_AXES, *_EXTENSION_AXES) if mode in a.modes))
 
 
 def txt2img_axes() -> AxisList:
