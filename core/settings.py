@@ -113,6 +113,8 @@ class Options:
     add_vae_hash_to_info: bool = True
     add_vae_name_to_info: bool = True
     infotext_styles: str = "Apply if any"  # pasting an infotext: "Ignore" | "Apply" | "Discard" | "Apply if any"
+    # Settings shown at the top of every page beside the checkpoint (read at start, as in the WebUI).
+    quicksettings_list: list[str] = field(default_factory=lambda: ["sd_model_checkpoint"])
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     disabled_extensions: list[str] = field(default_factory=list)  # folder names in extensions/ not to load
     disable_all_extensions: str = "none"  # "none" | "extra" | "all" (read at start)
@@ -135,6 +137,13 @@ class Options:
             if key not in known:
                 extra[key] = value
                 continue
+            if key == "quicksettings_list" and isinstance(value, list):
+                # A WebUI's list may name its extensions' settings: keep the ones Kiln has, say which not.
+                unknown = [k for k in value if isinstance(k, str) and k not in OPTION_DEFAULTS]
+                if unknown:
+                    warnings.append(f"config.json: quicksettings_list: {', '.join(unknown)} not shown (Kiln has "
+                                    "no such settings)")
+                    value = [k for k in value if k not in unknown]
             default = OPTION_DEFAULTS[key]
             try:
                 values[key] = _check_option(key, value, default)
@@ -181,6 +190,13 @@ _RANGES: dict[str, tuple[float, float]] = {
 
 def _check_option(key: str, value: Any, default: Any) -> Any:
     """``value`` if it fits the option's type and range, else ValueError saying why."""
+    if key == "quicksettings_list":
+        if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{value!r} is not a list of setting names")
+        unknown = [k for k in value if k not in OPTION_DEFAULTS]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: Kiln has no such setting")
+        return list(dict.fromkeys(value))
     if key == "sd_model_checkpoint":
         if value is None or isinstance(value, str):
             return value or None

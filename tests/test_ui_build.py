@@ -118,6 +118,46 @@ def test_settings_tab_has_the_sampler_parameters_and_stores_them(engine):
     assert len(rejected) == 1 and rejected[0].startswith("s_min_uncond:")
 
 
+def test_quicksettings_sit_in_the_top_row_and_store_at_once(engine):
+    from ui.quicksettings import apply_quick_setting
+
+    engine.settings.options.quicksettings_list = ["sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae",
+                                                  "no_such_setting"]
+    demo = _build_page(engine)
+    blocks = _by_elem_id(demo)
+    clip, vae = blocks["quicksettings-CLIP_stop_at_last_layers"], blocks["quicksettings-sd_vae"]
+    assert isinstance(clip, gr.Slider) and (clip.minimum, clip.maximum) == (1, 12)
+    assert isinstance(vae, gr.Dropdown) and "Automatic" in [c[1] for c in vae.choices]
+    top = blocks["kiln-top-row"]
+    inside = {getattr(b, "elem_id", None) for b in demo.blocks.values()
+              if _is_inside(b, top)}
+    assert {"kiln-checkpoint", "quicksettings-CLIP_stop_at_last_layers", "quicksettings-sd_vae"} <= inside
+    assert "quicksettings-no_such_setting" not in blocks
+    assert apply_quick_setting(engine, "CLIP_stop_at_last_layers", 2) == (2, 2)
+    assert json.loads(engine.paths.config_path.read_text(encoding="utf-8"))["CLIP_stop_at_last_layers"] == 2
+    assert apply_quick_setting(engine, "CLIP_stop_at_last_layers", 40) == (2, 2)  # refused: the stored value stays
+
+
+def _is_inside(block, ancestor) -> bool:
+    parent = getattr(block, "parent", None)
+    while parent is not None:
+        if parent is ancestor:
+            return True
+        parent = getattr(parent, "parent", None)
+    return False
+
+
+def test_quicksettings_list_is_checked(engine):
+    from core.errors import InvalidParameterError
+    from core.settings import Options
+
+    with pytest.raises(InvalidParameterError) as caught:
+        engine.settings.check_user_changes({"quicksettings_list": ["sd_vae", "sd_unet"]})
+    assert "sd_unet" in caught.value.message
+    options, warnings = Options.from_json({"quicksettings_list": ["sd_model_checkpoint", "sd_vae", "sd_unet"]})
+    assert options.quicksettings_list == ["sd_model_checkpoint", "sd_vae"] and "sd_unet" in warnings[0]
+
+
 def test_send_to_txt2img_values_fit_the_dropdowns():
     from ui.pnginfo import txt2img_values
 

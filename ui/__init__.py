@@ -36,6 +36,7 @@ from ui.merger import STRINGS as MERGER_STRINGS
 from ui.merger import build_merger_tab
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
+from ui.quicksettings import build_quicksettings, wire_quicksettings
 from ui.settings import build_settings_tab, vae_choices, wire_settings
 from ui.settings_infotext import STRINGS as INFOTEXT_STRINGS
 from ui.settings_sampler import STRINGS as SAMPLER_STRINGS
@@ -100,6 +101,8 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
                 extensions_tab = build_extensions_tab(engine)
             with gr.Tab(t("Queue"), id="queue", elem_id="tab-queue"):
                 queue_tab = build_queue_tab()
+        quick = build_quicksettings(top.row, engine, settings.fields)
+        wire_quicksettings(quick, settings.fields, engine)
         clip_skip = settings.fields["CLIP_stop_at_last_layers"]
         wire_txt2img(txt2img, engine, queue, clip_skip=clip_skip,
                      checkpoint_dropdowns=(top.dropdown, settings.fields["sd_model_checkpoint"]),

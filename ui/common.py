@@ -312,6 +312,7 @@ class CheckpointRow:
     dropdown: gr.Dropdown
     refresh: gr.Button
     notice: gr.HTML
+    row: Any = None  # the top row: quick settings are added to it once the Settings tab is built
 
 
 def checkpoint_value(engine: Engine) -> str | None:
@@ -363,7 +364,7 @@ def _broken_extensions_line(engine: Engine, request: Any = None) -> list[str]:
 
 
 def build_checkpoint_row(engine: Engine) -> CheckpointRow:
-    with gr.Row(elem_id="kiln-top-row"):
+    with gr.Row(elem_id="kiln-top-row") as row:
         dropdown = gr.Dropdown(
             label=t("Stable Diffusion checkpoint"), choices=checkpoint_labels(engine),
             value=checkpoint_value(engine), elem_id="kiln-checkpoint", scale=4, min_width=320,
@@ -372,7 +373,7 @@ def build_checkpoint_row(engine: Engine) -> CheckpointRow:
         refresh = gr.Button("🔄", elem_id="kiln-refresh-checkpoints", scale=0, min_width=48,
                             elem_classes=["kiln-tool-button"])
     notice = gr.HTML(notice_html(engine), elem_id="kiln-no-checkpoint")
-    return CheckpointRow(dropdown=dropdown, refresh=refresh, notice=notice)
+    return CheckpointRow(dropdown=dropdown, refresh=refresh, notice=notice, row=row)
 
 
 def refreshed_checkpoint_choices(engine: Engine, request: Any = None) -> tuple[dict[str, Any], str]:

@@ -154,6 +154,8 @@ EN: dict[str, str] = {
     "Clip skip": "Clip skip",
     "Maximum number of checkpoints loaded at the same time": "Maximum number of checkpoints loaded at the same time",
     "Live preview method": "Live preview method",
+    "Quicksettings list (settings shown at the top of the page; at the next start)":
+        "Quicksettings list (settings shown at the top of the page; at the next start)",
     "Approx cheap": "Approx cheap",
     "Full": "Full",
     "Random number generator source.": "Random number generator source.",
@@ -298,6 +300,8 @@ ZH_CN: dict[str, str] = {
     "Clip skip": "CLIP 终止层数 (Clip skip)",
     "Maximum number of checkpoints loaded at the same time": "最多同时加载的模型数量",
     "Live preview method": "实时预览方式",
+    "Quicksettings list (settings shown at the top of the page; at the next start)":
+        "快捷设置列表（显示在页面顶部的设置项；下次启动时生效）",
     "Approx cheap": "快速近似 (Approx cheap)",
     "Full": "完整 VAE 解码 (Full)",
     "Random number generator source.": "随机数生成器来源",

@@ -61,6 +61,10 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         f.update(build_sampler_settings(o))  # eta, sigma churn, the schedule's sigmas, NGMS
         f.update(build_saving_settings(o))  # formats, name patterns, folders, infotext styles
         f.update(build_infotext_settings(o))  # model facts in the infotext, the cards' default weight
+        f["quicksettings_list"] = gr.Dropdown(
+            choices=list(f), value=[k for k in o.quicksettings_list if k in f], multiselect=True,
+            label=t("Quicksettings list (settings shown at the top of the page; at the next start)"),
+            elem_id="settings-quicksettings-list")
     return SettingsTab(fields=f, apply=apply, result=result)
 
 
