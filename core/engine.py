@@ -417,15 +417,20 @@ class Engine:
         except ImportError:
             pass
 
-    def vae_file(self, choice: str | None) -> Path | None:
-        """The external VAE file a ``sd_vae`` choice names for the loaded checkpoint (None: its own)."""
+    def vae_file(self, choice: str | None, overrides_per_model: bool = True) -> Path | None:
+        """The external VAE file a ``sd_vae`` choice names for the loaded checkpoint (None: its own).
+
+        ``overrides_per_model`` is the WebUI's "Selected VAE overrides per-model preferences"
+        (sd_vae_overrides_per_model_preferences): off, a VAE beside the checkpoint wins over any
+        choice but Automatic's own rule."""
         from core.models.vae import find_vae_for_checkpoint
 
+        entry = self._model_entry
+        near = find_vae_for_checkpoint(entry.path, self.paths.vae_dir) if entry is not None else None
         if choice in (None, "", "Automatic"):
-            entry = self._model_entry
-            if entry is None:
-                return None
-            return find_vae_for_checkpoint(entry.path, self.paths.vae_dir)
+            return near
+        if near is not None and not overrides_per_model:
+            return near
         if choice == "None":
             return None
         vae = self.registry.find("vae", choice)
@@ -446,7 +451,7 @@ class Engine:
         slot = self._slot()
         with slot.lock:
             base = self.ensure_model(checkpoint or options.checkpoint, fallback=not explicit)
-            vae_path = self.vae_file(options.sd_vae)
+            vae_path = self.vae_file(options.sd_vae, options.sd_vae_overrides_per_model_preferences)
             view = slot.vaes.view(vae_path) if slot.vaes is not None else base
             extras = slot.extras
             if extras is not None:
@@ -571,7 +576,8 @@ class Engine:
     def vae_path(self) -> Path | None:
         """The external VAE the stored ``sd_vae`` option means for the loaded checkpoint."""
         try:
-            return self.vae_file(self.settings.options.sd_vae)
+            options = self.settings.options
+            return self.vae_file(options.sd_vae, options.sd_vae_overrides_per_model_preferences)
         except KilnError:
             return None
 

@@ -61,6 +61,7 @@ class Options:
     sd_model_checkpoint: str | None = None  # checkpoint title or file name; None = first found
     sd_checkpoints_limit: int = 1  # checkpoints kept loaded at once: a switch back to a kept one reads no file
     sd_vae: str = "Automatic"  # "Automatic" (same-name VAE beside checkpoint) | "None" | VAE file name
+    sd_vae_overrides_per_model_preferences: bool = True  # the chosen VAE wins over one beside the checkpoint
     CLIP_stop_at_last_layers: int = 1  # clip skip: 1 uses the last layer, 2 skips one
     randn_source: str = "GPU"  # where initial noise is drawn: "GPU" | "CPU" | "NV"
     eta_ancestral: float = 1.0  # eta for ancestral samplers

@@ -109,3 +109,24 @@ def test_the_limit_is_a_checked_setting(engine):
     assert engine.settings.check_user_changes({"sd_checkpoints_limit": 4}) == {"sd_checkpoints_limit": 4}
     with pytest.raises(InvalidParameterError):
         engine.settings.check_user_changes({"sd_checkpoints_limit": 11})
+
+
+def test_selected_vae_overrides_per_model_preferences(engine, queue):
+    """The WebUI's sd_vae_overrides_per_model_preferences: on (default) the chosen VAE wins; off,
+    a VAE beside the checkpoint wins over the choice."""
+    vae_dir = engine.paths.vae_dir
+    [chosen] = [p for p in vae_dir.iterdir() if p.suffix == ".safetensors"]
+    ckpt = engine.registry.find_checkpoint(A).path
+    near = ckpt.with_name(ckpt.stem + ".vae.safetensors")
+    shutil.copyfile(chosen, near)
+    engine.refresh_models()
+    load(engine, queue, A)
+    assert engine.vae_file("Automatic") == near
+    assert engine.vae_file(chosen.name) == chosen
+    assert engine.vae_file(chosen.name, overrides_per_model=False) == near
+    assert engine.vae_file("None", overrides_per_model=False) == near
+    assert engine.vae_file("None") is None
+    options = engine.run_options({"sd_vae": chosen.name, "sd_vae_overrides_per_model_preferences": False})
+    assert options.sd_vae_overrides_per_model_preferences is False
+    result = queue.run(lambda ctx: engine.txt2img(params(), ctx, options), timeout=120)
+    assert f"VAE: {near.name}" in result.images[0].infotext

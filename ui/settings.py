@@ -46,6 +46,9 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         vaes = vae_choices(engine)
         f["sd_vae"] = gr.Dropdown(label=t("SD VAE"), choices=vaes, value=o.sd_vae if o.sd_vae in vaes else "Automatic",
                                   elem_id="settings-sd-vae")
+        f["sd_vae_overrides_per_model_preferences"] = gr.Checkbox(
+            value=o.sd_vae_overrides_per_model_preferences, label=t("Selected VAE overrides per-model preferences"),
+            elem_id="settings-vae-overrides")
         f["CLIP_stop_at_last_layers"] = gr.Slider(1, 12, value=o.CLIP_stop_at_last_layers, step=1,
                                                   label=t("Clip skip"), elem_id="settings-clip-skip")
         f["randn_source"] = gr.Radio(list(RANDN_SOURCES), value=o.randn_source,

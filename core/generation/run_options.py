@@ -27,6 +27,7 @@ class RunOptions:
     checkpoint: str | None = None
     checkpoint_explicit: bool = False  # named by the job (override_settings), not the default choice
     sd_vae: str = "Automatic"
+    sd_vae_overrides_per_model_preferences: bool = True
     CLIP_stop_at_last_layers: int = 1
     randn_source: str = "GPU"
     eta_ancestral: float = 1.0
