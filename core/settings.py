@@ -47,6 +47,7 @@ FIXED_WEBUI_OPTIONS: dict[str, tuple[Any, str]] = {
     "upcast_attn": (False, "not needed: Kiln's attention is PyTorch SDPA (or xformers), whose half-precision "
                            "kernels accumulate in fp32; the WebUI's upcast fixes its own split attention. If a "
                            "model still makes black pictures, start with --no-half"),
+    "live_previews_image_format": ("png", "Kiln's page receives live previews as PNG"),
     "live_preview_content": ("Combined", "Kiln's live preview shows the combined (CFG) prediction, the WebUI's "
                                          "'Combined'"),
     "sd_vae_as_default": (False, "the WebUI 1.6 replaced it with sd_vae_overrides_per_model_preferences (its "
@@ -90,6 +91,7 @@ class Options:
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10  # live preview period in steps; -1 = only at the end
     show_progress_type: str = "Approx cheap"  # live preview method: "Approx cheap" | "Full" (VAE decode)
+    live_preview_refresh_period: int = 300  # ms between progress / preview updates on the page (WebUI: 1000)
     samples_save: bool = True  # always save generated images
     samples_format: str = "png"  # png | jpg | jpeg | webp | avif (where Pillow writes AVIF)
     samples_filename_pattern: str = ""  # "" = "[seed]" (with save_to_dirs) or "[seed]-[prompt_spaces]"
@@ -169,6 +171,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12),
     "sd_checkpoints_limit": (1, 10),
     "uni_pc_order": (1, 50),
+    "live_preview_refresh_period": (50, 10000),
     "eta_ancestral": (0.0, 1.0),
     "eta_ddim": (0.0, 1.0),
     "s_churn": (0.0, 100.0),

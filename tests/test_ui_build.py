@@ -475,3 +475,31 @@ def test_gallery_send_takes_the_selected_picture():
     assert gallery_path(gallery, 1) == "/tmp/b.png"
     assert gallery_path(gallery, None) == "/tmp/a.png" and gallery_path(gallery, 7) == "/tmp/b.png"
     assert gallery_path(None, 0) is None and gallery_path([], 0) is None
+
+
+def test_generation_progress_polls_at_the_jobs_refresh_period(monkeypatch):
+    import types
+
+    import ui.common as common
+    from core.generation.run_options import RunOptions
+
+    seen: list[float] = []
+
+    def recording(queue, job, interval=common.POLL_SECONDS):
+        seen.append(interval)
+        job.done_event.wait(30)
+        yield from ()
+
+    monkeypatch.setattr(common, "watch_job", recording)
+    tab = types.SimpleNamespace(error="error", preview="preview", progress="progress", gallery="gallery",
+                                infotext="infotext", html_info="html")
+    queue = JobQueue()
+    try:
+        for _ in common.submit_generation(tab, queue, lambda _ctx: None, "test",
+                                          RunOptions(live_preview_refresh_period=1500)):
+            pass
+    except Exception:  # the fake tab lacks what the finished job's update needs; the poll is what counts
+        pass
+    finally:
+        queue.shutdown()
+    assert seen == [1.5]

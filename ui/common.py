@@ -235,7 +235,9 @@ def submit_generation(tab: GenerationTab, queue: JobQueue, fn: Any, description:
     try:
         yield {tab.error: "", tab.preview: None}
         shown_preview = -1
-        for status in watch_job(queue, job):
+        # The WebUI's live_preview_refresh_period, fixed with the job's other options at submit.
+        interval = int(getattr(options, "live_preview_refresh_period", POLL_SECONDS * 1000)) / 1000
+        for status in watch_job(queue, job, interval=interval):
             update: dict[Any, Any] = {tab.progress: progress_html(status, request)}
             snap = status.snapshot
             if snap is not None and snap.preview is not None and snap.preview_step != shown_preview:

@@ -154,6 +154,7 @@ EN: dict[str, str] = {
     "Clip skip": "Clip skip",
     "Maximum number of checkpoints loaded at the same time": "Maximum number of checkpoints loaded at the same time",
     "Live preview method": "Live preview method",
+    "Progressbar and preview update period (milliseconds)": "Progressbar and preview update period (milliseconds)",
     "Selected VAE overrides per-model preferences": "Selected VAE overrides per-model preferences",
     "Quicksettings list (settings shown at the top of the page; at the next start)":
         "Quicksettings list (settings shown at the top of the page; at the next start)",
@@ -301,6 +302,7 @@ ZH_CN: dict[str, str] = {
     "Clip skip": "CLIP 终止层数 (Clip skip)",
     "Maximum number of checkpoints loaded at the same time": "最多同时加载的模型数量",
     "Live preview method": "实时预览方式",
+    "Progressbar and preview update period (milliseconds)": "进度条和预览图更新周期（毫秒）",
     "Selected VAE overrides per-model preferences": "所选 VAE 优先于模型旁的同名 VAE",
     "Quicksettings list (settings shown at the top of the page; at the next start)":
         "快捷设置列表（显示在页面顶部的设置项；下次启动时生效）",

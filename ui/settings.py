@@ -58,6 +58,9 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
         f["show_progress_every_n_steps"] = gr.Slider(
             -1, 32, value=o.show_progress_every_n_steps, step=1,
             label=t("Live preview display period (steps; -1 = only at the end)"))
+        f["live_preview_refresh_period"] = gr.Slider(
+            50, 10000, value=o.live_preview_refresh_period, step=50,
+            label=t("Progressbar and preview update period (milliseconds)"), elem_id="settings-preview-period")
         f["show_progress_type"] = gr.Radio([(t(m), m) for m in PREVIEW_METHODS], value=o.show_progress_type,
                                            label=t("Live preview method"), elem_id="settings-preview-method")
         f["samples_save"] = gr.Checkbox(value=o.samples_save, label=t("Always save all generated images"))

@@ -76,6 +76,7 @@ class RunOptions:
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 10
     show_progress_type: str = "Approx cheap"
+    live_preview_refresh_period: int = 300
     # Kiln's, set by a job and not a setting: more folders `<lora:name>` tags look in, before
     # models/Lora (the evaluation sheet names a run's epoch files where the trainer wrote them).
     lora_folders: tuple[str, ...] = ()
