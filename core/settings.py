@@ -86,6 +86,7 @@ class Options:
     uni_pc_lower_order_final: bool = True
     img2img_fix_steps: bool = False  # "do exactly the amount of steps the slider specifies"
     initial_noise_multiplier: float = 1.0  # img2img: noise multiplier for the init latent
+    img2img_extra_noise: float = 0.0  # img2img and hires fix: the noise added once more at this strength
     inpainting_mask_weight: float = 1.0  # "Conditional mask weight" for inpainting checkpoints
     img2img_background_color: str = "#ffffff"  # fills transparent parts of img2img inputs
     live_previews_enable: bool = True
@@ -186,6 +187,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "beta_dist_alpha": (0.01, 1.0),
     "beta_dist_beta": (0.01, 1.0),
     "initial_noise_multiplier": (0.0, 1.5),
+    "img2img_extra_noise": (0.0, 1.0),
     "inpainting_mask_weight": (0.0, 1.0),
     "jpeg_quality": (1, 100),
     "directories_max_prompt_words": (1, 20),

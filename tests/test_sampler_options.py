@@ -212,3 +212,19 @@ def test_unipc_settings_change_the_picture_and_write_the_webui_keys(model_api):
     assert np.array_equal(np.asarray(again.convert("RGB")), image)  # pasted back: the same picture
     r = client.post("/sdapi/v1/txt2img", json={**BODY, **unipc, "override_settings": {"uni_pc_variant": "vary_coeff"}})
     assert r.status_code == 422 and "uni_pc_variant" in r.text
+
+
+def test_img2img_extra_noise_adds_the_noise_again_and_writes_extra_noise(model_api):
+    from core.sampling.plan import img2img_plan
+
+    plan = img2img_plan(find_sampler("Euler"), "Karras", 10, 0.5, SCHEDULE)
+    init, noise = torch.zeros(1, 4, 2, 2), torch.ones(1, 4, 2, 2)
+    assert float(plan.start(init, noise, 0.3)[0, 0, 0, 0]) == pytest.approx(plan.noise_sigma + 0.3)
+    client, _engine = model_api
+    base = {**BODY, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    plain, plain_text = _run(client, **base)
+    noisy, text = _run(client, **base, override_settings={"img2img_extra_noise": 0.5})
+    assert "Extra noise" not in plain_text and "Extra noise: 0.5" in text
+    assert not np.array_equal(plain, noisy)
+    _image, without_hires = _run(client, override_settings={"img2img_extra_noise": 0.5})
+    assert "Extra noise" not in without_hires  # no init latent, nothing was added

@@ -28,6 +28,7 @@ ZH = {
     "Always discard next-to-last sigma": "始终舍弃倒数第二个 sigma",
     "SGM noise multiplier": "SGM 噪声倍增",
     "Negative Guidance minimum sigma (NGMS; 0 = off)": "负面引导最小 sigma (NGMS；0 = 关闭)",
+    "Extra noise multiplier for img2img and hires fix": "图生图和高分辨率修复的额外噪声倍率",
     "UniPC variant": "UniPC 变体",
     "UniPC skip type": "UniPC 跳步类型",
     "UniPC order (clamped to the steps)": "UniPC 阶数（不超过迭代步数）",
@@ -76,6 +77,8 @@ def build_sampler_settings(o: Options) -> dict[str, Any]:
                                           label=S.tr("UniPC order (clamped to the steps)"))
             f["uni_pc_lower_order_final"] = gr.Checkbox(value=o.uni_pc_lower_order_final,
                                                         label=S.tr("UniPC lower order final"))
+        f["img2img_extra_noise"] = gr.Slider(0.0, 1.0, value=o.img2img_extra_noise, step=0.01,
+                                             label=S.tr("Extra noise multiplier for img2img and hires fix"))
         f["s_min_uncond"] = gr.Slider(0.0, 15.0, value=o.s_min_uncond, step=0.01,
                                       label=S.tr("Negative Guidance minimum sigma (NGMS; 0 = off)"),
                                       elem_id="settings-s-min-uncond")

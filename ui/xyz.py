@@ -55,7 +55,7 @@ ZH = {
     "Negative Guidance minimum sigma": "负面引导最小 sigma", "Schedule min sigma": "调度器最小 sigma",
     "Schedule max sigma": "调度器最大 sigma", "Schedule rho": "调度器 rho", "Beta schedule alpha": "Beta 调度 alpha",
     "Beta schedule beta": "Beta 调度 beta", "Always discard next-to-last sigma": "始终舍弃倒数第二个 sigma",
-    "SGM noise multiplier": "SGM 噪声倍增", "UniPC Order": "UniPC 阶数",
+    "SGM noise multiplier": "SGM 噪声倍增", "UniPC Order": "UniPC 阶数", "Extra noise": "额外噪声",
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 S = Strings(STRINGS)

@@ -73,6 +73,7 @@ INFOTEXT_SETTINGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "Beta schedule beta": ("beta_dist_beta", _to_float),
     "Discard penultimate sigma": ("always_discard_next_to_last_sigma", _to_bool),
     "SGM noise multiplier": ("sgm_noise_multiplier", _to_bool),
+    "Extra noise": ("img2img_extra_noise", _to_float),
     "UniPC variant": ("uni_pc_variant", _to_str),
     "UniPC skip type": ("uni_pc_skip_type", _to_str),
     "UniPC order": ("uni_pc_order", _to_int),

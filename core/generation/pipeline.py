@@ -66,6 +66,7 @@ class SamplingPass:
     schedule_options: ScheduleOptions = field(default_factory=ScheduleOptions)
     sgm_noise_multiplier: bool = False  # txt2img's start noise scaled by sqrt(1 + sigma_max²)
     unipc: UniPCOptions = field(default_factory=UniPCOptions)  # the UniPC sampler's settings
+    img2img_extra_noise: float = 0.0  # more noise on an init latent (img2img, hires fix), the WebUI's option
 
     @property
     def sampler_name(self) -> str:
@@ -179,7 +180,7 @@ def denoise(model: LoadedModel, sp: SamplingPass, schedule: NoiseSchedule, rng: 
         plan = img2img_plan(sampler, sp.scheduler, sp.steps, denoising_strength, schedule, fix_steps=fix_steps,
                             **schedule_kwargs)
         sigmas, full_sigmas = plan.sigmas, plan.full_sigmas
-        x = plan.start(init_latent, noise)
+        x = plan.start(init_latent, noise, sp.img2img_extra_noise)
 
     denoiser = make_denoiser(sampler, model_ops.unet_fn(model, size, autocast=autocast), schedule)
     concat = inpaint.image_conditioning if inpaint is not None else None

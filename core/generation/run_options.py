@@ -51,6 +51,7 @@ class RunOptions:
     uni_pc_lower_order_final: bool = True
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
+    img2img_extra_noise: float = 0.0
     inpainting_mask_weight: float = 1.0
     img2img_background_color: str = "#ffffff"
     samples_save: bool = True

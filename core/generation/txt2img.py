@@ -71,6 +71,7 @@ def sampler_options(p: GenerationParams, sampler, options: RunOptions) -> dict[s
         "schedule_options": ScheduleOptions.from_options(options),
         "sgm_noise_multiplier": bool(options.sgm_noise_multiplier),
         "unipc": UniPCOptions.from_options(options),
+        "img2img_extra_noise": float(options.img2img_extra_noise or 0.0),
     }
 
 
@@ -326,6 +327,8 @@ def base_infotext(gc: GenerationContext, p: GenerationParams, sampler: str, sche
         params["Seed resize from"] = f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"
     if denoising_strength is not None:
         params["Denoising strength"] = denoising_strength
+        if options.img2img_extra_noise:
+            params["Extra noise"] = options.img2img_extra_noise
     if mask_weight is not None:
         params["Conditional mask weight"] = mask_weight
     if clip_skip > 1:

@@ -93,8 +93,10 @@ class Img2ImgPlan:
     scale: float  # k-space correction for the timestep samplers' start mismatch (1 for k-diffusion)
     steps: int  # progress-bar length (t_enc + 1 in the WebUI)
 
-    def start(self, init_latent: Tensor, noise: Tensor) -> Tensor:
-        return (init_latent + noise * self.noise_sigma) * self.scale
+    def start(self, init_latent: Tensor, noise: Tensor, extra_noise: float = 0.0) -> Tensor:
+        """The noised init latent. ``extra_noise``: the WebUI's img2img_extra_noise, the same noise
+        added once more at that strength (k-space; the timestep samplers' sqrt(abar) cancels)."""
+        return (init_latent + noise * (self.noise_sigma + extra_noise)) * self.scale
 
 
 def img2img_plan(

@@ -334,7 +334,6 @@ def _no(label: str, kind: str, why: str, modes: tuple[str, ...] = ("txt2img", "i
 
 
 T2I, I2I = ("txt2img",), ("img2img",)
-NO_SETTING = "Kiln has no such setting"
 
 # The WebUI v1.10.1 order (scripts/xyz_grid.py axis_options); txt2img/img2img filter it.
 ALL_AXES: tuple[Axis, ...] = (
@@ -369,7 +368,7 @@ ALL_AXES: tuple[Axis, ...] = (
     Axis("Clip skip", INT, apply_clip_skip, check=_range(1, 12)),
     Axis("Denoising", FLOAT, apply_denoising, check=_range(0, 1)),
     Axis("Initial noise multiplier", FLOAT, _field("initial_noise_multiplier"), check=_check_img2img_only),
-    _no("Extra noise", FLOAT, NO_SETTING + " (img2img_extra_noise)"),
+    Axis("Extra noise", FLOAT, _option("img2img_extra_noise"), check=_range(0, 1)),
     Axis("Cond. Image Mask Weight", FLOAT, _option("inpainting_mask_weight"), check=_range(0, 1),
          modes=frozenset(I2I)),
     Axis("Hires upscaler", TEXT, _hires("upscaler"), choices=_upscaler_choices, check=_check_upscalers,
