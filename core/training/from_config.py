@@ -70,7 +70,7 @@ def unsupported(config: TrainConfig) -> list[str]:
 
 
 # network_args both networks.lora and lycoris.kohya read; the numbers among them.
-NETWORK_ARGS = {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "algo"}
+NETWORK_ARGS = {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "algo", "dora_wd"}
 NUMBER_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")
 # lycoris.kohya arguments with no effect on LoCon/LoHa/LoKr beyond what the modules get.
 LYCORIS_ONLY_ARGS = {"preset", "disable_conv_cp", "use_conv_cp", "use_cp", "dropout"}
@@ -104,6 +104,11 @@ def network_spec(config: TrainConfig) -> NetworkSpec:
         raise KilnError(f"LyCORIS preset {pairs['preset']!r}: Kiln trains the 'full' preset",
                         hint="remove preset from network_args")
     dropout = (config.network_dropout or float(pairs.get("dropout", 0) or 0)) if lycoris else config.network_dropout
+    dora = pairs.get("dora_wd", "false").lower() in ("1", "true", "yes")
+    if dora and lycoris:
+        raise KilnError("network_args dora_wd=True with lycoris.kohya: Kiln trains DoRA with its own LoRA modules",
+                        hint="use network_module networks.lora with network_args dora_wd=True (kohya's targets, "
+                             "conv_dim for LoCon); the file has LyCORIS's dora_scale keys")
     return NetworkSpec(network_dim=config.effective_network_dim(), network_alpha=config.network_alpha,
                        conv_dim=int(net_args["conv_dim"]) if "conv_dim" in net_args else None,
                        conv_alpha=net_args.get("conv_alpha"), network_dropout=dropout or 0.0,
@@ -114,7 +119,7 @@ def network_spec(config: TrainConfig) -> NetworkSpec:
                        network_module="lycoris.kohya" if lycoris else "networks.lora",
                        algo=network_kind(config) if lycoris else "lora",
                        lycoris_args=tuple(sorted(parse_module_args(pairs).items())) if lycoris else (),
-                       network_args=tuple(pairs.items()))
+                       network_args=tuple(pairs.items()), dora_wd=dora)
 
 
 def model_mismatches(config: TrainConfig, spec) -> list[str]:

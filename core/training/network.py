@@ -26,13 +26,22 @@ from torch import nn
 from core.errors import KilnError
 from core.networks.kohya import ALPHA, LORA_DOWN, LORA_UP, target_modules, te_name, te_prefixes, unet_names
 
+DORA_SCALE = "dora_scale"  # the magnitude key LyCORIS, the WebUI and ComfyUI read
 # kohya networks/lora.py: 3×3 convolutions LoCon adds when conv_dim is given.
 CONV3X3_TARGET_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
+def _column_norm(weight: torch.Tensor) -> torch.Tensor:
+    """‖W[:, j]‖ per input channel j, shaped [1, in, 1...]: DoRA's magnitude in the layout the
+    WebUI and kohya read (core/networks/lora_formats.apply_weight_decompose)."""
+    w = weight.float()
+    rest = [1] * (w.dim() - 2)
+    return w.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1).reshape(1, w.shape[1], *rest)
+
+
 class LoRAModule(nn.Module):
     def __init__(self, name: str, base: nn.Module, dim: int, alpha: float, dropout: float = 0.0,
-                 rank_dropout: float = 0.0, module_dropout: float = 0.0):
+                 rank_dropout: float = 0.0, module_dropout: float = 0.0, dora: bool = False):
         super().__init__()
         self.lora_name = name
         if isinstance(base, nn.Conv2d):
@@ -61,6 +70,42 @@ class LoRAModule(nn.Module):
         self.rank_dropout = rank_dropout
         self.module_dropout = module_dropout
         self.multiplier = 1.0
+        # DoRA (Liu et al. 2024; LyCORIS's dora_wd): W' = (W + ΔW) · m / ‖W + ΔW‖ per input column,
+        # m trained from ‖W‖. The base layer is only read (its weight is never written).
+        self._base = (base,)  # a tuple: not registered, so the base weight is never a trained parameter
+        self.dora_scale = nn.Parameter(_column_norm(base.weight.detach())) if dora else None
+
+    @property
+    def base_weight(self) -> torch.Tensor:
+        return self._base[0].weight
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = up · down · alpha / dim as a full weight (float32), the layer's shape."""
+        down, up = self.lora_down.weight.float(), self.lora_up.weight.float()
+        if down.dim() == 2:
+            return (up @ down) * self.scale
+        return torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * self.scale
+
+    def dora_input_scale(self) -> torch.Tensor:
+        """s = m / ‖W + ΔW‖ per input channel: (W + ΔW)(s ⊙ x) is the DoRA layer's output."""
+        merged = self.base_weight.detach().float() + self.delta_weight()
+        return self.dora_scale / _column_norm(merged)
+
+    def scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The DoRA forward at multiplier 1 without a second matmul: the layer and the LoRA both
+        see s ⊙ x, so W(s⊙x) + ΔW(s⊙x) = W'x."""
+        s = self.dora_input_scale().to(x.dtype)
+        return x * (s.reshape(-1) if self.lora_down.weight.dim() == 2 else s)  # Linear: [..., in]; Conv: [B, in, H, W]
+
+    def dora_difference(self, x: torch.Tensor) -> torch.Tensor:
+        """(W' − W) x · multiplier, for a multiplier other than 1 (preview samples at a weight)."""
+        w = self.base_weight.detach().float()
+        merged = w + self.delta_weight()
+        diff = (merged * (self.dora_scale / _column_norm(merged)) - w) * self.multiplier
+        diff = diff.to(x.dtype)
+        if diff.dim() == 2:
+            return nn.functional.linear(x, diff)
+        return nn.functional.conv2d(x, diff, None, self.lora_down.stride, self.lora_down.padding)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor | float:
         # kohya networks/lora.py, in its order: module dropout skips the module, dropout acts on the
@@ -82,16 +127,25 @@ class LoRAModule(nn.Module):
         return self.lora_up(hidden) * (self.multiplier * scale)
 
     def saved_tensors(self) -> dict[str, torch.Tensor]:
-        return {LORA_DOWN: self.lora_down.weight, LORA_UP: self.lora_up.weight, ALPHA: self.alpha}
+        out = {LORA_DOWN: self.lora_down.weight, LORA_UP: self.lora_up.weight, ALPHA: self.alpha}
+        if self.dora_scale is not None:
+            out[DORA_SCALE] = self.dora_scale
+        return out
 
     def load_saved_tensors(self, tensors: dict[str, torch.Tensor]) -> bool:
         down, up = tensors.get(LORA_DOWN), tensors.get(LORA_UP)
         if down is None or up is None or down.shape != self.lora_down.weight.shape \
                 or up.shape != self.lora_up.weight.shape:
             return False
+        magnitude = tensors.get(DORA_SCALE)
+        if (self.dora_scale is None) != (magnitude is None) or (
+                magnitude is not None and magnitude.shape != self.dora_scale.shape):
+            return False
         with torch.no_grad():
             self.lora_down.weight.copy_(down)
             self.lora_up.weight.copy_(up)
+            if magnitude is not None:
+                self.dora_scale.copy_(magnitude)
         return True
 
 
@@ -110,10 +164,24 @@ class NetworkSpec:
     algo: str = "lora"  # lycoris.kohya: locon, loha, lokr
     lycoris_args: tuple[tuple[str, Any], ...] = ()  # extra module arguments (factor, use_tucker, ...)
     network_args: tuple[tuple[str, str], ...] = ()  # the config's network_args, for ss_network_args
+    dora_wd: bool = False  # DoRA: a trained magnitude per input column (network_args dora_wd=True)
 
     @property
     def is_lycoris(self) -> bool:
         return self.network_module == "lycoris.kohya"
+
+
+def _dora_pre(lora: LoRAModule, args: tuple) -> tuple | None:
+    # At multiplier 1 the layer runs on s ⊙ x (see LoRAModule.scale_input); otherwise unchanged.
+    if lora.multiplier != 1.0:
+        return None
+    return (lora.scale_input(args[0]), *args[1:])
+
+
+def _dora_post(lora: LoRAModule, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    if lora.multiplier == 1.0:
+        return out + lora.delta(args[0])  # args[0] is already s ⊙ x
+    return out + lora.dora_difference(args[0]) if lora.multiplier else out
 
 
 class LoRANetwork(nn.Module):
@@ -138,7 +206,8 @@ class LoRANetwork(nn.Module):
 
     def _lora_modules(self, unet, text_encoders, unet_name, prefixes, spec: NetworkSpec) -> dict[str, nn.Module]:
         modules: dict[str, nn.Module] = {}
-        drops = dict(dropout=spec.network_dropout, rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout)
+        drops = dict(dropout=spec.network_dropout, rank_dropout=spec.rank_dropout, module_dropout=spec.module_dropout,
+                     dora=spec.dora_wd)
         for component, path, layer in target_modules(unet, text_encoders):
             is_te = component > 0
             if (is_te and not spec.train_text_encoder) or (not is_te and not spec.train_unet):
@@ -189,6 +258,10 @@ class LoRANetwork(nn.Module):
         if self._hooks:
             return
         for lora, layer, _ in self.targets:
+            if getattr(lora, "dora_scale", None) is not None:
+                self._hooks += [layer.register_forward_pre_hook(lambda _m, args, lora=lora: _dora_pre(lora, args)),
+                                layer.register_forward_hook(lambda _m, args, out, lora=lora: _dora_post(lora, args, out))]
+                continue
             self._hooks.append(layer.register_forward_hook(lambda _m, args, out, lora=lora: out + lora.delta(args[0])))
 
     def detach(self) -> None:
