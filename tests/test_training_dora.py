@@ -87,3 +87,13 @@ def test_dora_with_lycoris_is_refused_with_what_to_use(tmp_path):
     with pytest.raises(KilnError) as caught:
         network_spec(TrainConfig(network_module="lycoris.kohya", network_args=["algo=locon", "dora_wd=True"]))
     assert "networks.lora" in caught.value.hint
+
+
+def test_the_train_tab_offers_dora_and_reads_it_back():
+    from core.training.from_config import network_spec
+    from ui.train import UI_DEFAULTS, config_to_values, values_to_config
+
+    config, unknown = values_to_config(dict(UI_DEFAULTS, train_data_dir="/data", network_type="DoRA", conv_dim=4))
+    assert not unknown and config.network_module == "networks.lora"
+    assert "dora_wd=True" in config.network_args and network_spec(config).dora_wd
+    assert config_to_values(config)["network_type"] == "DoRA" and config_to_values(config)["conv_dim"] == 4

@@ -90,7 +90,9 @@ STRINGS = {lang: {**_TI_STRINGS[lang], **table} for lang, table in STRINGS.items
 S = Strings(STRINGS)
 
 # The network choice as kohya_ss's GUI names it → the LyCORIS algo (None: kohya's networks.lora).
-NETWORK_TYPES = {"LoRA": None, "LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha", "LyCORIS/LoKr": "lokr"}
+NETWORK_TYPES = {"LoRA": None, "DoRA": None, "LyCORIS/LoCon": "locon", "LyCORIS/LoHa": "loha",
+                 "LyCORIS/LoKr": "lokr"}
+DORA_ARG = "dora_wd=True"  # "DoRA": kohya's networks.lora with a trained magnitude (see core/training/network.py)
 
 # (field name, kind): the order of the form, and how a value comes out of its widget.
 FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "output_dir", "output_name",
@@ -120,6 +122,8 @@ def values_to_config(values: dict[str, Any]):
     if algo:
         raw["network_module"] = "lycoris.kohya"
         raw["network_args"] = [f"algo={algo}"]
+    elif values.get("network_type") == "DoRA":
+        raw["network_args"] = [DORA_ARG]
     for key, value in values.items():
         if key == "network_type":
             continue
@@ -147,6 +151,8 @@ def config_to_values(config) -> dict[str, Any]:
         if key == "network_type":
             kind = network_kind(config) if "lycoris" in (config.network_module or "") else "lora"
             out[key] = next((name for name, algo in NETWORK_TYPES.items() if algo == kind), "LoRA")
+            if kind == "lora" and DORA_ARG in (config.network_args or []):
+                out[key] = "DoRA"
             continue
         if key == "conv_dim":
             conv = [a for a in (config.network_args or []) if a.startswith("conv_dim")]
