@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_train_speed.py [--steps 20] [--batch 8] [--rank 8] [--threads 2]
     .venv/bin/python bench/bench_train_speed.py --model sd15 --size 512 --batch 1 --steps 8 [--device cuda]
+    .venv/bin/python bench/bench_train_speed.py --network loha   # lora | dora | loha | lokr
 
 Both train a rank-``--rank`` LoRA on the U-Net's and text encoder's attention layers (kohya's
 targets) of the built-in model at 64² (``--model shapes``), or of a random-weight checkpoint with
@@ -11,6 +12,11 @@ captions: latents encoded once (both cache them), captions through the text enco
 (it is trained), ε/v loss as the model predicts, backward, clip, step. Each runs in its own
 subprocess so peak RSS is its own; the table shows the median s/step after 3 warm-up steps and
 the peak RSS, and the ratio Kiln / plain (goal ≤ 1.0×).
+
+``--network``: ``lora`` (kohya's attention targets; peft ``LoraConfig``), ``dora`` (the same with
+a trained magnitude; Kiln's ``dora_wd=True`` against peft's ``use_dora``), ``loha`` / ``lokr``
+(LyCORIS's full preset of layers; Kiln's lycoris-lora modules against peft's ``LoHaConfig`` /
+``LoKrConfig`` on the very same layers).
 """
 
 from __future__ import annotations
@@ -64,12 +70,37 @@ def _dataset(root: Path, n: int, size: int) -> Path:
     return root / "train"
 
 
+def _kiln_network(args):
+    from core.training.network import NetworkSpec
+
+    if args.network in ("loha", "lokr"):
+        return NetworkSpec(network_dim=args.rank, network_alpha=args.rank, network_module="lycoris.kohya",
+                           algo=args.network)
+    return NetworkSpec(network_dim=args.rank, network_alpha=args.rank, dora_wd=args.network == "dora")
+
+
+def _peft_configs(args, unet, te):
+    """(U-Net config, text-encoder config) for peft, on the layers Kiln's network of that kind trains."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    if args.network in ("loha", "lokr"):
+        from core.training.lycoris_net import te_targets, unet_targets
+
+        make = LoHaConfig if args.network == "loha" else LoKrConfig
+        return (make(r=args.rank, alpha=args.rank, target_modules=[p for p, _ in unet_targets(unet)]),
+                make(r=args.rank, alpha=args.rank, target_modules=[p for p, _ in te_targets(te)]))
+    from core.networks.kohya import target_modules
+
+    targets = target_modules(unet, [te])
+    dora = args.network == "dora"
+    return tuple(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian", use_dora=dora,
+                            target_modules=[p for c, p, _ in targets if c == component]) for component in (0, 1))
+
+
 def run_kiln(args) -> list[float]:
     from core.training.data import DataOptions
     from core.training.loop import LoopOptions
     from core.training.lora import Hooks, LoraJob, OutputOptions, train_lora
-    from core.training.network import NetworkSpec
-
     root = Path(tempfile.mkdtemp())
     _dataset(root, args.batch * 4, args.size)
     model = _load(args)
@@ -82,7 +113,7 @@ def run_kiln(args) -> list[float]:
         last[0] = now
     job = LoraJob(train_data_dir=root / "train", output=OutputOptions(root / "out", "bench"),
                   data=DataOptions(resolution=(args.size, args.size), caption_extension=".txt"),
-                  network=NetworkSpec(network_dim=args.rank, network_alpha=args.rank),
+                  network=_kiln_network(args),
                   loop=LoopOptions(train_batch_size=args.batch, max_train_steps=args.steps, seed=0),
                   learning_rate=1e-4)
     last[0] = time.perf_counter()
@@ -92,9 +123,8 @@ def run_kiln(args) -> list[float]:
 
 def run_plain(args) -> list[float]:
     import torch
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
-    from core.networks.kohya import target_modules
     from core.sampling.schedule import NoiseSchedule
 
     model = _load(args)
@@ -102,11 +132,9 @@ def run_plain(args) -> list[float]:
     unet, vae, te, tok = model.unet, model.vae, model.text_encoders[0], model.tokenizers[0]
     for part in (unet, vae, te):
         part.requires_grad_(False)
-    targets = target_modules(unet, [te])
-    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                target_modules=[p for c, p, _ in targets if c == 0]))
-    inject_adapter_in_model(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                       target_modules=[p for c, p, _ in targets if c == 1]), te)
+    unet_config, te_config = _peft_configs(args, unet, te)
+    inject_adapter_in_model(unet_config, unet)
+    inject_adapter_in_model(te_config, te)
     params = [p for m in (unet, te) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     samples = _pictures(args.batch * 4, args.size)
@@ -171,6 +199,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("shapes", "sd15"), default="shapes")
     parser.add_argument("--size", type=int, default=None, help="picture size (default 64 for shapes, 512 for sd15)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--network", choices=("lora", "dora", "loha", "lokr"), default="lora")
     parser.add_argument("--child", choices=("kiln", "plain"), default=None)
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,7 +216,7 @@ def main() -> None:
         for which in ("plain", "kiln"):
             command = [sys.executable, __file__, "--child", which, "--steps", str(args.steps), "--batch",
                        str(args.batch), "--rank", str(args.rank), "--threads", str(args.threads), "--model",
-                       args.model, "--size", str(args.size), "--device", args.device]
+                       args.model, "--size", str(args.size), "--device", args.device, "--network", args.network]
             if args.checkpoint:
                 command += ["--checkpoint", args.checkpoint]
             out = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -195,7 +224,8 @@ def main() -> None:
     k, p = results["kiln"], results["plain"]
     model = "built-in model" if args.model == "shapes" else "SD1.5-size checkpoint"
     where = f"CPU {args.threads} threads" if args.device == "cpu" else args.device
-    print(f"LoRA rank {args.rank}, {model} {args.size}², batch {args.batch}, {args.steps} steps, {where}")
+    kind = {"lora": "LoRA", "dora": "DoRA", "loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[args.network]
+    print(f"{kind} rank {args.rank}, {model} {args.size}², batch {args.batch}, {args.steps} steps, {where}")
     gpu = p["gpu_mb"] is not None
     print("| | s/step (median) | peak RSS |" + (" peak GPU |" if gpu else "") + "\n|---|---|---|" + ("---|" if gpu else ""))
     for label, r in (("diffusers + peft loop", p), ("Kiln trainer", k)):
