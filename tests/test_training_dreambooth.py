@@ -171,3 +171,121 @@ def test_queue_job_generates_class_images_once_and_leaves_the_shared_model_alone
         assert not any(a.kind == "note" and "generated" in a.label for a in again.artifacts)
     finally:
         queue.shutdown()
+
+
+# ---- LoRA extraction -------------------------------------------------------------------------
+
+
+def _tuned(checkpoint: Path, *, te_scale: float = 0.05):
+    """The base with a random difference on every layer an extracted LoRA covers (3×3 convs too)."""
+    from core.training.extract_lora import lora_layers
+
+    model = load_checkpoint(checkpoint)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _name, (layer, is_te) in lora_layers(model, conv=True).items():
+            scale = te_scale if is_te else 0.05
+            layer.weight += scale * torch.randn(layer.weight.shape, generator=generator)
+    return model
+
+
+def _applied(checkpoint: Path, lora: Path, weight: float):
+    from core.networks.lora import NetworkManager, NetworkRequest, load_network
+
+    model = load_checkpoint(checkpoint)
+    manager = NetworkManager(model.unet, model.text_encoders, "sd1", model.spec.unet_config)
+    report = manager.apply([NetworkRequest(load_network(lora), weight, weight)])
+    assert not report.warnings
+    return model
+
+
+def _weights(model, names) -> dict[str, torch.Tensor]:
+    from core.training.extract_lora import lora_layers
+
+    layers = lora_layers(model, conv=True)
+    return {n: layers[n][0].weight.detach().clone() for n in names}
+
+
+def test_full_rank_extraction_reproduces_the_tuned_weights_through_kilns_loader(tmp_path, checkpoint):
+    from core.training.extract_lora import extract_lora, lora_layers
+
+    tuned = _tuned(checkpoint)
+    path = tmp_path / "full.safetensors"
+    result = extract_lora(checkpoint, tuned, rank=4096, conv_rank=4096, clamp_quantile=1.0, save_to=path)
+    assert result.te_modules > 0 and result.unet_modules > 0
+    keys = set(result.tensors)
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert any(k.endswith(".alpha") for k in keys) and any("resnets" in k for k in keys)
+    names = list(lora_layers(tuned, conv=True))
+    applied, target = _weights(_applied(checkpoint, path, 1.0), names), _weights(tuned, names)
+    for name in names:
+        assert torch.allclose(applied[name], target[name], atol=1e-5), name
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "4096"
+    assert meta["ss_network_alpha"] == "4096.0" and meta["ss_base_model_version"] == "sd_v1"
+    assert meta["ss_network_args"] == '{"conv_dim": "4096", "conv_alpha": "4096.0"}'
+    assert meta["sshs_model_hash"] and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    # weight 0: the base, bit for bit
+    base = load_checkpoint(checkpoint)
+    zero = _applied(checkpoint, path, 0.0)
+    for part, other in ((zero.unet, base.unet), (zero.text_encoders[0], base.text_encoders[0])):
+        theirs = other.state_dict()
+        for key, tensor in part.state_dict().items():
+            assert torch.equal(tensor, theirs[key]), key
+
+
+def test_low_rank_extraction_is_bounded_by_the_best_svd_approximation(tmp_path, checkpoint):
+    from core.training.extract_lora import extract_lora, lora_layers
+
+    rank, tuned, base = 2, _tuned(checkpoint), load_checkpoint(checkpoint)
+    path = tmp_path / "low.safetensors"
+    result = extract_lora(base, tuned, rank=rank, clamp_quantile=0.99, save_to=path, save_precision="fp16")
+    assert result.tensors[next(k for k in result.tensors if k.endswith("lora_up.weight"))].dtype == torch.float16
+    names = [n for n in lora_layers(tuned, conv=False)]
+    applied, target, original = (_weights(m, names) for m in (_applied(checkpoint, path, 1.0), tuned, base))
+    for name in names:
+        diff = (target[name] - original[name]).flatten(1)
+        u, s, vh = torch.linalg.svd(diff, full_matrices=False)
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        best_error = torch.linalg.norm(diff - best)
+        error = torch.linalg.norm((target[name] - applied[name]).flatten(1))
+        # Eckart–Young: no rank-2 matrix does better; the quantile clamp and fp16 cost a little more
+        assert best_error * 0.999 <= error <= best_error * 1.05 + 1e-3, name
+        assert error < torch.linalg.norm(diff)  # the LoRA moves toward the tuned weights
+
+
+def test_an_unchanged_text_encoder_is_left_out_and_the_cli_writes_the_file(tmp_path, checkpoint):
+    from core.models.checkpoint import save_checkpoint
+    from core.training.__main__ import main
+
+    tuned = _tuned(checkpoint, te_scale=0.0)
+    save_checkpoint(tuned, tmp_path / "tuned.safetensors")
+    out = tmp_path / "cli.safetensors"
+    argv = ["extract-lora", "--model_org", str(checkpoint), "--model_tuned", str(tmp_path / "tuned.safetensors"),
+            "--save_to", str(out), "--dim", "3", "--conv_dim", "2"]
+    assert main(argv) == 0
+    with safe_open(out, "pt") as f:
+        keys = list(f.keys())
+        assert not any(k.startswith("lora_te_") for k in keys) and f.metadata()["ss_text_encoder_extracted"] == "False"
+        conv = next(k for k in keys if "resnets_0_conv1.lora_down" in k)
+        assert f.get_tensor(conv).shape[0] == 2 and f.get_tensor(conv).shape[2:] == (3, 3)
+    assert main(argv) == 1  # never over a file that is there
+
+
+def test_dreambooth_job_extracts_a_lora_after_training(tmp_path):
+    from core.networks.lora import load_network
+    from core.training.jobs import dreambooth_job
+
+    engine, queue = _engine(tmp_path)
+    _instances(tmp_path)
+    try:
+        config = _config(tmp_path, train_text_encoder=True, extract_lora=True, extract_lora_dim=2,
+                         extract_conv_dim=2, output_name="sksx")
+        files = queue.submit(dreambooth_job(engine, config), "DreamBooth sksx", "user:ann", kind="train").wait(300)
+        lora = Path(files[-1])
+        assert lora == engine.settings.paths.lora_dir / "sksx.safetensors"
+        net = load_network(lora)
+        assert net.key_count > 0 and net.metadata["ss_network_dim"] == "2"
+    finally:
+        queue.shutdown()

@@ -82,11 +82,19 @@ def dreambooth_job(engine: Any, config: Any, checkpoint: str | None = None):
 
         import torch
 
+        from core.errors import KilnError
         from core.jobs import Job, JobContext
         from core.training.class_images import generate_class_images, plan_class_images
         from core.training.dreambooth import prepare_dreambooth_data, train_dreambooth
 
         prepare_dreambooth_data(config)  # a bad folder fails before minutes of class pictures
+        lora_dir = Path(config.extract_lora_dir) if config.extract_lora_dir else engine.settings.paths.lora_dir
+        if config.extract_lora:
+            from core.training.extract_lora import lora_output_path
+
+            if lora_output_path(config, lora_dir).exists():
+                raise KilnError("output_name: a LoRA of this name is already in the LoRA folder; nothing was trained",
+                                path=lora_output_path(config, lora_dir), hint="choose another output_name")
         base = checkpoint
         if base is None:
             # One base for the whole run: the new checkpoint joins the list at the end and must
@@ -116,6 +124,7 @@ def dreambooth_job(engine: Any, config: Any, checkpoint: str | None = None):
         def on_step(report) -> None:
             if not started["total"]:
                 ctx.set_total(report.total_steps)
+                ctx.job.progress.step = 0  # the class pictures had the bar before
                 started["total"] = True
             ctx.advance(1, check=False)
             ctx.set_text(f"epoch {report.epoch} · loss {report.loss:.4f} (average {report.average_loss:.4f})")
@@ -135,7 +144,6 @@ def dreambooth_job(engine: Any, config: Any, checkpoint: str | None = None):
                 from core.training.extract_lora import extract_after_training
 
                 ctx.set_text("extracting the LoRA")
-                lora_dir = Path(config.extract_lora_dir) if config.extract_lora_dir else engine.settings.paths.lora_dir
                 lora = extract_after_training(config, model, result.files[-1], lora_dir)
                 ctx.add_artifact("lora", lora.name, path=str(lora))
                 files.append(lora)
