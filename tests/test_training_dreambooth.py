@@ -289,3 +289,24 @@ def test_dreambooth_job_extracts_a_lora_after_training(tmp_path):
         assert net.key_count > 0 and net.metadata["ss_network_dim"] == "2"
     finally:
         queue.shutdown()
+
+
+def test_the_tab_form_becomes_a_config_and_counts_class_images(tmp_path):
+    from ui.train_db import FIELDS, class_count_text, config_to_values, values_to_config
+
+    _instances(tmp_path)
+    reg = tmp_path / "reg" / "1_star"
+    reg.mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(reg / "a.png")
+    values = {"train_data_dir": str(tmp_path / "train"), "reg_data_dir": str(tmp_path / "reg"),
+              "num_class_images": 4.0, "learning_rate": "3e-6", "learning_rate_te": "", "max_train_epochs": 0,
+              "train_batch_size": 3.0, "extract_conv_dim": 0, "prior_loss_weight": 1.0, "output_name": "dog"}
+    config, unknown = values_to_config(values)
+    assert unknown == [] and config.learning_rate == 3e-6 and config.max_train_epochs is None
+    assert config.train_batch_size == 3 and config.extract_conv_dim is None and config.learning_rate_te is None
+    assert class_count_text(values) == "1 class images in the folders, 3 to generate with the base model."
+    assert set(config_to_values(config)) == set(FIELDS)
+    assert "optimizer_type" in class_count_text({**values, "optimizer_type": "Adamish"})
+    assert not (tmp_path / "reg2").exists() and "class_prompt" in class_count_text(
+        {**values, "reg_data_dir": str(tmp_path / "reg2")})
+    assert not (tmp_path / "reg2").exists()  # counting makes nothing on disk

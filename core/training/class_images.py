@@ -41,25 +41,28 @@ class ClassImageReport:
         return sum(f.existing for f in self.folders) + self.generated
 
 
-def plan_class_images(config: DreamBoothConfig) -> list[ClassFolder]:
+def plan_class_images(config: DreamBoothConfig, *, create: bool = True) -> list[ClassFolder]:
     """The reg folders and how many pictures each lacks (none when ``num_class_images`` is 0).
 
-    A reg folder with no concept folder yet gets ``1_<class_prompt>`` (kohya's layout)."""
+    A reg folder with no concept folder yet gets ``1_<class_prompt>`` (kohya's layout); with
+    ``create`` False (the UI's count) nothing is made on disk."""
     if not config.num_class_images or not config.reg_data_dir:
         return []
     root = Path(config.reg_data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    subs = [p for p in sorted(root.iterdir()) if p.is_dir() and parse_folder_name(p.name)]
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    subs = [p for p in sorted(root.iterdir()) if p.is_dir() and parse_folder_name(p.name)] if root.is_dir() else []
     if not subs:
         if not (config.class_prompt or "").strip():
             raise KilnError("class_prompt: the reg folder has no <repeats>_<class> folder to read a class from",
                             path=root, hint="give a class prompt (e.g. 'a photo of a dog') or make 1_dog/")
         subs = [root / folder_name(1, config.class_prompt.strip())]
-        subs[0].mkdir()
+        if create:
+            subs[0].mkdir()
     out = []
     for sub in subs:
         prompt = (config.class_prompt or "").strip() or parse_folder_name(sub.name).class_tokens
-        count = sum(1 for p in list_images(sub) if p.suffix.lower() in KOHYA_IMAGE_EXTENSIONS)
+        count = sum(1 for p in list_images(sub) if p.suffix.lower() in KOHYA_IMAGE_EXTENSIONS) if sub.is_dir() else 0
         out.append(ClassFolder(sub, prompt, count, max(0, config.num_class_images - count)))
     return out
 
