@@ -310,3 +310,19 @@ def test_the_tab_form_becomes_a_config_and_counts_class_images(tmp_path):
     assert not (tmp_path / "reg2").exists() and "class_prompt" in class_count_text(
         {**values, "reg_data_dir": str(tmp_path / "reg2")})
     assert not (tmp_path / "reg2").exists()  # counting makes nothing on disk
+
+
+def test_a_dreambooth_toml_trains_headless(tmp_path, capsys):
+    from core.training.__main__ import main
+    from core.training.dreambooth_config import save_dreambooth_config
+
+    write_tiny_checkpoint(tmp_path / "data", "sd1")
+    _instances(tmp_path)
+    config = _config(tmp_path, pretrained_model_name_or_path="tiny-sd1.safetensors", output_name="cli-db",
+                     max_train_steps=2)
+    toml = save_dreambooth_config(config, tmp_path / "db.toml")
+    assert "learning_rate = 0.001" in toml.read_text(encoding="utf-8")
+    assert main(["dreambooth", str(toml), "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [str(tmp_path / "data" / "models" / "Stable-diffusion" / "cli-db.safetensors")]
+    assert load_checkpoint(out[0]).spec.family == "sd1"

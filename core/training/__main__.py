@@ -1,5 +1,9 @@
 """``python -m core.training CONFIG.toml``: a kohya config trained headless, with a progress bar.
 
+``python -m core.training dreambooth CONFIG.toml``: a DreamBooth / fine-tune run from a TOML of
+train_db.py's names (core/training/dreambooth_config.py), the checkpoint written to
+models/Stable-diffusion (or ``output_dir``).
+
 ``python -m core.training extract-lora --model_org BASE --model_tuned TUNED --save_to OUT.safetensors``:
 a LoRA from the difference of two checkpoints, with kohya's ``extract_lora_from_models.py`` options
 (``--dim``, ``--conv_dim``, ``--clamp_quantile``, ``--min_diff``, ``--save_precision``, ``--device``).
@@ -87,6 +91,64 @@ def extract_main(argv: list[str]) -> int:
         return 1
 
 
+def dreambooth_main(argv: list[str]) -> int:
+    """Headless DreamBooth: class pictures through a private engine's txt2img, then the run."""
+    from core.errors import KilnError
+
+    parser = argparse.ArgumentParser(prog="python -m core.training dreambooth",
+                                     description="DreamBooth / fine-tune from a train_db.py-style TOML.")
+    parser.add_argument("config", help="a TOML with train_db.py / fine_tune.py argument names")
+    parser.add_argument("--data-dir", default=None, help="Kiln's data folder, as the app's --data-dir")
+    args = parser.parse_args(argv)
+    try:
+        from core.cli import parse_flags
+        from core.engine import Engine
+        from core.jobs import JobQueue
+        from core.settings import Settings
+        from core.training.dreambooth_config import load_dreambooth_config
+        from core.training.jobs import dreambooth_job
+
+        config, unknown = load_dreambooth_config(args.config)
+        for key in unknown:
+            print(f"warning: {key}: not a key Kiln's DreamBooth trainer has; not applied", file=sys.stderr)
+        flags = parse_flags(["--data-dir", args.data_dir] if args.data_dir else [])
+        settings = Settings.from_flags(flags, REPO)
+        engine, queue = Engine(settings), JobQueue()
+        base = config.pretrained_model_name_or_path
+        entry = engine.registry.find_checkpoint(base) if base else None
+        if base and entry is None:
+            path = resolve_checkpoint(base, settings.paths.ckpt_dir)
+            entry = engine.registry.find_checkpoint(path.name)
+            if entry is None:
+                raise KilnError("pretrained_model_name_or_path: the base must be in models/Stable-diffusion",
+                                path=path, hint="copy or link it there")
+        try:
+            job = queue.submit(dreambooth_job(engine, config, entry.name if entry else None),
+                               f"DreamBooth {config.output_name}", kind="train")
+            last = -1
+            while not job.done_event.wait(1.0):
+                p = job.progress
+                if p.step != last:
+                    print(f"\r{p.textinfo} {p.step}/{p.total_steps}", end="", file=sys.stderr, flush=True)
+                    last = p.step
+            files = job.wait(0)
+        except KeyboardInterrupt:
+            queue.stop(job.id)
+            files = job.wait(None)
+        finally:
+            queue.shutdown()
+        print(file=sys.stderr)
+        for artifact in job.artifacts:
+            if artifact.kind == "note":
+                print(f"note: {artifact.label}", file=sys.stderr)
+        for path in files:
+            print(path)
+        return 0
+    except KilnError as exc:
+        print(f"\nerror: {exc.message}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from core.dataset.__main__ import kiln_paths
     from core.errors import KilnError
@@ -99,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["extract-lora"]:
         return extract_main(argv[1:])
+    if argv[:1] == ["dreambooth"]:
+        return dreambooth_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config, unknown = load_config(args.config)
