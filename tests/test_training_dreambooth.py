@@ -100,14 +100,18 @@ def test_ema_is_what_gets_saved(tmp_path, checkpoint):
     assert safe_open(result.files[0], "pt").metadata()["ss_use_ema"] == "True"
 
 
-def test_stop_keeps_what_it_has(tmp_path, checkpoint):
+def test_stop_keeps_what_it_has_and_8bit_adam_falls_back_on_the_cpu(tmp_path, checkpoint):
     _instances(tmp_path)
-    steps = []
-    hooks = Hooks(on_step=lambda r: steps.append(r.global_step), should_stop=lambda: len(steps) >= 2)
-    result = train_dreambooth(_config(tmp_path, max_train_steps=50), load_checkpoint(checkpoint), tmp_path / "out",
-                              hooks)
+    steps, notes = [], []
+    hooks = Hooks(on_step=lambda r: steps.append(r.global_step), should_stop=lambda: len(steps) >= 2,
+                  on_note=notes.append)
+    model = load_checkpoint(checkpoint)
+    config = _config(tmp_path, max_train_steps=50, use_8bit_adam=True, gradient_checkpointing=True)
+    result = train_dreambooth(config, model, tmp_path / "out", hooks)
     assert result.steps == 2 and result.total_steps == 50 and result.files[-1].is_file()
     assert safe_open(result.files[-1], "pt").metadata()["ss_steps"] == "2"
+    assert any(n.startswith("use_8bit_adam:") and "AdamW (32-bit) was used" in n for n in notes)
+    assert not model.unet.is_gradient_checkpointing  # switched on for the run only
 
 
 def test_bad_input_names_the_field(tmp_path):
