@@ -210,6 +210,8 @@ def train_dreambooth(config: DreamBoothConfig, model: Any, output_dir: Path, hoo
         raise KilnError("output_name: a checkpoint of this name is already there; nothing was trained",
                         path=existing[0], hint="choose another output_name")
     ema = Ema(model.unet, config.ema_decay) if config.use_ema else None
+    # The base file's own training keys would describe another run: the new file carries this one's.
+    model.metadata = {k: v for k, v in model.metadata.items() if not k.startswith(("ss_", "sshs_", "modelspec."))}
     started = time.time()
     base_meta = training_metadata(config, model, data, trainer, started)
     written: list[Path] = []
