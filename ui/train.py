@@ -84,9 +84,10 @@ ZH = {
 }
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 # The WebUI's embedding / hypernetwork sub-tabs (ui/train_ti.py) ship their strings with this tab's.
+from ui.train_db import STRINGS as _DB_STRINGS  # noqa: E402
 from ui.train_ti import STRINGS as _TI_STRINGS  # noqa: E402
 
-STRINGS = {lang: {**_TI_STRINGS[lang], **table} for lang, table in STRINGS.items()}
+STRINGS = {lang: {**_TI_STRINGS[lang], **_DB_STRINGS[lang], **table} for lang, table in STRINGS.items()}
 S = Strings(STRINGS)
 
 # The network choice as kohya_ss's GUI names it → the LyCORIS algo (None: kohya's networks.lora).

@@ -124,11 +124,17 @@ def _txt2img_fields() -> dict[str, Any]:
 
 @contextmanager
 def train_subtabs(engine: Engine, queue: JobQueue) -> Iterator[None]:
-    """The Train tab's sub-tabs: the ``with`` body (the LoRA form) is the first, then the WebUI's three."""
+    """The Train tab's sub-tabs: the ``with`` body (the LoRA form) is the first, then DreamBooth
+    (ui/train_db.py), then the WebUI's three."""
     tr = S.tr
     with gr.Tabs(elem_id="train-tabs"):
         with gr.Tab(tr("LoRA (kohya)"), id="train-lora", elem_id="train-tab-lora"):
             yield
+        from ui.train_db import S as DB_STRINGS
+        from ui.train_db import build_dreambooth_form
+
+        with gr.Tab(DB_STRINGS.tr("DreamBooth / fine-tune"), id="train-dreambooth", elem_id="train-tab-dreambooth"):
+            build_dreambooth_form(engine, queue)
         with gr.Tab(tr("Create embedding"), id="train-create-embedding", elem_id="train-tab-create-embedding"):
             embedding_created = _create_embedding(engine, queue)
         with gr.Tab(tr("Create hypernetwork"), id="train-create-hypernetwork",

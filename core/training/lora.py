@@ -111,15 +111,20 @@ def prepare_data(job: LoraJob) -> TrainingData:
     """The dataset, after the checks of core/dataset/checks.py: an error stops the run with its
     message unless ``ignore_check_errors``."""
     layout = job.layout if job.layout is not None else scan_dataset(job.train_data_dir, job.reg_data_dir)
-    problems = check_layout(layout, CheckOptions(resolution=job.data.resolution,
-                                                 caption_extension=job.data.caption_extension,
+    return checked_data(layout, job.data, seed=job.loop.seed, ignore_check_errors=job.ignore_check_errors)
+
+
+def checked_data(layout: Any, options: DataOptions, *, seed: int, ignore_check_errors: bool) -> TrainingData:
+    """``layout`` as training data once the dataset checks pass (shared with DreamBooth)."""
+    problems = check_layout(layout, CheckOptions(resolution=options.resolution,
+                                                 caption_extension=options.caption_extension,
                                                  check_near_duplicates=False))
     errors = blocking(problems)
-    if errors and not job.ignore_check_errors:
+    if errors and not ignore_check_errors:
         lines = "; ".join(p.line() for p in errors[:5])
         raise KilnError(f"the dataset check found {len(errors)} errors: {lines}",
                         hint="fix them (python -m core.dataset check), or tick 'train anyway' to override")
-    return TrainingData(layout, job.data, seed=job.loop.seed)
+    return TrainingData(layout, options, seed=seed)
 
 
 def run_metadata(job: LoraJob, model: Any, data: TrainingData, trainer: LoraTrainer, started: float,
