@@ -328,9 +328,9 @@ class Engine:
             slot.autocast, slot.load_warnings = kept.autocast, list(kept.load_warnings)
             self._loaded(entry)
             return kept.model
+        from core.fileio import file_stamp
         from core.models.checkpoint import load_checkpoint
         from core.models.memory import place_model
-        from core.models.model_cache import file_stamp
 
         policy = self.settings.device_policy(slot.device_id)
         log.info("loading %s on %s (%s)", entry.path, policy.device, policy.dtype)

@@ -196,3 +196,13 @@ def unique_path(folder: str | Path, stem: str, suffix: str) -> Path:
         candidate = folder / f"{stem}-{n}{suffix}"
         n += 1
     return candidate
+
+
+def file_stamp(path: str | Path) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file, or None when it is missing: enough to see that it changed
+    since it was read (a hand edit, a new copy) without reading it again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

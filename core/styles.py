@@ -20,7 +20,6 @@ import csv
 import glob
 import io
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InvalidParameterError, KilnError
-from core.fileio import atomic_write_bytes
+from core.fileio import atomic_write_bytes, file_stamp
 
 log = logging.getLogger(__name__)
 STYLES_FILE = "styles.csv"
@@ -135,18 +134,10 @@ class StyleDatabase:
             found += [Path(p) for p in sorted(glob.glob(pattern))] if _is_pattern(pattern) else [Path(pattern)]
         return list(dict.fromkeys(found))
 
-    @staticmethod
-    def _file_stamp(path: Path) -> tuple[int, int] | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size
-
     def _fresh(self) -> dict[Path, list[PromptStyle]]:
         with self._lock:
             files = self.files()
-            stamp = tuple((f, self._file_stamp(f)) for f in files)
+            stamp = tuple((f, file_stamp(f)) for f in files)
             if stamp != self._stamp:
                 self._files = {f: ([] if st is None else self._read(f)) for f, st in stamp}
                 self._stamp = stamp

@@ -16,6 +16,7 @@ import gradio as gr
 
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.train_config_files import wire_config_files
 from ui.train_sheet import build_sheet_section, sheet_updates, wire_sheet_section
 
 if TYPE_CHECKING:
@@ -369,41 +370,12 @@ def _build_lora_form(engine: Engine, queue: JobQueue) -> None:
 
     stop.click(on_stop, queue=False, show_progress="hidden")
 
-    def on_save(data: dict, request: gr.Request):
-        from core.training.config_toml import save_config as write
+    from core.training.config import load_config
+    from core.training.config_toml import save_config as write_config
 
-        try:
-            config, _ = values_to_config(collect(data))
-            saved = write(config, (data[config_path] or "").strip() or "train.toml")
-        except KilnError as exc:
-            return f"❌ {html.escape(exc.message)}"
-        return S.say("Config saved to {path}.", request, path=saved)
-
-    save_config.click(on_save, {config_path, *inputs}, message)
-
-    def on_load(path, request: gr.Request):
-        from core.training.config import load_config as read
-
-        try:
-            config, unknown = read((path or "").strip())
-        except KilnError as exc:
-            return [gr.update() for _ in names] + [f"❌ {html.escape(exc.message)}"]
-        values = config_to_values(config)
-        text = S.say("Config loaded from {path}.", request, path=path)
-        if unknown:
-            text += " " + S.say("Keys Kiln does not know: {keys}", request, keys=", ".join(unknown))
-        updates = []
-        for name in names:
-            value = values[name]
-            if name == "pretrained_model_name_or_path":
-                title = next((e.title for e in engine.registry.checkpoints() if str(e.path) == str(value)
-                              or e.path.name == str(value)), None)
-                updates.append(gr.update(value=title) if title else gr.update())
-            else:
-                updates.append(gr.update(value=value))
-        return updates + [text]
-
-    load_config.click(on_load, [config_path], [*inputs, message])
+    wire_config_files(engine, strings=S, names=names, inputs=inputs, path_box=config_path, save_button=save_config,
+                      load_button=load_config, message=message, collect=collect, to_config=values_to_config,
+                      to_values=config_to_values, save=write_config, load=load_config, default_name="train.toml")
 
 
 def sample_items(job) -> list[tuple[Any, str]]:

@@ -16,6 +16,7 @@ import gradio as gr
 
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.train_config_files import wire_config_files
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -265,36 +266,9 @@ def _wire(engine: Engine, queue: JobQueue, w: dict[str, Any], count, class_count
 
     stop.click(on_stop, queue=False, show_progress="hidden")
 
-    def on_save(data: dict, request: gr.Request):
-        from core.training.dreambooth_config import save_dreambooth_config
+    from core.training.dreambooth_config import load_dreambooth_config, save_dreambooth_config
 
-        try:
-            config, _ = values_to_config(collect(data))
-            saved = save_dreambooth_config(config, (data[config_path] or "").strip() or "dreambooth.toml")
-        except KilnError as exc:
-            return f"❌ {html.escape(exc.message)}"
-        return S.say("Config saved to {path}.", request, path=saved)
-
-    save_config.click(on_save, {config_path, *inputs}, message)
-
-    def on_load(path, request: gr.Request):
-        from core.training.dreambooth_config import load_dreambooth_config
-
-        try:
-            config, unknown = load_dreambooth_config((path or "").strip())
-        except KilnError as exc:
-            return [gr.update() for _ in FIELDS] + [f"❌ {html.escape(exc.message)}"]
-        values = config_to_values(config)
-        text = S.say("Config loaded from {path}.", request, path=path)
-        if unknown:
-            text += " " + S.say("Keys Kiln does not know: {keys}", request, keys=", ".join(unknown))
-        updates = []
-        for name in FIELDS:
-            if name == "pretrained_model_name_or_path":
-                entry = engine.registry.find_checkpoint(str(values[name])) if values[name] else None
-                updates.append(gr.update(value=entry.title) if entry else gr.update())
-            else:
-                updates.append(gr.update(value=values[name]))
-        return updates + [text]
-
-    load_config.click(on_load, [config_path], [*inputs, message])
+    wire_config_files(engine, strings=S, names=list(FIELDS), inputs=inputs, path_box=config_path,
+                      save_button=save_config, load_button=load_config, message=message, collect=collect,
+                      to_config=values_to_config, to_values=config_to_values, save=save_dreambooth_config,
+                      load=load_dreambooth_config, default_name="dreambooth.toml")

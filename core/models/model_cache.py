@@ -13,7 +13,6 @@ nothing here is global.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,9 @@ from typing import Any
 
 import torch
 
+from core.fileio import file_stamp
+
 log = logging.getLogger(__name__)
-
-
-def file_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 @dataclass
