@@ -370,12 +370,12 @@ def _build_lora_form(engine: Engine, queue: JobQueue) -> None:
 
     stop.click(on_stop, queue=False, show_progress="hidden")
 
-    from core.training.config import load_config
+    from core.training.config import load_config as read_config
     from core.training.config_toml import save_config as write_config
 
     wire_config_files(engine, strings=S, names=names, inputs=inputs, path_box=config_path, save_button=save_config,
                       load_button=load_config, message=message, collect=collect, to_config=values_to_config,
-                      to_values=config_to_values, save=write_config, load=load_config, default_name="train.toml")
+                      to_values=config_to_values, save=write_config, load=read_config, default_name="train.toml")
 
 
 def sample_items(job) -> list[tuple[Any, str]]:
