@@ -134,7 +134,9 @@ def test_the_always_on_script_changes_the_params_before_the_run(ext_api):
             "alwayson_scripts": {"Prompt Suffix (good)": {"args": [True, "on blue"]}}}
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
-    assert read_png_infotext(_image(r.json()["images"][0])).startswith("a red circle, on blue\n")
+    infotext = read_png_infotext(_image(r.json()["images"][0]))
+    assert infotext.startswith("a red circle, on blue\n")
+    assert "Prompt suffix: on blue, Version:" in infotext  # the script's own infotext key, before Version
     body["alwayson_scripts"] = {"No such script": {"args": []}}
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 422 and r.json()["field"] == "alwayson_scripts"

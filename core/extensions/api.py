@@ -39,7 +39,8 @@ class ScriptEntry:
 
     ``build()`` makes its widgets inside the accordion and returns the input components, in the
     order ``process(params, *values)`` takes them; ``process`` changes the GenerationParams (or
-    Img2ImgParams) in place or returns new ones, before they are checked and the job runs.
+    Img2ImgParams) in place or returns new ones, before they are checked and the job runs. Keys it
+    puts in ``params.extra_generation_params`` are written into the pictures' infotext.
     """
 
     extension: str

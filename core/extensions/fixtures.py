@@ -46,6 +46,7 @@ def setup(api):
     def process(params, enabled, suffix):
         if enabled and suffix:
             params.prompt = f"{{params.prompt}}, {{suffix}}"
+            params.extra_generation_params["Prompt suffix"] = suffix  # into the infotext, as WebUI scripts do
 
     api.add_script(f"Prompt suffix ({{NAME}})", build, process)
 

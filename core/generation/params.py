@@ -89,6 +89,9 @@ class GenerationParams:
     styles: list[str] = field(default_factory=list)
     # Set by validation, reported in the infotext like the WebUI's notes.
     notes: list[str] = field(default_factory=list)
+    # Infotext keys an always-on script adds (the WebUI's p.extra_generation_params): written after
+    # Kiln's own keys; a key Kiln writes itself is not replaced.
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> GenerationParams:
         return dataclasses.replace(self, **changes)

@@ -364,6 +364,8 @@ def finish_infotext(params: dict[str, object], gc: GenerationContext, p: Generat
         params["TI hashes"] = ", ".join(f"{name}: {emb.hash[:12]}" for name, emb in used.items())
     if any(ch in p.prompt + p.negative_prompt for ch in "()[]"):
         params["Emphasis"] = None  # "Original" emphasis is the default: the WebUI writes nothing
+    for key, value in p.extra_generation_params.items():
+        params.setdefault(str(key), value)
     params["Version"] = KILN_VERSION
     if p.notes:
         params["Notes"] = "; ".join(p.notes)
