@@ -62,7 +62,7 @@ def unsupported(config: TrainConfig) -> list[str]:
         out.append(f"network_module = {config.network_module!r} (Kiln trains networks.lora and lycoris.kohya)")
     elif network_kind(config) not in ("lora", "locon", "loha", "lokr"):
         out.append(f"network_args algo={network_kind(config)} (Kiln trains LyCORIS locon, loha and lokr)")
-    known = NETWORK_ARGS | (set(MODULE_ARGS) | LYCORIS_ONLY_ARGS if module == "lycoris.kohya" else set())
+    known = NETWORK_ARGS | (set(MODULE_ARGS) | LYCORIS_ONLY_ARGS if module == "lycoris.kohya" else KILN_LORA_ARGS)
     extra_args = [a for a in config.network_args or [] if a.split("=")[0].strip() not in known]
     if extra_args:
         out.append(f"network_args = {extra_args!r}")
@@ -70,7 +70,9 @@ def unsupported(config: TrainConfig) -> list[str]:
 
 
 # network_args both networks.lora and lycoris.kohya read; the numbers among them.
-NETWORK_ARGS = {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "algo", "dora_wd"}
+NETWORK_ARGS = {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "algo"}
+# Kiln trains DoRA with its own LoRA modules (networks.lora); with lycoris.kohya it is listed as missing.
+KILN_LORA_ARGS = {"dora_wd"}
 NUMBER_ARGS = ("conv_dim", "conv_alpha", "rank_dropout", "module_dropout")
 # lycoris.kohya arguments with no effect on LoCon/LoHa/LoKr beyond what the modules get.
 LYCORIS_ONLY_ARGS = {"preset", "disable_conv_cp", "use_conv_cp", "use_cp", "dropout"}
