@@ -136,6 +136,8 @@ def test_tab_in_chinese(zh_server, browser, tab):
         page.locator(scope).wait_for(state="visible")
         if tab == "txt2img":
             _pick_xyz(page)
+        if tab == "queue":  # its column titles come with the page-load event (Gradio translates no headers)
+            page.wait_for_function("() => document.querySelector('#queue-table').textContent.includes('所有者')")
         _open_accordions(page, scope)
         page.wait_for_timeout(300)
         shown = page.locator(scope).inner_text()

@@ -175,6 +175,25 @@ def tr(key: str) -> I18nData:
     return I18nData(key)
 
 
+def order_radio(**kwargs: Any) -> gr.Radio:
+    """The sort order's radio, read by the page-load event: the browser can send its shown label
+    ("升序") instead of the value while the page is still starting, so a label in any language
+    stands for its value ("Ascending") rather than failing the listing with an error. (A gr.Radio
+    with its own preprocess: a subclass would be a new front-end component to Gradio.)"""
+    radio = gr.Radio(**kwargs)
+    preprocess = radio.preprocess
+
+    def label_or_value(payload: Any) -> Any:
+        for locale in STRINGS.values():
+            for key in (ASCENDING, DESCENDING):
+                if payload == locale.get(key) and payload != key:
+                    payload = key
+        return preprocess(payload)
+
+    radio.preprocess = label_or_value
+    return radio
+
+
 def translate(key: str, request: Any = None) -> str:
     """Run-time text in the browser's language; unknown keys (file names, values) pass through."""
     from ui.i18n import request_locale
@@ -295,7 +314,7 @@ def build_extra_networks(engine: Engine, prompt_box: gr.Textbox, catalog: Networ
             c["search"] = gr.Textbox(label=tr("Search"), scale=4, elem_id="kiln-en-search", max_lines=1)
             c["sort"] = gr.Dropdown(label=tr("Sort by"), choices=[(tr(label), value) for label, value in SORT_CHOICES],
                                     value="name", scale=2, elem_id="kiln-en-sort")
-            c["order"] = gr.Radio(label=" ", show_label=False, choices=[(tr(ASCENDING), ASCENDING),
+            c["order"] = order_radio(label=" ", show_label=False, choices=[(tr(ASCENDING), ASCENDING),
                                                                          (tr(DESCENDING), DESCENDING)],
                                   value=ASCENDING, scale=2, elem_id="kiln-en-order")
             c["refresh"] = gr.Button(tr("Refresh"), scale=1, min_width=90, elem_id="kiln-en-refresh")
