@@ -70,9 +70,11 @@ VISIBLE_TEXTS = r"""(root) => {
     if (e.offsetParent && e.value) out.push(e.value);
   return out;
 }"""
-# Labels whose text is cut off: a label or a tab button narrower than its text.
+# Labels whose text is cut off: a label or a tab button narrower than its text, or wider than its box.
 CLIPPED = r"""(root) => [...root.querySelectorAll('label span, span[data-testid=block-info], button[role=tab]')]
-  .filter(e => e.offsetParent && e.clientWidth > 1 && e.scrollWidth > e.clientWidth + 1)  // not screen-reader-only
+  .filter(e => e.offsetParent && e.clientWidth > 1)  // not screen-reader-only
+  .filter(e => e.scrollWidth > e.clientWidth + 1
+               || e.getBoundingClientRect().right > e.parentElement.getBoundingClientRect().right + 1)
   .map(e => e.innerText.trim()).filter(t => t)"""
 
 
