@@ -81,6 +81,12 @@ def create_app(settings: Settings) -> tuple[FastAPI, Engine, JobQueue]:
     from core.serving import install_web_flags
 
     install_web_flags(app, flags)  # CORS, --api-log, --theme
+    if not flags.nowebui:
+        from core.serving import PageScript
+        from ui.i18n import chosen_locale, locale_script
+
+        # Settings' "Language of the page": the page opens in it on every load, whatever the browser's.
+        app.add_middleware(PageScript, script=lambda: locale_script(chosen_locale()) if chosen_locale() else "")
     if api:
         from core.api.server import install_api
 

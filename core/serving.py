@@ -124,3 +124,46 @@ def open_browser_when_serving(server: Any, url: str, open_browser: Callable[[str
     (open_browser or webbrowser.open)(url)
     log.info("--autolaunch: opened %s in the system's browser", url)
     return True
+
+
+class PageScript:
+    """Put ``script()`` (an HTML string; "" or None: nothing) right after ``<head>`` of the page at
+    "/" — before Gradio's own scripts run. The UI's language choice uses it (ui/i18n.py)."""
+
+    def __init__(self, app: Any, script: Callable[[], str | None]):
+        self.app = app
+        self.script = script
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or route_path(scope) != "/":
+            await self.app(scope, receive, send)
+            return
+        script = self.script()
+        if not script:
+            await self.app(scope, receive, send)
+            return
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def send_with_script(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                if message["status"] != 200 or not headers.get(b"content-type", b"").startswith(b"text/html"):
+                    await send(message)  # a redirect, an error, not the page: as it is
+                    return
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks).replace(b"<head>", b"<head>" + script.encode("utf-8"), 1)
+            headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode("latin-1")))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_with_script)

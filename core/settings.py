@@ -30,6 +30,8 @@ RANDN_SOURCES = ("GPU", "CPU", "NV")
 # The WebUI's "Disable all extensions" choices. Kiln ships no extensions of its own, so every
 # folder in extensions/ is an "extra" one: "extra" and "all" both switch them all off.
 DISABLE_EXTENSIONS_CHOICES = ("none", "extra", "all")
+# The page's language (Kiln's option): "auto" follows the browser; the others are ui/i18n.py's locales.
+UI_LANGUAGES = ("auto", "en", "zh-CN")
 # The formats pictures are saved in (samples_format, grid_format); AVIF where Pillow can write it.
 AVIF_AVAILABLE = features.check("avif")
 SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp") + (("avif",) if AVIF_AVAILABLE else ())
@@ -122,6 +124,7 @@ class Options:
     xyz_max_cells: int = 100  # Kiln's: an X/Y/Z plot over this many cells asks first (API: refused); 0 = no limit
     disabled_extensions: list[str] = field(default_factory=list)  # folder names in extensions/ not to load
     disable_all_extensions: str = "none"  # "none" | "extra" | "all" (read at start)
+    ui_language: str = "auto"  # Kiln's: the page's language, "auto" (the browser's) | "en" | "zh-CN"
     # config.json keys Kiln does not use (WebUI's, extensions'): written back as they were.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -165,6 +168,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "uni_pc_variant": UNIPC_VARIANTS,
     "uni_pc_skip_type": UNIPC_SKIP_TYPES,
     "disable_all_extensions": DISABLE_EXTENSIONS_CHOICES,
+    "ui_language": UI_LANGUAGES,
 }
 _MINIMUM: dict[str, int] = {"CLIP_stop_at_last_layers": 1, "show_progress_every_n_steps": -1, "xyz_max_cells": 0}
 # The WebUI's slider ranges, where a value outside them breaks generation rather than tuning it.

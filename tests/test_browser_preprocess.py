@@ -59,7 +59,7 @@ def test_preprocess_labels_in_chinese(server, browser):  # noqa: F811
     page.wait_for_selector("#txt2img-generate")
     assert page.locator("#tab-extras-button").inner_text().strip() == "附加功能"
     page.locator("#tab-dataset-button").click()
-    assert page.locator("#tab-dataset-preprocess-button").inner_text().strip() == "预处理"
+    assert page.locator("#tab-dataset-preprocess-button").inner_text().strip() == "图像预处理"
     page.locator("#tab-dataset-preprocess-button").click()
     page.wait_for_selector("#preprocess-run")
     body = page.locator("#tab-dataset-preprocess").inner_text()

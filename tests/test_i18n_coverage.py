@@ -51,3 +51,32 @@ def test_every_ui_text_is_translated(tmp_path: Path):
     assert len(keys) > 300  # the whole page was walked (every tab's labels)
     assert untranslated == []
     assert missing_zh == []
+
+
+def test_a_key_has_one_chinese_text_across_the_tables():
+    """The tables merge into one per locale: a key two tabs translate differently would show the
+    last table's text on both (as "Batch size" once did), so each key has a single 简体中文 text."""
+    import ui
+    from ui import i18n
+
+    tables = [i18n.LOCALES, ui.i18n_tables(), ui.dataset_i18n_tables(), ui.EXTRAS_STRINGS, ui.TRAIN_STRINGS, ui.XYZ_STRINGS, ui.SHEET_STRINGS,
+              ui.MERGER_STRINGS, ui.STYLES_STRINGS, ui.SAVING_STRINGS, ui.SAMPLER_STRINGS, ui.INFOTEXT_STRINGS,
+              ui.EXTENSIONS_STRINGS]
+    seen: dict[str, str] = {}
+    clashes = []
+    for table in tables:
+        for key, text in table["zh-CN"].items():
+            if key in seen and seen[key] != text:
+                clashes.append((key, seen[key], text))
+            seen[key] = text
+    assert clashes == []
+
+
+def test_the_seeds_terms():
+    """The WebUI's established Chinese terms for its main labels."""
+    zh = __import__("ui").page_options()["i18n"].translations["zh-CN"]
+    expected = {"txt2img": "文生图", "img2img": "图生图", "Train": "训练", "Preprocess": "图像预处理",
+                "Prompt": "提示词", "Negative prompt": "反向提示词", "Sampling method": "采样方法 (Sampler)",
+                "Sampling steps": "迭代步数 (Steps)", "CFG Scale": "提示词相关性 (CFG Scale)", "Seed": "随机种子 (Seed)",
+                "Hires. fix": "高分辨率修复 (Hires. fix)", "Create embedding": "创建嵌入式模型", "Interrupt": "中止"}
+    assert {key: zh[key] for key in expected} == expected

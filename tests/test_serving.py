@@ -17,7 +17,14 @@ from fastapi.testclient import TestClient
 
 import app as kiln_app
 from core.cli import parse_flags
-from core.serving import ApiLog, ThemeRedirect, open_browser_when_serving, route_path, uvicorn_options
+from core.serving import (
+    ApiLog,
+    PageScript,
+    ThemeRedirect,
+    open_browser_when_serving,
+    route_path,
+    uvicorn_options,
+)
 from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +75,51 @@ def test_theme_redirect():
     assert client.get("/?__theme=light", follow_redirects=False).status_code == 200  # the user's choice stays
     assert client.get("/").json() == {"page": True}  # followed
     assert client.post("/sdapi/v1/txt2img", json={}).status_code == 200
+
+
+def test_page_script_goes_first_into_the_page_head():
+    from fastapi.responses import HTMLResponse
+
+    from ui.i18n import locale_script
+
+    script = {"now": locale_script("zh-CN")}
+    app = FastAPI()
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return "<html><head><script>gradio()</script></head><body>Kiln</body></html>"
+
+    @app.get("/other", response_class=HTMLResponse)
+    def other():
+        return "<html><head></head></html>"
+
+    app.add_middleware(PageScript, script=lambda: script["now"])
+    client = TestClient(app)
+    r = client.get("/")
+    assert r.text.startswith('<html><head><script>(() => { const l = "zh-CN";') and r.text.endswith("<body>Kiln</body></html>")
+    assert r.text.index("navigator") < r.text.index("gradio()")  # before Gradio's bundle reads the locale
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert client.get("/other").text == "<html><head></head></html>"
+    script["now"] = ""  # "Follow the browser": the page as Gradio serves it
+    assert client.get("/").text == "<html><head><script>gradio()</script></head><body>Kiln</body></html>"
+
+
+def test_run_time_text_follows_the_chosen_language():
+    from types import SimpleNamespace
+
+    from ui import i18n
+
+    chinese_browser = SimpleNamespace(headers={"accept-language": "zh-CN,zh;q=0.9"})
+    choice = {"now": "auto"}
+    i18n.set_language_source(lambda: choice["now"])
+    try:
+        assert i18n.translate("Generate", chinese_browser) == "生成" and i18n.chosen_locale() is None
+        choice["now"] = "en"
+        assert i18n.translate("Generate", chinese_browser) == "Generate" and i18n.chosen_locale() == "en"
+        choice["now"] = "zh-CN"
+        assert i18n.translate("Generate", None) == "生成"
+    finally:
+        i18n.set_language_source(lambda: None)
 
 
 def test_route_path_drops_the_subpath():

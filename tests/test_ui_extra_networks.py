@@ -134,3 +134,12 @@ def test_shared_keys_do_not_override_the_main_chinese_table():
 
     zh = i18n_tables()["zh-CN"]
     assert {k: zh[k] for k in set(zh) & set(ZH_CN)} == {k: ZH_CN[k] for k in set(zh) & set(ZH_CN)}
+
+
+def test_the_order_radio_takes_its_shown_label_for_its_value():
+    """At page load a Chinese browser could send "升序" for "Ascending" (an error toast, no cards)."""
+    from ui.extra_networks import ASCENDING, DESCENDING, order_radio, tr
+
+    radio = order_radio(choices=[(tr(ASCENDING), ASCENDING), (tr(DESCENDING), DESCENDING)], value=ASCENDING)
+    assert [radio.preprocess(v) for v in ("升序", "降序", ASCENDING, DESCENDING)] == [ASCENDING, DESCENDING,
+                                                                                    ASCENDING, DESCENDING]

@@ -52,7 +52,7 @@ def test_strings_have_both_locales():
     for module in (preprocess, extras):
         assert set(module.STRINGS["en"]) == set(module.STRINGS["zh-CN"]), module.__name__
         assert all(module.STRINGS["zh-CN"].values())
-    assert preprocess.STRINGS["zh-CN"]["Preprocess"] == "预处理"
+    assert preprocess.STRINGS["zh-CN"]["Preprocess"] == "图像预处理"
     assert extras.STRINGS["zh-CN"]["Extras"] == "附加功能"
     assert preprocess.STRINGS["zh-CN"]["Create flipped copies"] == "创建水平翻转副本"
     assert preprocess.STRINGS["zh-CN"]["Auto focal point crop"] == "自动焦点裁切"

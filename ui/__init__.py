@@ -30,14 +30,14 @@ from ui.extensions import build_extension_tabs, build_extensions_tab, wire_exten
 from ui.extra_networks import build_extra_networks, i18n_tables
 from ui.extras import STRINGS as EXTRAS_STRINGS
 from ui.extras import build_extras_tab
-from ui.i18n import make_i18n, t
+from ui.i18n import load_update, localized_on_load, make_i18n, set_language_source, t
 from ui.img2img import IMG2IMG, INPAINT, build_img2img_tab, wire_gallery_send_to, wire_img2img, wire_send_to
 from ui.merger import STRINGS as MERGER_STRINGS
 from ui.merger import build_merger_tab
 from ui.pnginfo import build_pnginfo_tab, table_update, wire_pnginfo
 from ui.queue import build_queue_tab, wire_queue
 from ui.quicksettings import build_quicksettings, wire_quicksettings
-from ui.settings import build_settings_tab, vae_choices, wire_settings
+from ui.settings import build_settings_tab, current_values, vae_choices, wire_settings
 from ui.settings_infotext import STRINGS as INFOTEXT_STRINGS
 from ui.settings_sampler import STRINGS as SAMPLER_STRINGS
 from ui.settings_saving import STRINGS as SAVING_STRINGS
@@ -76,6 +76,8 @@ def page_options(extra_tables: tuple[dict[str, dict[str, str]], ...] = ()) -> di
 
 
 def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
+    # Settings' language choice (config.json ui_language) for the page script and run-time text.
+    set_language_source(lambda: engine.settings.options.ui_language)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         top = build_checkpoint_row(engine)
         with gr.Tabs(elem_id="kiln-tabs") as tabs:
@@ -121,19 +123,25 @@ def build(engine: Engine, queue: JobQueue) -> gr.Blocks:
         _wire_checkpoint_row(top, engine, queue, (txt2img, img2img), settings, extra["checkpoint_pick"])
 
         sizes = [tab.fields[name] for tab in (txt2img, img2img) for name in ("width", "height")]
+        option_keys = [key for key in settings.fields if key != "sd_model_checkpoint"]
+        localized = localized_on_load(demo.blocks.values())  # server-built text: tables' column titles, notes
         rescales = [tab.fields["rescale_cfg"] for tab in (txt2img, img2img)]
 
         def on_page_load(request: gr.Request):
             # Server-built text follows the browser's language from the first paint, and the
             # checkpoint shown is the current one (the API may have switched it since start-up, or
             # a default that failed to load may have fallen back): sizes and Rescale CFG follow it.
+            # Settings shows the stored options (what was applied since the page was built).
             choice = checkpoint_choices(engine)
             size, rescale = engine.native_size(), engine.recommended_rescale_cfg()
             return (notice_html(engine, request), table_update({}, request), choice, choice,
-                    *([size] * len(sizes)), *([rescale] * len(rescales)))
+                    *([size] * len(sizes)), *([rescale] * len(rescales)), *(load_update(c, request) for c in localized),
+                    *current_values(engine, option_keys), *current_values(engine, list(quick)))
 
         demo.load(on_page_load, outputs=[top.notice, pnginfo.table, top.dropdown, settings.fields["sd_model_checkpoint"],
-                                         *sizes, *rescales], show_progress="hidden")
+                                         *sizes, *rescales, *localized,
+                                         *(settings.fields[key] for key in option_keys), *quick.values()],
+                  show_progress="hidden")
     return demo
 
 

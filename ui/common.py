@@ -406,6 +406,15 @@ CSS = """
 /* Message boxes take no room while they have nothing to say. */
 .kiln-error-box:not(:has(.kiln-error, .kiln-notice)), #kiln-no-checkpoint:not(:has(.kiln-notice)),
 .kiln-progress-box:not(:has(.kiln-progress)) { display: none; }
+/* A label never runs past its box: a long word ("底模 (pretrained_model_name_or_path)" in a narrow
+   column) breaks instead of being cut off. */
+span[data-testid="block-info"] { max-width: 100%; overflow-wrap: break-word; }
+/* A slider's head: its label keeps whole words ("Denoising strength", 重绘幅度 broke into
+   "重绘幅 / 度" in the narrow Hires. fix columns); the number box is smaller and goes below it when
+   the two do not fit side by side. */
+.head:has(> .tab-like-container input[type=number]) > label { min-width: 0; flex: 1 1 auto; }
+.head > .tab-like-container { flex: 0 1 auto; }
+.head > .tab-like-container input[type=number] { width: 4.5em !important; min-width: 3.5em; }
 /* img2img: a mask shows on grey, so its white (repaint) parts are seen. */
 #img2img-upload-mask img { background: #7f7f7f; }
 /* Extra networks cards (ui/extra_networks.py): a grid of 56px rows. A card with a preview spans

@@ -27,6 +27,7 @@ from PIL import Image
 
 from core.errors import KilnError
 from core.networks.catalog import CHECKPOINT, KINDS, LORA, TAB_TITLES, Card, NetworkCatalog
+from ui.i18n import localize_headers
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -94,11 +95,11 @@ STRINGS: dict[str, dict[str, str]] = {
         "Network module": "网络模块",
         "Network dim / alpha": "网络维度 (dim) / alpha",
         "Network args": "网络参数",
-        "Resolution": "分辨率",
+        "Resolution": "分辨率 (resolution)",
         "Bucket resolutions": "分桶分辨率",
         "Clip skip": "CLIP 终止层数 (Clip skip)",
         "Epoch": "轮数 (Epoch)",
-        "Steps": "步数",
+        "Steps": "迭代步数",
         "Training images (with repeats)": "训练图片数（含重复）",
         "Dataset size (images)": "数据集大小（图片）",
         "Regularization images": "正则化图片数",
@@ -107,8 +108,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "Optimizer": "优化器",
         "LR scheduler": "学习率调度器",
         "Mixed precision": "混合精度",
-        "Noise offset": "噪声偏移",
-        "Seed": "随机数种子 (Seed)",
+        "Noise offset": "噪声偏移 (noise_offset)",
+        "Seed": "随机种子 (Seed)",
         "Training started": "训练开始",
         "Training finished": "训练结束",
         "Training comment": "训练备注",
@@ -174,13 +175,30 @@ def tr(key: str) -> I18nData:
     return I18nData(key)
 
 
+def order_radio(**kwargs: Any) -> gr.Radio:
+    """The sort order's radio, read by the page-load event: the browser can send its shown label
+    ("升序") instead of the value while the page is still starting, so a label in any language
+    stands for its value ("Ascending") rather than failing the listing with an error. (A gr.Radio
+    with its own preprocess: a subclass would be a new front-end component to Gradio.)"""
+    radio = gr.Radio(**kwargs)
+    preprocess = radio.preprocess
+
+    def label_or_value(payload: Any) -> Any:
+        for locale in STRINGS.values():
+            for key in (ASCENDING, DESCENDING):
+                if payload == locale.get(key) and payload != key:
+                    payload = key
+        return preprocess(payload)
+
+    radio.preprocess = label_or_value
+    return radio
+
+
 def translate(key: str, request: Any = None) -> str:
     """Run-time text in the browser's language; unknown keys (file names, values) pass through."""
-    from ui.i18n import pick_locale
+    from ui.i18n import request_locale
 
-    headers = getattr(request, "headers", None) or {}
-    locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
-    return STRINGS.get(locale, {}).get(key, key)
+    return STRINGS.get(request_locale(request), {}).get(key, key)
 
 
 # --------------------------------------------------------------------- picker --
@@ -296,7 +314,7 @@ def build_extra_networks(engine: Engine, prompt_box: gr.Textbox, catalog: Networ
             c["search"] = gr.Textbox(label=tr("Search"), scale=4, elem_id="kiln-en-search", max_lines=1)
             c["sort"] = gr.Dropdown(label=tr("Sort by"), choices=[(tr(label), value) for label, value in SORT_CHOICES],
                                     value="name", scale=2, elem_id="kiln-en-sort")
-            c["order"] = gr.Radio(label=" ", show_label=False, choices=[(tr(ASCENDING), ASCENDING),
+            c["order"] = order_radio(label=" ", show_label=False, choices=[(tr(ASCENDING), ASCENDING),
                                                                          (tr(DESCENDING), DESCENDING)],
                                   value=ASCENDING, scale=2, elem_id="kiln-en-order")
             c["refresh"] = gr.Button(tr("Refresh"), scale=1, min_width=90, elem_id="kiln-en-refresh")
@@ -320,15 +338,17 @@ def build_extra_networks(engine: Engine, prompt_box: gr.Textbox, catalog: Networ
         c["selected_name"] = gr.Textbox(visible="hidden", elem_id="kiln-en-selected-name")
         with gr.Tabs():
             with gr.Tab(tr("Summary")):
-                c["summary"] = gr.Dataframe(headers=["Field", "Value"], interactive=False, wrap=True,
-                                            column_widths=["32%", "68%"],
-                                            elem_id="kiln-en-summary")
+                c["summary"] = localize_headers(gr.Dataframe(headers=["Field", "Value"], interactive=False, wrap=True,
+                                                             column_widths=["32%", "68%"], elem_id="kiln-en-summary"),
+                                                ("Field", "Value"), translate)
             with gr.Tab(tr("Tag frequency")):
-                c["tags"] = gr.Dataframe(headers=["Folder", "Tag", "Count"], interactive=False, max_height=400,
-                                         elem_id="kiln-en-tags")
+                c["tags"] = localize_headers(gr.Dataframe(headers=["Folder", "Tag", "Count"], interactive=False,
+                                                          max_height=400, elem_id="kiln-en-tags"),
+                                             ("Folder", "Tag", "Count"), translate)
             with gr.Tab(tr("Dataset folders")):
-                c["dirs"] = gr.Dataframe(headers=["Folder", "Repeats", "Images", "Images × repeats", "Kind"],
-                                         interactive=False, elem_id="kiln-en-dirs")
+                dirs = ("Folder", "Repeats", "Images", "Images × repeats", "Kind")
+                c["dirs"] = localize_headers(gr.Dataframe(headers=list(dirs), interactive=False, elem_id="kiln-en-dirs"),
+                                             dirs, translate)
             with gr.Tab(tr("Raw metadata")):
                 c["raw"] = gr.JSON(elem_id="kiln-en-raw")
             with gr.Tab(tr("User notes")):

@@ -4,11 +4,15 @@ Keys are the English text. Static labels go through ``t(key)`` (Gradio translate
 browser from its locale); text a handler builds at run time goes through ``translate(key,
 request)``, which picks the language from the request's Accept-Language header. ``t`` raises
 KeyError for a key missing here, so a new label cannot ship untranslated.
+
+Settings → "Language of the page" (config.json ``ui_language``) overrides the browser: the page
+gets a small script (``locale_script``) that makes Gradio's I18n see that locale, and run-time
+text follows it too (``request_locale``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gradio as gr
@@ -169,6 +173,13 @@ EN: dict[str, str] = {
     "Nothing changed.": "Nothing changed.",
     "settings changed:": "settings changed:",
     "rejected:": "rejected:",
+    "Language of the page": "Language of the page",
+    "Automatic": "Automatic",
+    "None": "None",
+    "Follow the browser": "Follow the browser",
+    "English": "English",
+    "简体中文": "简体中文",
+    "Takes effect when the page is reloaded.": "Takes effect when the page is reloaded.",
 }
 
 ZH_CN: dict[str, str] = {
@@ -193,14 +204,14 @@ ZH_CN: dict[str, str] = {
     "Height": "高度",
     "Batch count": "总批次数",
     "Batch size": "单批数量",
-    "CFG Scale": "提示词引导系数 (CFG Scale)",
+    "CFG Scale": "提示词相关性 (CFG Scale)",
     "Rescale CFG": "CFG 重缩放 (Rescale CFG)",
-    "Seed": "随机数种子 (Seed)",
+    "Seed": "随机种子 (Seed)",
     "Random seed": "随机种子",
     "Reuse seed": "重用上次的种子",
     "Extra": "更多",
-    "Variation seed": "变异随机种子",
-    "Variation strength": "变异强度",
+    "Variation seed": "差异随机种子",
+    "Variation strength": "差异强度",
     "Resize seed from width": "从宽度中调整种子",
     "Resize seed from height": "从高度中调整种子",
     "Hires. fix": "高分辨率修复 (Hires. fix)",
@@ -235,7 +246,7 @@ ZH_CN: dict[str, str] = {
     "Kind": "类型",
     "What": "内容",
     "State": "状态",
-    "Position": "排队位置",
+    "Position": "位置",
     "Submitted": "提交时间",
     "Running": "运行中",
     "Cancel job": "取消任务",
@@ -284,9 +295,9 @@ ZH_CN: dict[str, str] = {
     "Append png info to prompts": "将 PNG 图片信息追加到提示词",
     "Parameters to take from png info": "从 PNG 图片信息中读取的参数",
     "Prompts from png info will be appended to prompts set in ui.": "PNG 图片信息中的提示词会追加到界面中设置的提示词之后。",
-    "CFG scale": "提示词引导系数",
-    "Sampler": "采样器",
-    "Steps": "步数",
+    "CFG scale": "提示词相关性",
+    "Sampler": "采样方法",
+    "Steps": "迭代步数",
     "Model hash": "模型哈希值",
     "Send to img2img": "发送到 图生图",
     "Send to inpaint": "发送到 局部重绘",
@@ -316,6 +327,13 @@ ZH_CN: dict[str, str] = {
     "Nothing changed.": "没有更改。",
     "settings changed:": "项设置已更改：",
     "rejected:": "被拒绝：",
+    "Language of the page": "界面语言",
+    "Automatic": "自动",
+    "None": "无",
+    "Follow the browser": "跟随浏览器",
+    "English": "English",
+    "简体中文": "简体中文",
+    "Takes effect when the page is reloaded.": "重新加载页面后生效。",
 }
 
 LOCALES: dict[str, dict[str, str]] = {"en": EN, "zh-CN": ZH_CN}
@@ -351,10 +369,71 @@ def pick_locale(accept_language: str | None) -> str:
     return "en"
 
 
+# Where the chosen language comes from (set by ``ui.build``: the ui_language option); None = the browser's.
+_language_source: list[Callable[[], str | None]] = [lambda: None]
+
+
+def set_language_source(source: Callable[[], str | None]) -> None:
+    """``source()``: the stored choice ("auto", "en", "zh-CN"), read at each page load and message."""
+    _language_source[0] = source
+
+
+def chosen_locale() -> str | None:
+    """The locale Settings fixes for the page, or None to follow the browser ("auto", unknown values)."""
+    choice = _language_source[0]()
+    return choice if choice in LOCALES else None
+
+
+def request_locale(request: Any = None) -> str:
+    """The language of run-time text for ``request`` (a gr.Request): Settings' choice, else the browser's."""
+    chosen = chosen_locale()
+    if chosen:
+        return chosen
+    headers = getattr(request, "headers", None) or {}
+    return pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
+
+
+def locale_script(locale: str) -> str:
+    """A ``<script>`` for the page's <head>, before Gradio's bundle: Gradio's I18n takes the locale
+    from ``navigator.language`` when it starts, so the page shows ``locale`` whatever the browser's."""
+    if locale not in LOCALES:
+        raise ValueError(f"unknown locale {locale!r}")
+    body = ("for (const [k, v] of [['language', l], ['languages', [l]]]) try { "
+            "Object.defineProperty(navigator, k, {get: () => v, configurable: true}); } catch (e) {} "
+            "window.__kiln_locale__ = l;")
+    return f'<script>(() => {{ const l = "{locale}"; {body} }})();</script>'
+
+
+
 def translate(key: str, request: Any = None) -> str:
-    """Run-time text in the language of the browser that sent ``request`` (a gr.Request)."""
+    """Run-time text in the language of the browser that sent ``request`` (a gr.Request), or the
+    one Settings chose."""
     if key not in EN:
         raise KeyError(f"UI string {key!r} is missing from ui/i18n.py")
-    headers = getattr(request, "headers", None) or {}
-    locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
-    return LOCALES[locale].get(key, EN[key])
+    return LOCALES[request_locale(request)].get(key, EN[key])
+
+
+LOAD_UPDATE = "_kiln_load_update"
+
+
+def localize_on_load(component: Any, update: Callable[[Any], Any]) -> Any:
+    """Mark a component whose server-built text ``ui.build`` sends again when the page loads, in
+    that page's language (``update(request)``: its new value or a gr.update)."""
+    setattr(component, LOAD_UPDATE, update)
+    return component
+
+
+def localize_headers(table: Any, keys: Iterable[str], say: Callable[[str, Any], str]) -> Any:
+    """An empty gr.Dataframe whose column titles are translated at page load (``say(key, request)``):
+    Gradio translates labels in the browser, but not a table's headers."""
+    keys = tuple(keys)
+    return localize_on_load(table, lambda request: gr.Dataframe(value=[], headers=[say(k, request) for k in keys]))
+
+
+def localized_on_load(blocks: Iterable[Any]) -> list[Any]:
+    """The components ``localize_on_load`` marked among ``blocks``."""
+    return [block for block in blocks if hasattr(block, LOAD_UPDATE)]
+
+
+def load_update(component: Any, request: Any = None) -> Any:
+    return getattr(component, LOAD_UPDATE)(request)

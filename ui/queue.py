@@ -11,7 +11,7 @@ import gradio as gr
 
 from core.api.jobs_routes import is_operator, visible_jobs
 from ui.common import format_seconds, ui_owner
-from ui.i18n import t, translate
+from ui.i18n import localize_headers, t, translate
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -42,7 +42,8 @@ def build_queue_tab() -> QueueTab:
     result = gr.Markdown("", elem_id="queue-result")
     # Dataframe headers are plain text (Gradio does not translate them): the handler sends them in the
     # browser's language with every refresh.
-    table = gr.Dataframe(headers=list(COLUMNS), value=[], interactive=False, elem_id="queue-table", wrap=True)
+    table = localize_headers(gr.Dataframe(headers=list(COLUMNS), value=[], interactive=False, elem_id="queue-table",
+                                          wrap=True), COLUMNS, translate)
     return QueueTab(table, job_id, refresh, cancel, stop, result, gr.Timer(2.0, active=True))
 
 

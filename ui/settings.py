@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from core.settings import PREVIEW_METHODS, RANDN_SOURCES
+from core.settings import PREVIEW_METHODS, RANDN_SOURCES, UI_LANGUAGES
 from ui.common import CheckpointRow, checkpoint_choices, checkpoint_value
 from ui.i18n import t, translate
 from ui.settings_infotext import build_infotext_settings
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from core.engine import Engine
 
 VAE_CHOICES = ("Automatic", "None")
+# The choices of "Language of the page", by ui_language value: each language under its own name.
+LANGUAGE_TITLES = {"auto": "Follow the browser", "en": "English", "zh-CN": "简体中文"}
 
 
 @dataclass
@@ -27,8 +29,9 @@ class SettingsTab:
     result: gr.Markdown
 
 
-def vae_choices(engine: Engine) -> list[str]:
-    return list(VAE_CHOICES) + [e.name for e in engine.registry.vaes()]
+def vae_choices(engine: Engine) -> list[str | tuple[Any, str]]:
+    """The SD VAE list: "Automatic" and "None" (translated), then the VAE files by name."""
+    return [(t(c), c) for c in VAE_CHOICES] + [e.name for e in engine.registry.vaes()]
 
 
 def build_settings_tab(engine: Engine) -> SettingsTab:
@@ -37,14 +40,21 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
     with gr.Column(elem_id="settings-column"):
         apply = gr.Button(t("Apply settings"), variant="primary", elem_id="settings-apply")
         result = gr.Markdown("", elem_id="settings-result")
+        f["ui_language"] = gr.Radio([(t(LANGUAGE_TITLES[code]), code) for code in UI_LANGUAGES],
+                                    value=o.ui_language, label=t("Language of the page"),
+                                    info=t("Takes effect when the page is reloaded."), elem_id="settings-ui-language")
         f["sd_model_checkpoint"] = gr.Dropdown(label=t("Stable Diffusion checkpoint"),
                                                choices=engine.checkpoint_titles(), value=checkpoint_value(engine),
-                                               elem_id="settings-checkpoint")
+                                               elem_id="settings-checkpoint",
+                                               # the title shown may predate the hash the first load adds:
+                                               # Apply must not fail on it (apply_settings finds either)
+                                               allow_custom_value=True)
         f["sd_checkpoints_limit"] = gr.Slider(1, 10, value=o.sd_checkpoints_limit, step=1,
                                               label=t("Maximum number of checkpoints loaded at the same time"),
                                               elem_id="settings-checkpoints-limit")
         vaes = vae_choices(engine)
-        f["sd_vae"] = gr.Dropdown(label=t("SD VAE"), choices=vaes, value=o.sd_vae if o.sd_vae in vaes else "Automatic",
+        known = {c[1] if isinstance(c, tuple) else c for c in vaes}
+        f["sd_vae"] = gr.Dropdown(label=t("SD VAE"), choices=vaes, value=o.sd_vae if o.sd_vae in known else "Automatic",
                                   elem_id="settings-sd-vae")
         f["sd_vae_overrides_per_model_preferences"] = gr.Checkbox(
             value=o.sd_vae_overrides_per_model_preferences, label=t("Selected VAE overrides per-model preferences"),
@@ -72,6 +82,14 @@ def build_settings_tab(engine: Engine) -> SettingsTab:
             label=t("Quicksettings list (settings shown at the top of the page; at the next start)"),
             elem_id="settings-quicksettings-list")
     return SettingsTab(fields=f, apply=apply, result=result)
+
+
+def current_values(engine: Engine, keys: list[str]) -> list[Any]:
+    """The stored options for the Settings fields ``keys`` (not the checkpoint), for each page load:
+    Gradio would otherwise show the values the page was built with, before any Apply."""
+    o = engine.settings.options
+    known = {c[1] if isinstance(c, tuple) else c for c in vae_choices(engine)}
+    return [(o.sd_vae if o.sd_vae in known else "Automatic") if key == "sd_vae" else getattr(o, key) for key in keys]
 
 
 def apply_settings(engine: Engine, values: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 ZH = {
     "DreamBooth / fine-tune": "DreamBooth / 微调",
-    "Base model": "底模 (pretrained_model_name_or_path)",
+    "Base model (pretrained_model_name_or_path)": "底模 (pretrained_model_name_or_path)",
     "Instance folder (train_data_dir)": "实例图像目录 (train_data_dir)",
     "Class images folder (reg_data_dir)": "正则化图像目录 (reg_data_dir)",
     "Class prompt (class_prompt; empty: the folder's class)": "类别提示词 (class_prompt；留空：使用目录的类别)",
@@ -140,7 +140,8 @@ def build_dreambooth_form(engine: Engine, queue: JobQueue) -> None:
                 selected = engine.selected_checkpoint()
                 w["pretrained_model_name_or_path"] = gr.Dropdown(engine.checkpoint_titles(),
                                                                  value=selected.title if selected else None,
-                                                                 label=tr("Base model"), elem_id="db-base-model")
+                                                                 label=tr("Base model (pretrained_model_name_or_path)"),
+                                                                 elem_id="db-base-model")
                 w["output_name"] = gr.Textbox(d.output_name, label=tr("Model name (output_name)"),
                                               elem_id="db-output-name")
             with gr.Row():

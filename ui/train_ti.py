@@ -48,7 +48,7 @@ ZH = {
     "Train an embedding or Hypernetwork; you must specify a directory with a set of 1:1 ratio images":
         "训练嵌入式模型或超网络模型；必须指定一个包含一组 1:1 比例图像的目录",
     "Embedding": "嵌入式模型",
-    "Hypernetwork": "超网络模型",
+    "Hypernetwork": "超网络 (Hypernetwork)",
     "Embedding Learning rate": "嵌入式模型学习率",
     "Hypernetwork Learning rate": "超网络模型学习率",
     "Gradient Clipping": "梯度裁剪",
@@ -71,6 +71,14 @@ ZH = {
     "Shuffle tags by ',' when creating prompts.": "创建提示词时按“,”打乱标签",
     "Drop out tags when creating prompts.": "创建提示词时随机丢弃标签",
     "Choose latent sampling method": "选择潜空间采样方法",
+    # the WebUI's choices (the values sent stay these English words)
+    "once": "一次 (once)",
+    "deterministic": "确定性 (deterministic)",
+    "random": "随机 (random)",
+    "disabled": "禁用 (disabled)",
+    "value": "按值 (value)",
+    "norm": "按范数 (norm)",
+    "Gradient clipping threshold": "梯度裁剪阈值",
     "Train Embedding": "训练嵌入式模型",
     "Train Hypernetwork": "训练超网络模型",
     "Interrupt": "中止",
@@ -244,9 +252,10 @@ def _train(engine: Engine, queue: JobQueue) -> tuple[Any, Any]:
                 w["hypernetwork_learn_rate"] = gr.Textbox("0.00001", label=tr("Hypernetwork Learning rate"),
                                                           elem_id="ti-hypernetwork-lr")
             with gr.Row():
-                w["clip_grad_mode"] = gr.Dropdown(["disabled", "value", "norm"], value="disabled",
+                w["clip_grad_mode"] = gr.Dropdown([(tr(m), m) for m in ("disabled", "value", "norm")], value="disabled",
                                                   label=tr("Gradient Clipping"), elem_id="ti-clip-grad-mode")
-                w["clip_grad_value"] = gr.Textbox("0.1", show_label=False, elem_id="ti-clip-grad-value")
+                w["clip_grad_value"] = gr.Textbox("0.1", label=tr("Gradient clipping threshold"), show_label=False,
+                                                  elem_id="ti-clip-grad-value")
             with gr.Row():
                 w["batch_size"] = gr.Number(1, precision=0, minimum=1, label=t("Batch size"), elem_id="ti-batch")
                 w["gradient_step"] = gr.Number(1, precision=0, minimum=1, label=tr("Gradient accumulation steps"),
@@ -281,7 +290,7 @@ def _train(engine: Engine, queue: JobQueue) -> tuple[Any, Any]:
                                             elem_id="ti-shuffle-tags")
             w["tag_drop_out"] = gr.Slider(0, 1, value=0, step=0.1, label=tr("Drop out tags when creating prompts."),
                                           elem_id="ti-tag-drop-out")
-            w["latent_sampling_method"] = gr.Radio(["once", "deterministic", "random"], value="once",
+            w["latent_sampling_method"] = gr.Radio([(tr(m), m) for m in ("once", "deterministic", "random")], value="once",
                                                    label=tr("Choose latent sampling method"),
                                                    elem_id="ti-latent-sampling")
             with gr.Row():

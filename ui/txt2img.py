@@ -45,6 +45,11 @@ USE_SAME_SAMPLER = "Use same sampler"
 USE_SAME_SCHEDULER = "Use same scheduler"
 
 
+def scheduler_choices(labels: list[str]) -> list[Any]:
+    """The Schedule type list: "Automatic" translated (the value stays "Automatic"), the schedules' names as they are."""
+    return [(t(label), label) if label == DEFAULT_SCHEDULER else label for label in labels]
+
+
 # ------------------------------------------------------------------- choice lists --
 def upscaler_names(engine: Engine) -> list[str]:
     """Hires upscalers in the WebUI's order: latent modes, plain resamplers, then model files."""
@@ -63,7 +68,7 @@ def build_sampler_controls(f: dict[str, Any], prefix: str) -> None:
         f["sampler_name"] = gr.Dropdown(label=t("Sampling method"), choices=samplers,
                                         value=DEFAULT_SAMPLER if DEFAULT_SAMPLER in samplers else samplers[0],
                                         elem_id=f"{prefix}-sampler")
-        f["scheduler"] = gr.Dropdown(label=t("Schedule type"), choices=schedulers,
+        f["scheduler"] = gr.Dropdown(label=t("Schedule type"), choices=scheduler_choices(schedulers),
                                      value=DEFAULT_SCHEDULER if DEFAULT_SCHEDULER in schedulers else schedulers[0],
                                      elem_id=f"{prefix}-scheduler")
     f["steps"] = gr.Slider(1, 150, value=20, step=1, label=t("Sampling steps"), elem_id=f"{prefix}-steps")
@@ -145,7 +150,7 @@ def build_txt2img_tab(engine: Engine) -> Txt2ImgTab:
                         choices=[(t(USE_SAME_SAMPLER), USE_SAME_SAMPLER)] + samplers, value=USE_SAME_SAMPLER)
                     f["hr_scheduler"] = gr.Dropdown(
                         label=t("Hires schedule type"),
-                        choices=[(t(USE_SAME_SCHEDULER), USE_SAME_SCHEDULER)] + schedulers,
+                        choices=[(t(USE_SAME_SCHEDULER), USE_SAME_SCHEDULER)] + scheduler_choices(schedulers),
                         value=USE_SAME_SCHEDULER)
             build_size_controls(f, "txt2img", engine.native_size())
             build_cfg_row(f, "txt2img", engine)

@@ -15,6 +15,7 @@ from core.dataset.demo import CONCEPT, make_demo
 from core.dataset.kohya_folders import lay_out_concept, plan_layout, plan_steps, scan_dataset, suggest_repeats
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.i18n import localize_headers
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -26,11 +27,11 @@ ZH = {
     "Regularization folder (reg_data_dir)": "正则化目录 (reg_data_dir)",
     "The folder that holds the 10_name class folders": "存放 10_名称 类别 文件夹的目录",
     "Optional": "可选",
-    "Resolution": "分辨率",
-    "Batch size": "批量大小 (batch size)",
+    "Resolution": "分辨率 (resolution)",
+    "Batch size": "单批数量",
     "Epochs": "轮数 (epoch)",
     "Gradient accumulation steps": "梯度累积步数",
-    "Caption extension": "标注文件扩展名",
+    "Caption extension": "标注文件扩展名 (caption_extension)",
     "Scan folders": "扫描文件夹",
     "Check dataset": "检查数据集",
     "Target steps": "目标步数",
@@ -73,6 +74,8 @@ ZH = {
 STRINGS = {"en": {key: key for key in ZH}, "zh-CN": ZH}
 TITLE = "Folders & checks"
 S = Strings(STRINGS)
+CONCEPT_KEYS = ("Folder", "Kind", "Repeats", "Images", "Images × repeats")
+PROBLEM_KEYS = ("Severity", "Problem", "File")
 
 
 def _headers(request: Any, keys: tuple[str, ...]) -> list[str]:
@@ -158,11 +161,11 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
         target = gr.Number(1500, precision=0, minimum=1, label=tr("Target steps"), elem_id="folders-target")
         suggest = gr.Button(tr("Suggest repeats"), elem_id="folders-suggest")
     plan = gr.Markdown(elem_id="folders-plan")
-    concepts = gr.Dataframe(headers=["Folder", "Kind", "Repeats", "Images", "Images × repeats"], value=[],
-                            interactive=False, elem_id="folders-concepts")
+    concepts = localize_headers(gr.Dataframe(headers=list(CONCEPT_KEYS), value=[], interactive=False,
+                                             elem_id="folders-concepts"), CONCEPT_KEYS, S.say)
     summary = gr.Markdown(elem_id="folders-summary")
-    problems = gr.Dataframe(headers=["Severity", "Problem", "File"], value=[], interactive=False, wrap=True,
-                            elem_id="folders-problems")
+    problems = localize_headers(gr.Dataframe(headers=list(PROBLEM_KEYS), value=[], interactive=False, wrap=True,
+                                             elem_id="folders-problems"), PROBLEM_KEYS, S.say)
     with gr.Accordion(tr("Create a kohya folder"), open=False) as create_box:
         with gr.Row():
             source = gr.Textbox(label=tr("Pictures folder"), elem_id="folders-source", scale=3)
@@ -178,8 +181,7 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (file work, 
         demo = gr.Button(tr("Make demo dataset"), elem_id="folders-demo")
     demo_result = gr.Markdown(elem_id="folders-demo-result")
 
-    concept_keys = ("Folder", "Kind", "Repeats", "Images", "Images × repeats")
-    problem_keys = ("Severity", "Problem", "File")
+    concept_keys, problem_keys = CONCEPT_KEYS, PROBLEM_KEYS
 
     def on_scan(train_dir, reg_dir, b, e, acc, request: gr.Request):
         try:

@@ -65,7 +65,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "stopped; run again to continue": "stopped; run again to continue",
     },
     "zh-CN": {
-        "Preprocess": "预处理",
+        "Preprocess": "图像预处理",
         "Source directory": "源目录",
         "Destination directory": "目标目录",
         "Folder on the server with the original pictures (never changed)": "服务器上存放原图的文件夹（原图不会被修改）",

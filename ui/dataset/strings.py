@@ -1,5 +1,6 @@
 """A sub-tab's own strings: labels the browser translates, and run-time messages in the
-language of the browser that sent the request (``Accept-Language``, as ui/i18n.py decides)."""
+language of the browser that sent the request (``Accept-Language``), or Settings' choice
+(as ui/i18n.py decides)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from gradio.i18n import I18nData
 
-from ui.i18n import pick_locale
+from ui.i18n import request_locale
 
 
 class Strings:
@@ -27,7 +28,6 @@ class Strings:
         """``key`` in the request's language, with ``{name}`` fields filled from ``values``."""
         if key not in self.tables["en"]:
             raise KeyError(f"UI string {key!r} has no entry in its module's STRINGS")
-        headers = getattr(request, "headers", None) or {}
-        locale = pick_locale(headers.get("accept-language") if hasattr(headers, "get") else None)
+        locale = request_locale(request)
         text = self.tables.get(locale, {}).get(key) or self.tables["en"][key]
         return text.format(**values) if values else text

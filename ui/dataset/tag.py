@@ -17,6 +17,7 @@ from core.dataset.tag_folder import MODES, TagFolderOptions
 from core.dataset.taggers.common import CaptionOptions, TagOptions, parse_tag_list
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.i18n import localize_on_load
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -27,6 +28,13 @@ SORTS = ("confidence", "alphabetical", "model")
 
 # The WebUI's and the wd14-tagger extension's Chinese terms: 反推 (interrogate), 阈值 (threshold),
 # 附加标签 (additional tags), 排除标签 (exclude tags), 标签器 (tagger).
+# Where the models go (core.dataset.taggers.missing_model_message's wording, for the page in both languages).
+MISSING_MODELS = ("Put a WD14 tagger's model.onnx and selected_tags.csv into {tagger_dir}/<name>/ (e.g. from "
+                  "SmilingWolf/wd-vit-tagger-v3), DeepBooru's model-resnet_custom_v3.pt (AUTOMATIC1111/"
+                  "TorchDeepDanbooru) into {deepbooru_dir}/, or a BLIP / GIT captioning folder (config.json, "
+                  "model.safetensors, processor and tokenizer files, e.g. Salesforce/blip-image-captioning-large) "
+                  "into {blip_dir}/<name>/.")
+
 STRINGS: dict[str, dict[str, str]] = {
     "en": {
         TITLE: "Tag",
@@ -74,6 +82,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "dataset.tag.stop": "Stop",
         "dataset.tag.log": "Result",
         "dataset.tag.no_model": "No tagger installed.",
+        "dataset.tag.where_models_go": MISSING_MODELS,
         "dataset.tag.choose_folder": "Enter the folder of images first.",
         "dataset.tag.choose_image": "Drop a picture first.",
         "dataset.tag.unreadable": "unreadable, skipped",
@@ -124,6 +133,12 @@ STRINGS: dict[str, dict[str, str]] = {
         "dataset.tag.stop": "停止",
         "dataset.tag.log": "结果",
         "dataset.tag.no_model": "没有安装反推模型。",
+        "dataset.tag.where_models_go": (
+            "请将 WD14 标签器的 model.onnx 和 selected_tags.csv 放入 {tagger_dir}/<名称>/"
+            "（例如来自 SmilingWolf/wd-vit-tagger-v3），将 DeepBooru 的 model-resnet_custom_v3.pt"
+            "（AUTOMATIC1111/TorchDeepDanbooru）放入 {deepbooru_dir}/，或将 BLIP / GIT 描述模型文件夹"
+            "（config.json、model.safetensors、processor 与 tokenizer 文件，例如 "
+            "Salesforce/blip-image-captioning-large）放入 {blip_dir}/<名称>/。"),
         "dataset.tag.choose_folder": "请先填写图片文件夹。",
         "dataset.tag.choose_image": "请先放入一张图片。",
         "dataset.tag.unreadable": "无法读取,已跳过",
@@ -148,12 +163,12 @@ def model_choices(engine: Engine) -> list[tuple[str, str]]:
 
 
 def missing_html(engine: Engine, request: Any = None) -> str:
-    from core.dataset.taggers import missing_model_message
-
     if model_choices(engine):
         return ""
+    paths = engine.settings.paths
     head = html.escape(translate("dataset.tag.no_model", request))
-    body = html.escape(missing_model_message(engine.settings.paths))
+    body = html.escape(translate("dataset.tag.where_models_go", request).format(
+        tagger_dir=paths.tagger_dir, deepbooru_dir=paths.deepbooru_dir, blip_dir=paths.blip_dir))
     return f'<div class="kiln-error kiln-warning" id="dataset-tag-missing"><b>{head}</b> {body}</div>'
 
 
@@ -188,7 +203,8 @@ def build(engine: Engine, queue: JobQueue) -> None:
         model = gr.Dropdown(label=tr("dataset.tag.model"), choices=choices, value=choices[0][1] if choices else None,
                             elem_id="dataset-tag-model", scale=6)
         refresh = gr.Button(tr("dataset.tag.refresh"), elem_id="dataset-tag-refresh", scale=0, min_width=48)
-    missing = gr.HTML(missing_html(engine), elem_id="dataset-tag-missing-box")
+    missing = localize_on_load(gr.HTML(missing_html(engine), elem_id="dataset-tag-missing-box"),
+                               lambda request: missing_html(engine, request))
     with gr.Accordion(tr("dataset.tag.options"), open=True, elem_id="dataset-tag-options"):
         with gr.Row():
             general_threshold = gr.Slider(0, 1, value=0.35, step=0.01, label=tr("dataset.tag.general_threshold"),

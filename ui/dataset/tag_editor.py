@@ -19,6 +19,7 @@ from core.dataset.images import UnreadableImage, open_image
 from core.dataset.tag_editor import TagEditor
 from core.errors import KilnError
 from ui.dataset.strings import Strings
+from ui.i18n import localize_headers
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -31,7 +32,7 @@ ZH = {
     "Tag editor": "标签编辑器",
     "Dataset folder": "数据集目录",
     "Folder of pictures and their .txt captions": "存放图片及其 .txt 标注的文件夹",
-    "Caption extension": "标注文件扩展名",
+    "Caption extension": "标注文件扩展名 (caption_extension)",
     "Include sub-folders": "包含子文件夹",
     "Load": "加载",
     "Save": "保存",
@@ -79,8 +80,8 @@ ZH = {
     "Caption of the selected image": "选中图片的标注",
     "Apply caption": "应用标注",
     "Training preview": "训练预览",
-    "Shuffle caption": "打乱标注 (shuffle caption)",
-    "Keep tokens": "保留前 N 个标签 (keep tokens)",
+    "Shuffle caption": "打乱标注 (shuffle_caption)",
+    "Keep tokens": "保留前 N 个标签 (keep_tokens)",
     "Keep tokens separator": "保留标签分隔符 (keep tokens separator)",
     "Caption dropout rate": "标注丢弃率 (caption dropout rate)",
     "Tag dropout rate": "标签丢弃率 (caption tag dropout rate)",
@@ -227,8 +228,8 @@ def build(engine: Engine, queue: JobQueue) -> None:  # noqa: ARG001 (edits are f
                 sort = gr.Radio([(tr(label), value) for label, value in SORTS], value="frequency",
                                 label=tr("Sort by"), elem_id="tag-editor-sort")
                 filter_text = gr.Textbox(label=tr("Filter tags"), max_lines=1, elem_id="tag-editor-filter")
-            table = gr.Dataframe(headers=["Tag", "Files"], value=[], interactive=False, max_height=360,
-                                 elem_id="tag-editor-table")
+            table = localize_headers(gr.Dataframe(headers=["Tag", "Files"], value=[], interactive=False,
+                                                  max_height=360, elem_id="tag-editor-table"), ("Tag", "Files"), S.say)
             with gr.Accordion(tr("Select images"), open=False):
                 include = gr.Dropdown([], multiselect=True, label=tr("With tags"), elem_id="tag-editor-include")
                 exclude = gr.Dropdown([], multiselect=True, label=tr("Without tags"), elem_id="tag-editor-exclude")
