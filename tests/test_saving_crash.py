@@ -84,7 +84,10 @@ def test_kill_9_while_saving_pngs_never_leaves_a_broken_image(tmp_path):
     pngs = sorted(folder.glob("*.png"))
     print(f"\n{TRIALS} kills: {len(pngs)} whole PNGs, {len(temps_seen)} kills left a temp file")
     assert len(pngs) >= TRIALS  # every child saved some before its kill
-    assert sorted(remove_stale_temp_files(folder, "*.png", older_than_s=0)) == sorted(temps_seen)
+    removed = remove_stale_temp_files(folder, "*.png", older_than_s=0)
+    # Each save also sweeps temps older than STALE_TEMP_AGE_S, so on a slow machine a later child
+    # removed some already: the final sweep takes the rest, every temp seen is gone, nothing else went.
+    assert set(removed) <= temps_seen and not any(p.exists() for p in temps_seen)
     assert _temp_files(folder) == []
     assert sorted(folder.glob("*.png")) == pngs  # cleanup never touches an image
 
