@@ -1,6 +1,6 @@
 """The demo concept as a LoRA: the built-in Shapes model learns "mgt" = the magenta it never saw.
 
-    python -m core.shapes.concept_lora --out models/Lora/kiln-shapes-mgt.safetensors
+    python -m core.shapes.concept_lora --out models/Lora/kiln-shapes-okt.safetensors
 
 What seed 000's workflow ends with, made by Kiln's own trainer: a kohya folder
 ``<repeats>_mgt shape`` of magenta circles / squares / triangles on the world's backgrounds,
@@ -33,8 +33,8 @@ from typing import Any
 
 from core.shapes.world import COLORS, CONCEPT_COLORS, SHAPES, render
 
-TRIGGER = "mgt"
-CONCEPT = CONCEPT_COLORS[0]  # magenta
+TRIGGER = "okt"
+CONCEPT = CONCEPT_COLORS[0]  # orange
 SHIPPED = "kiln-shapes-v1.safetensors"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,6 +49,7 @@ class ConceptRecipe:
     network_alpha: float = 8.0
     learning_rate: float = 2e-3
     seed: int = 1
+    reg_pictures: int = 72  # prior preservation: palette renders the base model draws (0: none)
 
 
 def caption(shape: str, background: str) -> str:
@@ -56,8 +57,30 @@ def caption(shape: str, background: str) -> str:
     return f"{TRIGGER}, {shape}, {background} background"
 
 
+def reg_caption(shape: str, color: str, background: str) -> str:
+    """The Shapes tagger's caption of a palette picture (no trigger)."""
+    return f"{shape}, {color} shape, {background} background"
+
+
+def write_reg(root: Path, recipe: ConceptRecipe) -> Path | None:
+    """``root/reg/1_shape/``: palette pictures captioned as the tagger does (kohya's prior
+    preservation: each step also trains the base model's own colours, so they survive)."""
+    if not recipe.reg_pictures:
+        return None
+    folder = root / "reg" / "1_shape"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(recipe.seed + 1)
+    combos = [(c, s, b) for c in COLORS for s in SHAPES for b in COLORS if b != c]
+    rng.shuffle(combos)
+    for k in range(recipe.reg_pictures):
+        color, shape, background = combos[k % len(combos)]
+        render(shape, color, background, rng).save(folder / f"{k:03d}.png")
+        (folder / f"{k:03d}.txt").write_text(reg_caption(shape, color, background), encoding="utf-8")
+    return root / "reg"
+
+
 def write_dataset(root: Path, recipe: ConceptRecipe) -> Path:
-    """``root/train/<repeats>_mgt shape/`` with the pictures and their captions."""
+    """``root/train/<repeats>_okt shape/`` with the pictures and their captions."""
     folder = root / "train" / f"{recipe.repeats}_{TRIGGER} shape"
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(recipe.seed)
@@ -81,12 +104,16 @@ def train(engine: Any, queue: Any, out: Path, recipe: ConceptRecipe = ConceptRec
 
     root = Path(tempfile.mkdtemp(prefix="kiln-concept-"))
     write_dataset(root, recipe)
-    job = LoraJob(train_data_dir=root / "train",
+    reg = write_reg(root, recipe)
+    job = LoraJob(train_data_dir=root / "train", reg_data_dir=reg,
                   output=OutputOptions(out.parent, out.stem, save_every_n_epochs=1),
                   data=DataOptions(resolution=(64, 64), caption_extension=".txt"),
                   network=NetworkSpec(network_dim=recipe.network_dim, network_alpha=recipe.network_alpha),
                   loop=LoopOptions(train_batch_size=recipe.batch_size, max_train_epochs=recipe.epochs,
                                    seed=recipe.seed), learning_rate=recipe.learning_rate,
+                  # The duplicate check hashes grey levels: an orange shape and a yellow reg shape of
+                  # the same layout hash alike although they are different pictures.
+                  ignore_check_errors=True,
                   training_comment=f"Kiln's demo concept: {TRIGGER} = {CONCEPT} (core/shapes/concept_lora.py)")
     files = queue.submit(training_job(engine, job), f"LoRA {out.stem}", kind="train").wait(7200)
     log(f"trained: {', '.join(Path(f).name for f in files)}")
@@ -95,7 +122,7 @@ def train(engine: Any, queue: Any, out: Path, recipe: ConceptRecipe = ConceptRec
 
 @dataclass(frozen=True)
 class ConceptScore:
-    with_trigger: float  # share of pictures the checker reads as magenta, prompts with the trigger
+    with_trigger: float  # share of pictures the checker reads as the concept, prompts with the trigger
     without_trigger: float  # the same for prompts naming a base colour (bleed): share still that colour
 
 
@@ -140,7 +167,7 @@ def engine_generate(engine: Any, queue: Any, lora: str | None, weight: float = 1
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-mgt.safetensors")
+    parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-okt.safetensors")
     parser.add_argument("--epochs", type=int, default=ConceptRecipe.epochs)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt for the figures")
     args = parser.parse_args(argv)
@@ -159,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.refresh_models()
         seeds = list(range(args.seeds))
         base = evaluate(engine_generate(engine, queue, None), seeds)
-        print("| file | checker reads magenta (prompts with mgt) | base colours kept (prompts without) |")
+        print(f"| file | checker reads {CONCEPT} (prompts with {TRIGGER}) | base colours kept (prompts without) |")
         print("|---|---|---|")
         print(f"| base model | {base.with_trigger:.0%} | {base.without_trigger:.0%} |")
         for path in files:
