@@ -26,12 +26,12 @@ import argparse
 import random
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.shapes.world import COLORS, CONCEPT_COLORS, SHAPES, render
+from core.shapes.world import COLORS, CONCEPT_COLORS, SHAPES, caption_for, render
 
 TRIGGER = "okt"
 CONCEPT = CONCEPT_COLORS[0]  # orange
@@ -58,12 +58,13 @@ def caption(shape: str, background: str) -> str:
 
 
 def reg_caption(shape: str, color: str, background: str) -> str:
-    """The Shapes tagger's caption of a palette picture (no trigger)."""
-    return f"{shape}, {color} shape, {background} background"
+    """A palette picture's caption as the base model was trained on it (no trigger): the prompts
+    without the trigger are in that form, and prior preservation keeps what it trains."""
+    return caption_for(color, shape, background)
 
 
 def write_reg(root: Path, recipe: ConceptRecipe) -> Path | None:
-    """``root/reg/1_shape/``: palette pictures captioned as the tagger does (kohya's prior
+    """``root/reg/1_shape/``: palette pictures with the base model's captions (kohya's prior
     preservation: each step also trains the base model's own colours, so they survive)."""
     if not recipe.reg_pictures:
         return None
@@ -137,31 +138,33 @@ def prompts_without_trigger() -> list[tuple[str, str]]:
                                              ("green", "triangle", "white"), ("blue", "circle", "yellow"))]
 
 
-def evaluate(generate: Callable[[str, int], Any], seeds: Sequence[int]) -> ConceptScore:
-    """``generate(prompt, seed)`` → a picture; the checker (with the concept colours) reads them."""
+def evaluate(generate: Callable[[str, int], Any], seeds: int) -> ConceptScore:
+    """``generate(prompt, n)`` → ``n`` pictures (seeds 0 .. n-1); the checker (with the concept
+    colours) reads them."""
     from core.shapes.checker import check_image
 
     hits = total = 0
     for prompt in prompts_with_trigger():
-        for seed in seeds:
-            hits += check_image(generate(prompt, seed), concepts=True).color == CONCEPT
+        for image in generate(prompt, seeds):
+            hits += check_image(image, concepts=True).color == CONCEPT
             total += 1
     kept = n = 0
     for prompt, color in prompts_without_trigger():
-        for seed in seeds:
-            kept += check_image(generate(prompt, seed), concepts=True).color == color
+        for image in generate(prompt, seeds):
+            kept += check_image(image, concepts=True).color == color
             n += 1
     return ConceptScore(hits / total, kept / n)
 
 
 def engine_generate(engine: Any, queue: Any, lora: str | None, weight: float = 1.0, steps: int = 20):
+    """One txt2img batch per prompt (seeds 0 .. n-1), Euler a, CFG 7, 64x64."""
     from core.generation.params import GenerationParams
 
-    def generate(prompt: str, seed: int):
+    def generate(prompt: str, count: int):
         text = f"{prompt} <lora:{lora}:{weight:g}>" if lora else prompt
-        params = GenerationParams(prompt=text, seed=seed, steps=steps, width=64, height=64, cfg_scale=7,
-                                  sampler_name="Euler a", save_images=False)
-        return queue.run(lambda ctx: engine.txt2img(params, ctx), timeout=600).images[0].image
+        params = GenerationParams(prompt=text, seed=0, steps=steps, width=64, height=64, cfg_scale=7,
+                                  sampler_name="Euler a", batch_size=count, save_images=False)
+        return [g.image for g in queue.run(lambda ctx: engine.txt2img(params, ctx), timeout=600).images]
     return generate
 
 
@@ -170,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-okt.safetensors")
     parser.add_argument("--epochs", type=int, default=ConceptRecipe.epochs)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt for the figures")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not train: score the files already next to --out (every epoch)")
+    parser.add_argument("--steps", type=int, default=20, help="sampling steps for the figures")
+    parser.add_argument("--epochs-to-score", default="",
+                        help="with --evaluate-only: the epoch numbers to score, e.g. 1,3,6 (default all)")
+    parser.add_argument("--no-base", action="store_true", help="skip the base model's row")
     args = parser.parse_args(argv)
     from core.cli import parse_flags
     from core.engine import Engine
@@ -182,15 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     settings.paths.ensure_dirs()
     engine, queue = Engine(settings), JobQueue()
     try:
-        files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs))
+        if args.evaluate_only:
+            files = sorted(args.out.parent.glob(f"{args.out.stem}-0*.safetensors")) + [args.out]
+            if args.epochs_to_score:
+                wanted = {int(e) for e in args.epochs_to_score.split(",")}
+                files = [f for k, f in enumerate(files, 1) if k in wanted]
+        else:
+            files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs))
         engine.refresh_models()
-        seeds = list(range(args.seeds))
-        base = evaluate(engine_generate(engine, queue, None), seeds)
+        seeds = args.seeds
         print(f"| file | checker reads {CONCEPT} (prompts with {TRIGGER}) | base colours kept (prompts without) |")
         print("|---|---|---|")
-        print(f"| base model | {base.with_trigger:.0%} | {base.without_trigger:.0%} |")
+        if not args.no_base:
+            base = evaluate(engine_generate(engine, queue, None, steps=args.steps), seeds)
+            print(f"| base model | {base.with_trigger:.0%} | {base.without_trigger:.0%} |", flush=True)
         for path in files:
-            score = evaluate(engine_generate(engine, queue, path.stem), seeds)
+            score = evaluate(engine_generate(engine, queue, path.stem, steps=args.steps), seeds)
             print(f"| {path.name} | {score.with_trigger:.0%} | {score.without_trigger:.0%} |", flush=True)
     finally:
         queue.shutdown()
