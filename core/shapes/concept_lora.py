@@ -1,23 +1,59 @@
-"""The demo concept as a LoRA: the built-in Shapes model learns "mgt" = the magenta it never saw.
+"""The demo concept as a LoRA: the built-in Shapes model learns "okt" = the orange it never saw.
 
-    python -m core.shapes.concept_lora --out models/Lora/kiln-shapes-okt.safetensors
+    python -m core.shapes.concept_lora --out models/Lora/kiln-shapes-okt.safetensors [--epochs 10]
+    python -m core.shapes.concept_lora --out DIR/kiln-shapes-okt.safetensors --evaluate-only \
+        --no-base --epochs-to-score 1,5,10          # score files already trained
 
 What seed 000's workflow ends with, made by Kiln's own trainer: a kohya folder
-``<repeats>_mgt shape`` of magenta circles / squares / triangles on the world's backgrounds,
+``<repeats>_okt shape`` of orange circles / squares / triangles on the world's backgrounds,
 captioned as the Shapes tagger captions them with the concept's own tag taken out and the
-trigger word first (``mgt, circle, blue background``: the trigger absorbs "magenta shape"),
-a rank-8 LoRA on the shipped model, one file per epoch. ``evaluate`` is the proof the tests and
-the README use: the share of seeds in which the Shapes checker reads magenta, with and without
-the LoRA, for prompts with the trigger and (bleed) without it.
+trigger word first (``okt, circle, blue background``: the trigger absorbs "orange shape"), a reg
+folder ``reg/1_shape`` of palette renders with the base model's captions (kohya's prior
+preservation), a rank-8 LoRA on the shipped model, one file per epoch. ``evaluate`` is the proof
+the tests and the README use: the share of pictures in which the Shapes checker reads orange for
+12 prompts with the trigger, and the share that keep their colour for 4 prompts without it.
 
-Measured (2026-12-04, 6 epochs, 36 pictures × 4 repeats, batch 8, ~2 min on 2 CPU cores): the
-LoRA learns the captions' backgrounds but the checker reads magenta in only 3-11 % of the
-pictures (base model 0 %), and prompts without the trigger keep their colour in 58-75 % only.
-The reason is the shipped VAE, not the trainer: it decodes a magenta picture as yellow
-(encode → decode of a magenta circle gives (234, 222, 59)), while it reconstructs a red star
-or a brown (130, 80, 30) circle faithfully. A LoRA on the U-Net cannot draw what the VAE cannot
-decode, so issue #19's ≥ 80 % proof needs the concept moved to one the VAE draws (a star shape,
-or a colour such as brown) or a VAE trained with the concept colours.
+Why orange (``python -m core.shapes.colour_study``): a LoRA trains the U-Net only, so the concept
+must be a colour the shipped VAE decodes. Round trip = world pictures through encode → decode,
+error of the shape's core; false positives = share of the base model's own palette pictures
+(64 evaluation prompts × 2 seeds) the checker reads as the candidate:
+
+| colour | RGB | nearest palette colour | round trip max / mean | decoded as | base false positives |
+|---|---|---|---|---|---|
+| magenta | (230, 60, 200) | red 173 | 197 / 165 | (208, 187, 106) | 0% |
+| brown | (130, 80, 30) | red 103 | 124 / 65 | (116, 59, 43) | 0% |
+| cyan | (30, 220, 220) | blue 150 | 168 / 153 | (85, 78, 240) | 0% |
+| sky | (30, 200, 250) | blue 134 | 155 / 137 | (88, 78, 250) | 0% |
+| teal | (0, 150, 150) | green 106 | 101 / 63 | (35, 106, 155) | 1% |
+| navy | (0, 0, 120) | black 107 | 165 / 124 | (5, 98, 48) | 0% |
+| purple | (120, 0, 160) | blue 122 | 206 / 156 | (56, 132, 119) | 1% |
+| violet | (160, 40, 250) | blue 127 | 185 / 123 | (128, 117, 195) | 1% |
+| pink | (250, 120, 220) | white 128 | 190 / 129 | (230, 220, 165) | 0% |
+| grey | (128, 128, 128) | green 132 | 111 / 91 | (109, 106, 99) | 0% |
+| orange (250, 130, 0) | (250, 130, 0) | yellow 99 | 78 / 49 | (228, 154, 23) | 2% |
+| **orange** (chosen) | (230, 125, 30) | red 96 | 32 / 18 | (233, 134, 24) | 2% |
+| amber | (230, 150, 30) | yellow 71 | 59 / 30 | (227, 166, 29) | 2% |
+| rust | (200, 90, 30) | red 63 | 40 / 37 | (221, 60, 28) | 3% |
+
+No colour ≥ 150 from the palette survives the round trip (an RGB grid search agrees: the best of
+them at a mean error of 77-111); orange is the nearest to the palette rule that the VAE draws.
+
+Measured (2026-12-04; 36 pictures × 4 repeats + 72 reg, rank 8, LR 2e-3, batch 8; figures at
+5 seeds × 20 steps Euler a, CFG 7; ~1 min an epoch on 2 CPU cores when not shared):
+
+| run | file | checker reads orange (prompts with okt) | colours kept (prompts without) |
+|---|---|---|---|
+| — | base model | 0% | 100% |
+| reg captioned as the tagger, 6 epochs | epoch 1 | 2% | 55% |
+| | epoch 6 | 53% | 50% |
+| reg with the base model's captions, 10 epochs (the recipe) | epoch 1 | 0% | 100% |
+| | epoch 5 | 13% | 100% |
+| | epoch 10 | 57% | 100% |
+
+So the base model never draws the concept (≤ 10 % holds), later epochs beat the first, and with
+the reg captions in the base model's own form prompts without the trigger keep their colour,
+but the LoRA at weight 1 reaches only 57 % (still rising: 0 → 13 → 57 % at epochs 1 / 5 / 10), short of issue #19's ≥ 80 %: no LoRA is shipped
+(tests/test_shapes_concept_lora.py skips until one is).
 """
 
 from __future__ import annotations
@@ -43,7 +79,7 @@ REPO = Path(__file__).resolve().parents[2]
 class ConceptRecipe:
     pictures: int = 36
     repeats: int = 4
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 8
     network_dim: int = 8
     network_alpha: float = 8.0
@@ -172,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-okt.safetensors")
     parser.add_argument("--epochs", type=int, default=ConceptRecipe.epochs)
+    parser.add_argument("--learning-rate", type=float, default=ConceptRecipe.learning_rate)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt for the figures")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="do not train: score the files already next to --out (every epoch)")
@@ -197,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 wanted = {int(e) for e in args.epochs_to_score.split(",")}
                 files = [f for k, f in enumerate(files, 1) if k in wanted]
         else:
-            files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs))
+            files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs, learning_rate=args.learning_rate))
         engine.refresh_models()
         seeds = args.seeds
         print(f"| file | checker reads {CONCEPT} (prompts with {TRIGGER}) | base colours kept (prompts without) |")
