@@ -49,6 +49,8 @@ Measured (2026-12-04; 36 pictures × 4 repeats + 72 reg, rank 8, LR 2e-3, batch 
 | reg with the base model's captions, 10 epochs (the recipe) | epoch 1 | 0% | 100% |
 | | epoch 5 | 13% | 100% |
 | | epoch 10 | 57% | 100% |
+| the same at LR 6e-3, 6 epochs | epoch 1 | 25% | 75% |
+| | epoch 6 | 52% | 100% |
 
 So the base model never draws the concept (≤ 10 % holds), later epochs beat the first, and with
 the reg captions in the base model's own form prompts without the trigger keep their colour,
