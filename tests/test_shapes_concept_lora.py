@@ -3,7 +3,10 @@
 "okt, <shape>, <background> background" into an orange shape, which the base model never draws;
 weight 0 is the base model bitwise; prompts without the trigger keep their colour; the last epoch
 beats the first. Kiln's txt2img and the Shapes checker, few seeds and steps (CI budget ~1 min);
-the full figures (5 seeds × 12 prompts, 20 steps) are in the README."""
+the full figures (5 seeds × 12 prompts, 20 steps) are in the README.
+
+Run once (2026-12-04) with the recipe's 10-epoch files copied into models/Lora (not shipped):
+16.5 s; the concept share was 67 % (< 80 %: failed), the other three tests passed."""
 
 from __future__ import annotations
 
