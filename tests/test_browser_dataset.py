@@ -102,7 +102,7 @@ def test_make_demo_dataset_button_writes_the_pictures_and_fills_the_source(serve
     page.locator("#folders-demo-folder textarea, #folders-demo-folder input").first.fill(str(tmp_path / "demo"))
     page.locator("#folders-demo").click()
     page.wait_for_function("() => document.querySelector('#folders-demo-result').innerText.includes('未打标')")
-    assert (tmp_path / "demo" / "a.jpg").is_file() and (tmp_path / "demo" / "magenta_03 copy.png").is_file()
+    assert (tmp_path / "demo" / "a.jpg").is_file() and (tmp_path / "demo" / "orange_03 copy.png").is_file()
     source = page.locator("#folders-source textarea, #folders-source input").first
     assert source.input_value() == str(tmp_path / "demo")
     page.screenshot(path=str(ARTIFACTS / "dataset-demo.png"), full_page=True)

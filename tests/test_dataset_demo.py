@@ -15,7 +15,7 @@ from core.shapes.checker import check_image
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    return demo.make_demo(tmp_path_factory.mktemp("demo") / "magenta")
+    return demo.make_demo(tmp_path_factory.mktemp("demo") / "orange")
 
 
 def test_pictures_show_the_concept_varied_and_untagged(made):
@@ -34,7 +34,7 @@ def test_pictures_show_the_concept_varied_and_untagged(made):
         assert min(size) > 64  # larger than the model's 64 px: preprocessing has work to do
         off_centre += abs(scene.params.cx - size[0] / 2) > 0.1 * size[0] or abs(scene.params.cy - size[1] / 2) > 0.1 * size[1]
         result = check_image(Image.open(path), concepts=True)
-        assert (result.color, result.shape, result.background) == ("magenta", scene.shape, scene.background), path
+        assert (result.color, result.shape, result.background) == ("orange", scene.shape, scene.background), path
     assert len(sizes) >= 10 and any(w != h for w, h in sizes)
     assert off_centre >= 4
     assert {made.scenes[p.name].shape for p in made.pictures} == {"circle", "square", "triangle"}
@@ -42,7 +42,7 @@ def test_pictures_show_the_concept_varied_and_untagged(made):
 
 
 def test_the_checks_flag_each_planted_problem_and_nothing_else(made, tmp_path):
-    lay_out_concept(made.folder, tmp_path / "train", repeats=10, instance="magenta", class_word="shape")
+    lay_out_concept(made.folder, tmp_path / "train", repeats=10, instance="orange", class_word="shape")
     problems = [p for p in check_layout(scan_dataset(tmp_path / "train"), CheckOptions(resolution=(64, 64)))
                 if p.code != "missing-caption"]
     found = {(p.code, tuple(sorted(q.name for q in p.paths))) for p in problems}
@@ -68,7 +68,7 @@ def test_same_seed_same_files_other_seed_other_pictures(tmp_path, made):
     other = demo.make_demo(tmp_path / "other", seed=1)
     for path in made.pictures:
         assert (again.folder / path.name).read_bytes() == path.read_bytes()
-    assert (other.folder / "magenta_01.png").read_bytes() != (made.folder / "magenta_01.png").read_bytes()
+    assert (other.folder / "orange_01.png").read_bytes() != (made.folder / "orange_01.png").read_bytes()
 
 
 def test_cli_writes_the_demo_and_refuses_a_second_time(tmp_path, capsys):

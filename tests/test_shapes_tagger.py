@@ -58,8 +58,8 @@ def test_shipped_model_reads_fresh_scenes_through_kilns_wd14_code(shipped):
 def test_captions_read_as_wd14_captions(shipped):
     from core.shapes.world import render
 
-    [result] = shipped.tag([render("circle", "magenta", "blue", ShapeParams(30, 34, 18, 0))], TagOptions())
-    assert sorted(result.text.split(", ")) == ["blue background", "circle", "magenta shape"]
+    [result] = shipped.tag([render("circle", "orange", "blue", ShapeParams(30, 34, 18, 0))], TagOptions())
+    assert sorted(result.text.split(", ")) == ["blue background", "circle", "orange shape"]
     assert all(score > 0.5 for _, score in result.tags)
 
 
@@ -71,7 +71,7 @@ def test_shipped_model_tags_the_demo_dataset(shipped, tmp_path):
     results = shipped.tag([Image.open(p) for p in pictures], TagOptions())
     scenes = [made.scenes[p.name] for p in pictures]
     figures = tagger.score_tags([{t for t, _ in r.tags} for r in results], scenes)
-    assert figures.color == 1.0  # every picture is tagged "magenta shape": the concept is named
+    assert figures.color == 1.0  # every picture is tagged "orange shape": the concept is named
     assert figures.f1 >= 0.95, figures
 
 

@@ -122,8 +122,8 @@ def test_shapes_checker_scores_what_the_prompt_names():
     assert shapes_score("a green triangle", picture)[0] == 0.0
     score, reading = shapes_score("a nice picture", picture)
     assert score is None and reading == "red circle on blue"
-    concept = render("square", "magenta", "white", random.Random(2))  # the demo concept's colour
-    assert shapes_score("a magenta square on a white background", concept)[0] == 1.0
+    concept = render("square", "orange", "white", random.Random(2))  # the demo concept's colour
+    assert shapes_score("a orange square on a white background", concept)[0] == 1.0
     assert shapes_score("a red square on a white background", concept)[0] == pytest.approx(2 / 3)
 
 

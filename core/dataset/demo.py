@@ -1,7 +1,7 @@
 """The demo dataset: an untagged picture folder of a concept the built-in Shapes model does not know.
 
 ``python -m core.dataset demo --out DIR`` (and Dataset › Folders & checks › "Make demo dataset")
-writes 16 pictures of the world's concept colour, magenta (see core/shapes/world.py for why that
+writes 16 pictures of the world's concept colour, orange (see core/shapes/world.py for why that
 concept), one shape on a plain background each: 96-192 px canvases, some not square, the shape
 off-centre and of varied size, some saved as JPEG. So that every step of the workflow has
 something to do, it also plants the mistakes Kiln's checks are there for:
@@ -10,7 +10,7 @@ something to do, it also plants the mistakes Kiln's checks are there for:
 - ``small``: a 40x40 picture, smaller than the Shapes model's 64 px training resolution;
 - ``shared-caption``: ``a.jpg`` and ``a.png``, two different pictures that would share ``a.txt``.
 
-No captions: tagging them (the Shapes tagger writes "circle, magenta shape, blue background")
+No captions: tagging them (the Shapes tagger writes "circle, orange shape, blue background")
 is one of the steps. Nothing is ever written over: an existing file of any planted name stops
 the whole demo before a file is written.
 """
@@ -30,7 +30,7 @@ from core.fileio import atomic_save_with
 from core.shapes.scenes import Scene, SceneRanges, random_canvas, random_params_on
 from core.shapes.world import COLORS, CONCEPT_COLORS, SHAPES, ShapeParams, render_scene
 
-CONCEPT = CONCEPT_COLORS[0]  # "magenta"
+CONCEPT = CONCEPT_COLORS[0]  # "orange"
 PICTURES = 16
 TRAINING_RESOLUTION = 64  # the Shapes model's native size: the size the small picture falls under
 SMALL_SIDE = 40

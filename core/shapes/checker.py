@@ -6,7 +6,7 @@ median of a ring just inside the border (VAEs smear a 2-3 px frame of another co
 the edge), the shape is every pixel far from that colour, and its class comes from how
 much of the circle around its centroid it fills — unchanged by rotation.
 
-``concepts=True`` also reads the world's concept colours (``CONCEPT_PALETTE``: magenta), for
+``concepts=True`` also reads the world's concept colours (``CONCEPT_PALETTE``: orange), for
 judging a LoRA or embedding of the concept. Off by default, so the base model's evaluation
 maps every picture to the six colours it was trained on, exactly as before.
 """
@@ -170,7 +170,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def check_image(image: Image.Image, concepts: bool = False) -> CheckResult:
     """Background, shape colour and class of one picture; ``concepts``: colours may also be the
-    world's concept colours (magenta), else only the base palette's six."""
+    world's concept colours (orange), else only the base palette's six."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32)
     background_rgb = np.median(ring_pixels(array), axis=0)
     background, background_confidence = nearest_palette(background_rgb, concepts)

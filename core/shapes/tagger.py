@@ -1,7 +1,7 @@
 """The Shapes tagger: a WD14-format tagger of the Shapes world, trained from the world generator.
 
 ``python -m core.shapes.tagger --out models/tagger/kiln-shapes-tagger`` trains a small CNN on
-world scenes (every colour including the concept colour magenta, 64-192 px canvases, not all
+world scenes (every colour including the concept colour orange, 64-192 px canvases, not all
 square, the shape anywhere, some JPEG-compressed or blurred) on the CPU (the shipped build: 2000
 steps, 22 minutes on a 2-core machine other jobs were loading, ~0.6 s a step), and writes what
 SmilingWolf's taggers ship: ``model.onnx`` (input ``float32[N, 64, 64, 3]`` BGR 0-255 NHWC,
@@ -11,7 +11,7 @@ WD14 model: its preprocessing (pad to a square on white, resize to the model's i
 is the one the training pictures go through, so training and tagging see the same pixels.
 
 Tags read as WD14 captions do: the shape ("circle"), the shape's colour as booru tags name the
-colour of a thing ("magenta_shape", cf. "red_hair"), the background as booru tags do
+colour of a thing ("orange_shape", cf. "red_hair"), the background as booru tags do
 ("blue_background"). Held-out micro F1 at kohya's threshold 0.35, through the exported model and
 Kiln's WD14 code, is printed at the end and stored in ``kiln-tagger.json`` beside the model.
 """

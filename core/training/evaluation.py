@@ -266,7 +266,7 @@ def _cells(request: SheetRequest, files: Sequence[Path], plan: Any, done: dict, 
 
 def shapes_score(prompt: str, image: Image.Image) -> tuple[float | None, str]:
     """How much of what ``prompt`` names (shape colour, shape, background colour, in the world's
-    words, its concept colours such as magenta included) the Shapes checker reads in ``image``:
+    words, its concept colours such as orange included) the Shapes checker reads in ``image``:
     0..1, or None when the prompt names none."""
     from core.shapes.checker import check_image
     from core.shapes.world import ALL_PALETTE, SHAPES
@@ -281,7 +281,7 @@ def shapes_score(prompt: str, image: Image.Image) -> tuple[float | None, str]:
             wanted.setdefault("color", word)
         elif word in SHAPES:
             wanted.setdefault("shape", word)
-    # With the concept colours always: a sheet is mostly of a run that taught one, and a magenta
+    # With the concept colours always: a sheet is mostly of a run that taught one, and an orange
     # picture must not count as the "red" a prompt without the trigger asked for.
     result = check_image(image, concepts=True)
     reading = f"{result.color or '?'} {result.shape or 'no shape'} on {result.background}"
