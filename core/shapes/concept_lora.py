@@ -54,7 +54,8 @@ Measured (2026-12-04; 36 pictures × 4 repeats + 72 reg, rank 8, LR 2e-3, batch 
 
 So the base model never draws the concept (≤ 10 % holds), later epochs beat the first, and with
 the reg captions in the base model's own form prompts without the trigger keep their colour,
-but the LoRA at weight 1 reaches only 57 % (still rising: 0 → 13 → 57 % at epochs 1 / 5 / 10), short of issue #19's ≥ 80 %: no LoRA is shipped
+but the LoRA at weight 1 reaches only 57 % (0 → 13 → 57 % at epochs 1 / 5 / 10; a 20-epoch run plateaus at
+42-58 % from epoch 2 on, scored with 1 seed and 8 steps), short of issue #19's ≥ 80 %: no LoRA is shipped
 (tests/test_shapes_concept_lora.py skips until one is).
 """
 
