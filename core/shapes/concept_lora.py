@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "models" / "Lora" / "kiln-shapes-okt.safetensors")
     parser.add_argument("--epochs", type=int, default=ConceptRecipe.epochs)
     parser.add_argument("--learning-rate", type=float, default=ConceptRecipe.learning_rate)
+    parser.add_argument("--network-dim", type=int, default=ConceptRecipe.network_dim, help="rank (alpha = rank)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt for the figures")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="do not train: score the files already next to --out (every epoch)")
@@ -237,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 wanted = {int(e) for e in args.epochs_to_score.split(",")}
                 files = [f for k, f in enumerate(files, 1) if k in wanted]
         else:
-            files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs, learning_rate=args.learning_rate))
+            files = train(engine, queue, args.out, ConceptRecipe(epochs=args.epochs, learning_rate=args.learning_rate,
+                                                                    network_dim=args.network_dim,
+                                                                    network_alpha=float(args.network_dim)))
         engine.refresh_models()
         seeds = args.seeds
         print(f"| file | checker reads {CONCEPT} (prompts with {TRIGGER}) | base colours kept (prompts without) |")
