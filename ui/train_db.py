@@ -178,9 +178,10 @@ def build_dreambooth_form(engine: Engine, queue: JobQueue) -> None:
             with gr.Row():
                 w["optimizer_type"] = gr.Dropdown(sorted(set(OPTIMIZER_TYPES.values())), value="AdamW",
                                                   label=tr("Optimizer (optimizer_type)"), elem_id="db-optimizer")
-                w["use_8bit_adam"] = gr.Checkbox(False, label=tr("8-bit Adam where available (use_8bit_adam)"))
                 w["mixed_precision"] = gr.Dropdown(["no", "fp16", "bf16"], value="no", elem_id="db-mixed-precision",
                                                    label=tr("Mixed precision (mixed_precision)"))
+            with gr.Row():  # the switches on a row of their own: their labels are long in both languages
+                w["use_8bit_adam"] = gr.Checkbox(False, label=tr("8-bit Adam where available (use_8bit_adam)"))
                 w["gradient_checkpointing"] = gr.Checkbox(False, label=tr("Gradient checkpointing "
                                                                           "(gradient_checkpointing)"))
                 w["use_ema"] = gr.Checkbox(False, label=tr("EMA weights (use_ema)"))
