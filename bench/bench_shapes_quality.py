@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.engine import rescale_cfg_default  # noqa: E402
 from core.models.checkpoint import load_checkpoint  # noqa: E402
+from core.models.header_facts import rescale_cfg_default  # noqa: E402
 from core.shapes.evaluate import QUALITY_BAR, evaluate, sampler_generate_fn, save_grid  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "Stable-diffusion" / "kiln-shapes-v1.safetensors"

@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import KilnError, ModelFileError
+from core.models.header_facts import (
+    is_zero_terminal_snr_from_header,
+    native_size_from_header,
+    rescale_cfg_default,
+)
+from core.models.worker_slot import DeviceModels
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the page must serve before torch loads
     from core.generation.context import GenerationContext
@@ -33,31 +39,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy: the page must serve before torch l
 
 log = logging.getLogger(__name__)
 
-# Native sizes by family, for the UI defaults before a model is loaded.
-_FAMILY_SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 BUILTIN_CHECKPOINT_PREFIX = "kiln-shapes"
-# Lin et al. 2023 (zero-terminal-SNR paper): the guidance rescale that keeps CFG 7 from burning.
-ZTSNR_RESCALE_CFG = 0.7
-
-
-class DeviceModels:
-    """What one worker holds on its device: the loaded checkpoint and the helpers built with it."""
-
-    def __init__(self, index: int, device_id: int | None):
-        self.index = index
-        self.device_id = device_id  # CUDA index, None = the default device (CPU, MPS, cuda:0)
-        self.lock = threading.RLock()
-        self.model: LoadedModel | None = None
-        self.entry: ModelEntry | None = None
-        self.extras: Any = None  # core.generation.extras.ExtraNetworks, built with the model
-        self.vaes: Any = None  # core.models.vae_swap.ExternalVAEs, built with the model
-        self.upscalers: Any = None
-        self.autocast = False  # --precision autocast on a GPU: the U-Net runs under torch.autocast
-        self.load_warnings: list[str] = []  # shown with the next result (xformers missing, ...)
-        from core.models.model_cache import CheckpointCache
-
-        self.kept = CheckpointCache()  # checkpoints switched away from (sd_checkpoints_limit > 1)
-        self.stamp: tuple[int, int] | None = None  # the loaded file's (mtime, size) when read
 
 
 class Engine:
@@ -606,40 +588,3 @@ def _fingerprint(model: LoadedModel) -> list[tuple]:
         for name, tensor in (*module.named_parameters(), *module.named_buffers()):
             out.append((prefix, name, id(tensor), tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
     return out
-
-
-def rescale_cfg_default(zero_terminal_snr: bool) -> float:
-    """The Rescale CFG a model starts with: 0.7 for zero-terminal-SNR models, else 0 (off)."""
-    return ZTSNR_RESCALE_CFG if zero_terminal_snr else 0.0
-
-
-def is_zero_terminal_snr_from_header(path: str | Path) -> bool:
-    """Whether a checkpoint carries the empty ``ztsnr`` marker key ComfyUI and Forge read
-    (safetensors header only, no tensor load)."""
-    from core.models.architecture import ZTSNR_MARKER
-    from core.models.state_dict_io import read_safetensors_header
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return False
-    _, header = read_safetensors_header(path)
-    return ZTSNR_MARKER in header
-
-
-def native_size_from_header(path: str | Path) -> int:
-    """Guess a checkpoint's native size from its safetensors header alone (no tensor load)."""
-    from core.models.state_dict_io import read_safetensors_header
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return 512
-    _, header = read_safetensors_header(path)
-    meta = header.get("__metadata__", {}) or {}
-    if "kiln.native_size" in meta:
-        return int(meta["kiln.native_size"])
-    keys = header.keys()
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return _FAMILY_SIZES["sdxl"]
-    if any(k.startswith("cond_stage_model.model.") for k in keys) and "v_pred" in keys:
-        return _FAMILY_SIZES["sd2"]
-    return _FAMILY_SIZES["sd1"]

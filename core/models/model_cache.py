@@ -16,11 +16,12 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.fileio import file_stamp
+
+if TYPE_CHECKING:  # torch loads with the first model, not with the engine (the page serves first)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class CheckpointCache:
     def resume(kept: KeptModel) -> KeptModel:
         """Move a taken model back to the device it ran on."""
         if kept.parked:
+            import torch
+
             device = torch.device(kept.model.device)
             for part in _parts(kept.model):
                 part.to(device)

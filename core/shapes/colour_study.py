@@ -137,7 +137,7 @@ def _draw(canvas: Image.Image, shape: str, rgb: tuple[int, int, int], params: wo
 
 def base_colour_reads(model, seeds: int = 2, steps: int = 20) -> list[np.ndarray]:
     """The median core colour of each base-model picture (the evaluation's 64 palette prompts × seeds)."""
-    from core.engine import rescale_cfg_default
+    from core.models.header_facts import rescale_cfg_default
     from core.shapes.evaluate import eval_prompts, sampler_generate_fn
 
     generate = sampler_generate_fn(model, steps=steps, rescale_cfg=rescale_cfg_default(model.spec.zero_terminal_snr))

@@ -224,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from core.engine import rescale_cfg_default
     from core.models.checkpoint import load_checkpoint
+    from core.models.header_facts import rescale_cfg_default
 
     model = load_checkpoint(args.model)
     rescale_cfg = args.rescale_cfg
