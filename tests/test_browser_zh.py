@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serving
+from tests.test_browser import ARTIFACTS, browser, serving  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -85,20 +85,8 @@ def zh_server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get update && apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-def _open(server: str, browser, locale: str):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)
+def _open(server: str, chromium, locale: str):
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000}, locale=locale)
     page.set_default_timeout(30_000)
     page.goto(server + "/", wait_until="load")
     page.wait_for_selector("#txt2img-generate")
@@ -127,7 +115,7 @@ def _pick_xyz(page) -> None:
 
 
 @pytest.mark.parametrize("tab", list(TABS))
-def test_tab_in_chinese(zh_server, browser, tab):
+def test_tab_in_chinese(zh_server, browser, tab):  # noqa: F811
     SHOTS.mkdir(parents=True, exist_ok=True)
     title, subtabs, labels = TABS[tab]
     page = _open(zh_server, browser, "zh-CN")
@@ -161,7 +149,7 @@ def test_tab_in_chinese(zh_server, browser, tab):
         page.close()
 
 
-def test_language_choice_sticks_across_reloads(zh_server, browser):
+def test_language_choice_sticks_across_reloads(zh_server, browser):  # noqa: F811
     """An English browser picks 简体中文 in Settings: the page is Chinese from the next load on (and
     run-time text too); "Follow the browser" gives it back its own language."""
     page = _open(zh_server, browser, "en-US")
